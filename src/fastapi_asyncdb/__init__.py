@@ -1,0 +1,28 @@
+"""Asynchronous SQLAlchemy for FastAPI, correct under load and faults by default.
+
+The core (``Database``, ``DatabaseSettings``) works without FastAPI; ``SessionDep``,
+``ReadSessionDep`` and ``Database.install`` are the FastAPI integration.
+"""
+
+from .database import Database
+from .errors import (
+    ConfigurationError,
+    DatabaseError,
+    DatabaseNotStartedError,
+    DatabaseUnavailableError,
+    ReadOnlySessionError,
+)
+from .fastapi import ReadSessionDep, SessionDep
+from .settings import DatabaseSettings
+
+__all__ = [
+    "ConfigurationError",
+    "Database",
+    "DatabaseError",
+    "DatabaseNotStartedError",
+    "DatabaseSettings",
+    "DatabaseUnavailableError",
+    "ReadOnlySessionError",
+    "ReadSessionDep",
+    "SessionDep",
+]

@@ -1,0 +1,214 @@
+"""``Database``: the engines' lifetime and the units of work, with no web framework in sight."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.pool import QueuePool
+
+from .admission import Breaker, Gate
+from .engine import create_engine
+from .errors import DatabaseNotStartedError
+from .settings import DatabaseSettings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+__all__ = ["Database"]
+
+logger = logging.getLogger("fastapi_asyncdb")
+
+
+class _Role:
+    """One engine with its sessionmaker and admission control: the primary, or the reader.
+
+    Read replicas later become more readers; nothing else has to change.
+    """
+
+    def __init__(self, settings: DatabaseSettings, *, read_only: bool) -> None:
+        self.name = "read" if read_only else "primary"
+        self.breaker = Breaker(self.ping, retry_after=settings.unavailable_retry_after)
+        self.engine = create_engine(
+            settings, read_only=read_only, on_connect_failure=self.breaker.trip
+        )
+        self.sessionmaker = async_sessionmaker(
+            self.engine,
+            # Objects stay readable after commit: no lazy load (MissingGreenlet) in the
+            # response model.
+            expire_on_commit=False,
+            # A session used after its request ended raises instead of quietly
+            # checking out a connection that nobody returns.
+            close_resets_only=False,
+        )
+        capacity = (
+            settings.effective_read_pool_size + settings.effective_read_max_overflow
+            if read_only
+            else settings.pool_size + settings.max_overflow
+        )
+        self.gate = Gate(
+            capacity, timeout=settings.pool_timeout, retry_after=settings.unavailable_retry_after
+        )
+
+    async def admit(self) -> None:
+        self.breaker.check()
+        await self.gate.enter()
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as connection:
+            await connection.exec_driver_sql("SELECT 1")
+
+    def status(self) -> dict[str, Any]:
+        pool = self.engine.pool
+        status: dict[str, Any] = {
+            "reachable": not self.breaker.is_open,
+            "in_use": self.gate.in_use,
+            "capacity": self.gate.capacity,
+            "waiting": self.gate.waiting,
+        }
+        if isinstance(pool, QueuePool):
+            status.update(checked_out=pool.checkedout(), idle=pool.checkedin())
+        return status
+
+    async def dispose(self) -> None:
+        await self.breaker.close()
+        await self.engine.dispose()
+
+
+class Database:
+    """Owns the engines from startup to shutdown and hands out units of work.
+
+    Construction validates the settings and touches nothing; ``start()`` (or the
+    ``lifespan``) creates the engines, ``stop()`` disposes them.
+    """
+
+    def __init__(self, settings: DatabaseSettings | None = None, /, **overrides: Any) -> None:
+        if settings is not None and overrides:
+            raise TypeError("pass either a DatabaseSettings or keyword settings, not both")
+        self.settings = settings if settings is not None else DatabaseSettings(**overrides)
+        self._primary: _Role | None = None
+        self._reader: _Role | None = None
+
+    def __repr__(self) -> str:
+        state = "started" if self.is_started else "stopped"
+        return f"Database({self.settings.masked_url!r}, {state})"
+
+    @property
+    def is_started(self) -> bool:
+        return self._primary is not None
+
+    async def start(self) -> None:
+        if self.is_started:
+            raise RuntimeError("the database is already started")
+        if self.settings.backend == "sqlite":
+            database = self.settings.sqlalchemy_url.database
+            if database:
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+        self._primary = _Role(self.settings, read_only=False)
+        self._reader = _Role(self.settings, read_only=True)
+
+    async def stop(self) -> None:
+        roles = [role for role in (self._primary, self._reader) if role is not None]
+        self._primary = self._reader = None
+        for role in roles:
+            if role.gate.in_use:
+                logger.warning("%d %s unit(s) of work still open at shutdown", role.gate.in_use,
+                               role.name)
+            await role.dispose()
+
+    async def __aenter__(self) -> Database:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc_info: object) -> None:
+        await self.stop()
+
+    @asynccontextmanager
+    async def lifespan(self, _app: object = None) -> AsyncIterator[None]:
+        """Pass as ``FastAPI(lifespan=db.lifespan)``, or enter it in your own lifespan."""
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    def install(self, app: FastAPI, *, health_prefix: str = "/health") -> None:
+        """Register the error handlers and health routes on a FastAPI app."""
+        from .fastapi import install
+
+        install(self, app, health_prefix=health_prefix)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The primary (read-write) engine, for migrations and ``run_sync``."""
+        return self._started(self._primary).engine
+
+    @property
+    def read_engine(self) -> AsyncEngine:
+        """The read-only, autocommit engine behind read sessions."""
+        return self._started(self._reader).engine
+
+    @property
+    def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+        return self._started(self._primary).sessionmaker
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A unit of work: committed if the block ends normally, rolled back on any exception.
+
+        For background tasks, scripts and CLIs; requests get the same through
+        ``SessionDep``.
+        """
+        role = self._started(self._primary)
+        await role.admit()
+        try:
+            async with role.sessionmaker() as session:
+                try:
+                    yield session
+                except BaseException:
+                    await session.rollback()
+                    raise
+                await session.commit()
+        finally:
+            role.gate.leave()
+
+    @asynccontextmanager
+    async def read_session(self) -> AsyncIterator[AsyncSession]:
+        """A session on the read-only path: no transaction, one round trip per statement."""
+        role = self._started(self._reader)
+        await role.admit()
+        try:
+            async with role.sessionmaker() as session:
+                yield session
+        finally:
+            role.gate.leave()
+
+    async def check_health(self) -> dict[str, Any]:
+        """Ping the database with its own short timeout and report the pools."""
+        primary = self._started(self._primary)
+        reader = self._started(self._reader)
+        reachable = not primary.breaker.is_open
+        if reachable:
+            try:
+                async with asyncio.timeout(self.settings.health_timeout):
+                    await primary.ping()
+            except Exception as error:
+                logger.warning("health check failed: %s", type(error).__name__)
+                reachable = False
+        return {
+            "status": "ok" if reachable else "unavailable",
+            "pools": {role.name: role.status() for role in (primary, reader)},
+        }
+
+    def _started(self, role: _Role | None) -> _Role:
+        if role is None:
+            raise DatabaseNotStartedError(
+                "the database is not started: use it inside the app's lifespan "
+                "(FastAPI(lifespan=db.lifespan)) or inside 'async with db:'"
+            )
+        return role

@@ -1,0 +1,143 @@
+"""Build SQLAlchemy's own ``AsyncEngine`` from the settings, with the safety the recipe lacks."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Dialect, Engine, ExceptionContext
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolProxiedConnection
+
+from . import drivers
+from .errors import DatabaseUnavailableError, ReadOnlySessionError
+from .settings import _SECRET_QUERY_KEY, DatabaseSettings
+
+__all__ = ["create_engine"]
+
+logger = logging.getLogger("fastapi_asyncdb")
+
+_IDLE_SINCE = "fastapi_asyncdb_idle_since"
+
+
+def create_engine(
+    settings: DatabaseSettings,
+    *,
+    read_only: bool,
+    on_connect_failure: Callable[[], None] | None = None,
+) -> AsyncEngine:
+    """An engine for the primary (read-write) or the read-only role.
+
+    ``on_connect_failure`` is called when a new connection cannot be made, which
+    is how the breaker learns that the database is down.
+    """
+    url = settings.sqlalchemy_url
+    options = drivers.engine_options(settings, read_only=read_only)
+    # Engine reprs and logs print the URL's query string in clear; secrets travel
+    # as connect arguments instead, where nothing prints them.
+    secrets = {key: value for key, value in url.query.items() if _SECRET_QUERY_KEY.search(key)}
+    if secrets:
+        url = url.difference_update_query(secrets)
+        options["connect_args"] = {**options.get("connect_args", {}), **secrets}
+
+    if settings.pool_class == "NullPool":
+        options["poolclass"] = NullPool
+    else:
+        pool_size, max_overflow = (
+            (settings.effective_read_pool_size, settings.effective_read_max_overflow)
+            if read_only
+            else (settings.pool_size, settings.max_overflow)
+        )
+        options.update(
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_timeout=settings.pool_timeout,
+            pool_recycle=-1 if settings.pool_recycle is None else settings.pool_recycle,
+        )
+    ping_on_idle = settings.pool_pre_ping and settings.pre_ping_after_idle > 0
+    engine = create_async_engine(
+        url,
+        echo=settings.echo,
+        echo_pool=settings.echo_pool,
+        hide_parameters=settings.hide_parameters,
+        pool_pre_ping=settings.pool_pre_ping and not ping_on_idle,
+        **options,
+    )
+    sync_engine = engine.sync_engine
+    drivers.install_connection_setup(sync_engine, settings, read_only=read_only)
+    if ping_on_idle:
+        _install_ping_after_idle(sync_engine, settings.pre_ping_after_idle)
+    _install_connect_guard(sync_engine, settings, on_connect_failure)
+    if read_only:
+        _install_read_only_translation(sync_engine, settings)
+    return engine
+
+
+def _install_connect_guard(
+    engine: Engine, settings: DatabaseSettings, on_connect_failure: Callable[[], None] | None
+) -> None:
+    """Report a failed connect and raise it as ``DatabaseUnavailableError``.
+
+    Drivers raise bare ``OSError`` or ``TimeoutError`` here, which SQLAlchemy passes
+    through unwrapped and unlogged; their text may also name hosts and users.
+    """
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Dialect, _record: Any, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except Exception as error:
+            if on_connect_failure is not None:
+                on_connect_failure()
+            logger.warning("cannot connect to the database: %s", type(error).__name__)
+            raise DatabaseUnavailableError(
+                f"cannot connect to the database ({type(error).__name__})",
+                retry_after=settings.unavailable_retry_after,
+            ) from error
+
+
+def _install_ping_after_idle(engine: Engine, idle_seconds: float) -> None:
+    """Pre-ping only connections that sat idle, as HikariCP does.
+
+    SQLAlchemy's pre-ping costs a round trip (three on a transactional connection)
+    at every checkout; a connection returned a moment ago is as good as a pinged one.
+    """
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "connect")
+    def _fresh(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(
+        dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+    ) -> None:
+        idle_since = record.info.get(_IDLE_SINCE)
+        if idle_since is not None and time.monotonic() - idle_since < idle_seconds:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            # The pool discards this connection and retries the checkout with a new one.
+            raise DisconnectionError("stale pooled connection") from error
+
+
+def _install_read_only_translation(engine: Engine, settings: DatabaseSettings) -> None:
+    backend = settings.backend
+
+    @event.listens_for(engine, "handle_error")
+    def _translate(context: ExceptionContext) -> BaseException | None:
+        if drivers.is_read_only_violation(backend, context.original_exception):
+            return ReadOnlySessionError(
+                "this session is read-only (ReadSessionDep / Database.read_session); "
+                "use SessionDep or Database.transaction() to write"
+            )
+        return None

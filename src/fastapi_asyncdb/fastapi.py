@@ -1,0 +1,127 @@
+"""Everything FastAPI-specific: request sessions, error responses, health routes."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from . import drivers
+from .errors import DatabaseNotStartedError, DatabaseUnavailableError, ReadOnlySessionError
+
+if TYPE_CHECKING:
+    from .database import Database
+
+__all__ = ["ReadSessionDep", "SessionDep", "install"]
+
+logger = logging.getLogger("fastapi_asyncdb")
+
+_STATE_KEY = "fastapi_asyncdb"
+_PROBLEM_JSON = "application/problem+json"
+
+
+def _database(request: Request) -> Database:
+    database: Database | None = getattr(request.app.state, _STATE_KEY, None)
+    if database is None:
+        raise DatabaseNotStartedError(
+            "no Database is installed on this app: call db.install(app) after creating it"
+        )
+    return database
+
+
+async def _request_transaction(request: Request) -> AsyncIterator[AsyncSession]:
+    async with _database(request).transaction() as session:
+        yield session
+
+
+async def _request_read_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with _database(request).read_session() as session:
+        yield session
+
+
+# scope="function" runs the code after ``yield`` (the commit) before the response is
+# sent: a failing commit becomes an error response, never a 2xx.
+SessionDep = Annotated[AsyncSession, Depends(_request_transaction, scope="function")]
+"""A fresh session per request, committed before the response or rolled back on any error."""
+
+ReadSessionDep = Annotated[AsyncSession, Depends(_request_read_session, scope="function")]
+"""A fresh read-only session per request: no transaction, writes refused."""
+
+
+def problem(status: int, title: str, detail: str, *, retry_after: float | None = None) -> JSONResponse:
+    """An RFC 9457 problem response."""
+    headers = None if retry_after is None else {"Retry-After": str(math.ceil(retry_after))}
+    return JSONResponse(
+        {"type": "about:blank", "title": title, "status": status, "detail": detail},
+        status_code=status,
+        headers=headers,
+        media_type=_PROBLEM_JSON,
+    )
+
+
+def install(database: Database, app: FastAPI, *, health_prefix: str = "/health") -> None:
+    """Make ``SessionDep`` find ``database``; map database errors; add health routes."""
+    setattr(app.state, _STATE_KEY, database)
+    retry_after = database.settings.unavailable_retry_after
+    backend = database.settings.backend
+
+    def unavailable(detail: str) -> JSONResponse:
+        return problem(503, "Service Unavailable", detail, retry_after=retry_after)
+
+    async def on_unavailable(_request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, DatabaseUnavailableError)
+        return problem(503, "Service Unavailable", error.reason, retry_after=error.retry_after)
+
+    async def on_not_started(_request: Request, _error: Exception) -> JSONResponse:
+        return unavailable("the database is starting or stopping")
+
+    async def on_pool_timeout(_request: Request, _error: Exception) -> JSONResponse:
+        return unavailable("no database connection became free in time")
+
+    async def on_integrity(_request: Request, error: Exception) -> JSONResponse:
+        logger.info("integrity error: %s", type(getattr(error, "orig", error)).__name__)
+        return problem(409, "Conflict", "the change conflicts with data already stored")
+
+    async def on_read_only(_request: Request, error: Exception) -> JSONResponse:
+        logger.error("write attempted on a read-only session", exc_info=error)
+        return problem(500, "Internal Server Error", str(error))
+
+    async def on_database_error(_request: Request, error: Exception) -> JSONResponse:
+        if isinstance(error, DBAPIError) and (
+            error.connection_invalidated or drivers.is_busy(backend, error)
+        ):
+            logger.warning("database connection lost or busy: %s", type(error.orig).__name__)
+            return unavailable("the database connection failed; retry the request")
+        logger.error("database error", exc_info=error)
+        return problem(500, "Internal Server Error", "a database error occurred")
+
+    app.add_exception_handler(DatabaseUnavailableError, on_unavailable)
+    app.add_exception_handler(DatabaseNotStartedError, on_not_started)
+    app.add_exception_handler(PoolTimeoutError, on_pool_timeout)
+    app.add_exception_handler(IntegrityError, on_integrity)
+    app.add_exception_handler(ReadOnlySessionError, on_read_only)
+    app.add_exception_handler(SQLAlchemyError, on_database_error)
+
+    async def live() -> dict[str, str]:
+        """Liveness: the process answers. Never touches the database."""
+        return {"status": "ok"}
+
+    async def ready() -> JSONResponse:
+        """Readiness: the database answers a ping within the health timeout."""
+        report = await database.check_health()
+        if report["status"] != "ok":
+            return JSONResponse(report, status_code=503, headers={"Retry-After": str(retry_after)})
+        return JSONResponse(report)
+
+    responses: dict[int | str, dict[str, Any]] = {503: {"description": "Database unavailable"}}
+    app.add_api_route(f"{health_prefix}/live", live, methods=["GET"], tags=["health"])
+    app.add_api_route(
+        f"{health_prefix}/ready", ready, methods=["GET"], tags=["health"], responses=responses
+    )
