@@ -46,11 +46,14 @@ class _Role:
             # checking out a connection that nobody returns.
             close_resets_only=False,
         )
-        capacity = (
-            settings.effective_read_pool_size + settings.effective_read_max_overflow
-            if read_only
-            else settings.pool_size + settings.max_overflow
-        )
+        if read_only:
+            capacity = settings.effective_read_pool_size + settings.effective_read_max_overflow
+        elif settings.backend == "sqlite":
+            # SQLite has one writer at a time: queue writers here, in order and at no
+            # cost, rather than in SQLite's busy loop, which ends in "database is locked".
+            capacity = 1
+        else:
+            capacity = settings.pool_size + settings.max_overflow
         self.gate = Gate(
             capacity, timeout=settings.pool_timeout, retry_after=settings.unavailable_retry_after
         )

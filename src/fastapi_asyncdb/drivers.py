@@ -107,6 +107,14 @@ def _install_sqlite_setup(engine: Engine, settings: DatabaseSettings, *, read_on
             # then write would deadlock on upgrade and one would fail with "locked".
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
+        @event.listens_for(engine, "checkin")
+        def _end_failed_commit(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+            # A COMMIT refused by a deferred constraint leaves SQLite's transaction open,
+            # and SQLAlchemy, taking the commit as the end, resets nothing; the next
+            # BEGIN would fail. ROLLBACK with no transaction open is a no-op.
+            if dbapi_connection is not None:
+                dbapi_connection.rollback()
+
 
 def _install_mysql_setup(engine: Engine, settings: DatabaseSettings, *, read_only: bool) -> None:
     @event.listens_for(engine, "connect")

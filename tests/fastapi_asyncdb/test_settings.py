@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from fastapi_asyncdb import ConfigurationError, Database, DatabaseSettings
+from fastapi_asyncdb import settings as settings_module
+
+pytestmark = pytest.mark.usefixtures("clean_environment")
+
+SECRET = "s3cr3t-Pa55"
+
+
+def test_defaults_are_a_sqlite_file_with_pre_ping_and_every_timeout_set() -> None:
+    settings = DatabaseSettings()
+    assert settings.backend == "sqlite"
+    assert settings.sqlalchemy_url.database == "./data/app.db"
+    assert settings.pool_pre_ping is True
+    assert settings.pool_class == "AsyncAdaptedQueuePool"
+    for timeout in (
+        settings.pool_timeout,
+        settings.connect_timeout,
+        settings.command_timeout,
+        settings.statement_timeout,
+        settings.idle_in_transaction_timeout,
+    ):
+        assert timeout is not None
+        assert 0 < timeout <= 60
+
+
+def test_settings_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://app@db.internal/app")
+    monkeypatch.setenv("DB_POOL_SIZE", "7")
+    monkeypatch.setenv("DB_MAX_OVERFLOW", "0")
+    monkeypatch.setenv("DB_POOL_TIMEOUT", "2.5")
+    monkeypatch.setenv("DB_POOL_RECYCLE", "600")
+    monkeypatch.setenv("DB_POOL_PRE_PING", "false")
+    monkeypatch.setenv("DB_ECHO", "true")
+    settings = DatabaseSettings()
+    assert settings.backend == "postgresql"
+    assert (settings.pool_size, settings.max_overflow) == (7, 0)
+    assert (settings.pool_timeout, settings.pool_recycle) == (2.5, 600)
+    assert settings.pool_pre_ping is False
+    assert settings.echo is True
+
+
+def test_code_overrides_take_field_names() -> None:
+    settings = DatabaseSettings(url="mysql+asyncmy://root@localhost/app", pool_size=3)
+    assert settings.backend == "mysql"
+    assert settings.pool_size == 3
+    assert settings.effective_read_pool_size == 3
+
+
+def test_read_pool_defaults_to_the_primary_pool_sizes_and_can_differ() -> None:
+    settings = DatabaseSettings(pool_size=4, max_overflow=2, read_pool_size=9)
+    assert settings.effective_read_pool_size == 9
+    assert settings.effective_read_max_overflow == 2
+
+
+@pytest.mark.parametrize(
+    ("url", "advice"),
+    [
+        ("postgresql://u@h/db", "postgresql+asyncpg://"),
+        ("postgresql+psycopg2://u@h/db", "postgresql+asyncpg://"),
+        ("mysql+pymysql://u@h/db", "mysql+asyncmy://"),
+        ("sqlite:///app.db", "sqlite+aiosqlite://"),
+    ],
+)
+def test_sync_driver_fails_at_construction_naming_the_async_one(url: str, advice: str) -> None:
+    with pytest.raises(ConfigurationError, match="DATABASE_URL") as caught:
+        DatabaseSettings(url=url)
+    assert advice in str(caught.value)
+
+
+def test_queue_pool_is_refused_with_the_asyncio_compatible_alternative() -> None:
+    with pytest.raises(ConfigurationError, match="DB_POOL_CLASS.*AsyncAdaptedQueuePool"):
+        DatabaseSettings(pool_class="QueuePool")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("pool_size", 0), ("pool_size", -1), ("max_overflow", -1), ("pool_timeout", 0),
+     ("connect_timeout", -5), ("command_timeout", 0)],
+)
+def test_zero_or_negative_sizes_and_timeouts_name_the_variable(field: str, value: int) -> None:
+    with pytest.raises(ConfigurationError, match=f"DB_{field.upper()}"):
+        DatabaseSettings(**{field: value})
+
+
+def test_invalid_environment_value_fails_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DB_POOL_SIZE", "lots")
+    with pytest.raises(ConfigurationError, match="DB_POOL_SIZE"):
+        Database()
+
+
+def test_unknown_setting_in_code_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="DB_POOL_SIZ .*spelling"):
+        DatabaseSettings(pool_siz=3)
+
+
+def test_missing_driver_package_names_the_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_find_spec = importlib.util.find_spec
+
+    def without_asyncmy(name: str, package: str | None = None) -> object:
+        return None if name == "asyncmy" else real_find_spec(name, package)
+
+    monkeypatch.setattr(settings_module.importlib.util, "find_spec", without_asyncmy)
+    with pytest.raises(ConfigurationError, match=r"fastapi-asyncdb\[mysql\]"):
+        DatabaseSettings(url="mysql+asyncmy://root@localhost/app")
+
+
+def test_in_memory_sqlite_is_refused_in_favour_of_a_file() -> None:
+    with pytest.raises(ConfigurationError, match="use a file"):
+        DatabaseSettings(url="sqlite+aiosqlite:///:memory:")
+
+
+def test_unparseable_url_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        DatabaseSettings(url=f"not a url {SECRET}")
+    assert SECRET not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql+asyncpg://app:{SECRET}@db/app",
+        f"postgresql+asyncpg://app@db/app?sslpassword={SECRET}",
+        f"postgresql+asyncpg://app@db/app?password={SECRET}",
+        f"mysql+asyncmy://app@db/app?api_token={SECRET}",
+    ],
+)
+def test_secrets_never_appear_in_reprs(url: str) -> None:
+    settings = DatabaseSettings(url=url)
+    database = Database(settings)
+    for text in (repr(settings), str(settings), settings.masked_url, repr(database),
+                 str(settings.model_dump()), settings.model_dump_json()):
+        assert SECRET not in text
+    assert "***" in settings.masked_url
+
+
+def test_secrets_never_appear_in_validation_errors() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        DatabaseSettings(url=f"postgresql://app:{SECRET}@db/app?sslpassword={SECRET}")
+    assert SECRET not in str(caught.value)
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
+
+
+def test_database_takes_settings_or_keywords_but_not_both() -> None:
+    with pytest.raises(TypeError, match="not both"):
+        Database(DatabaseSettings(), pool_size=3)
