@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,8 +43,11 @@ async def _recreate_mysql(url: str) -> None:
 
     target = make_url(url)
     admin = await asyncmy.connect(
-        host=target.host, port=target.port or 3306, user=target.username or "root",
-        password=target.password or "", connect_timeout=3,
+        host=target.host,
+        port=target.port or 3306,
+        user=target.username or "root",
+        password=target.password or "",
+        connect_timeout=3,
     )
     try:
         async with admin.cursor() as cursor:
@@ -89,12 +91,11 @@ def database_url(backend: str, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Settings read the environment; tests start from none of ours."""
     for name in list(os.environ):
         if name == "DATABASE_URL" or name.startswith("DB_"):
             monkeypatch.delenv(name)
-    yield
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -114,4 +115,5 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             "databases skipped (unreachable): " + ", ".join(sorted(_unreachable)), yellow=True
         )
     else:
-        terminalreporter.write_line("databases tested: sqlite, " + ", ".join(sorted(_prepared)))
+        tested = ", ".join(["sqlite", *sorted(_prepared)])
+        terminalreporter.write_line(f"databases tested: {tested}")

@@ -1,4 +1,4 @@
-"""Admission control: whether a unit of work may start now, decided before any connection is touched.
+"""Admission control: may a unit of work start now? Decided before any connection is touched.
 
 Two parts, both cheap on the hot path:
 

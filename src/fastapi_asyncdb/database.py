@@ -120,8 +120,9 @@ class Database:
         self._primary = self._reader = None
         for role in roles:
             if role.gate.in_use:
-                logger.warning("%d %s unit(s) of work still open at shutdown", role.gate.in_use,
-                               role.name)
+                logger.warning(
+                    "%d %s unit(s) of work still open at shutdown", role.gate.in_use, role.name
+                )
             await role.dispose()
 
     async def __aenter__(self) -> Database:

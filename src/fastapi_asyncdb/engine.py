@@ -72,6 +72,8 @@ def create_engine(
     if ping_on_idle:
         _install_ping_after_idle(sync_engine, settings.pre_ping_after_idle)
     _install_connect_guard(sync_engine, settings, on_connect_failure)
+    if settings.hide_parameters:
+        _install_parameter_redaction(sync_engine)
     if read_only:
         _install_read_only_translation(sync_engine, settings)
     return engine
@@ -141,3 +143,47 @@ def _install_read_only_translation(engine: Engine, settings: DatabaseSettings) -
                 "use SessionDep or Database.transaction() to write"
             )
         return None
+
+
+def _install_parameter_redaction(engine: Engine) -> None:
+    """Take bound values out of driver messages too.
+
+    ``hide_parameters`` drops the parameter list from SQLAlchemy's message, but
+    drivers quote values in their own text (asyncpg: "invalid input for query
+    argument $1: 'the value'"), which then reaches logs through the exception chain.
+    """
+
+    @event.listens_for(engine, "handle_error")
+    def _redact(context: ExceptionContext) -> None:
+        values = sorted(_string_values(context.parameters), key=len, reverse=True)
+        if not values:
+            return
+        seen: set[int] = set()
+        error: BaseException | None = context.sqlalchemy_exception or context.original_exception
+        pending = [error, context.original_exception]
+        while pending:
+            error = pending.pop()
+            if error is None or id(error) in seen:
+                continue
+            seen.add(id(error))
+            error.args = tuple(_redact_text(arg, values) for arg in error.args)
+            pending.extend((error.__cause__, error.__context__, getattr(error, "orig", None)))
+
+
+def _string_values(parameters: Any) -> set[str]:
+    # Very short values would redact ordinary words of the message; they say little anyway.
+    if isinstance(parameters, str):
+        return {parameters} if len(parameters) > 2 else set()
+    if isinstance(parameters, dict):
+        parameters = list(parameters.values())
+    if not isinstance(parameters, list | tuple):
+        return set()
+    return set().union(*(_string_values(item) for item in parameters))
+
+
+def _redact_text(arg: object, values: list[str]) -> object:
+    if not isinstance(arg, str):
+        return arg
+    for value in values:
+        arg = arg.replace(value, "***")
+    return arg

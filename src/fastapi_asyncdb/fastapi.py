@@ -55,7 +55,9 @@ ReadSessionDep = Annotated[AsyncSession, Depends(_request_read_session, scope="f
 """A fresh read-only session per request: no transaction, writes refused."""
 
 
-def problem(status: int, title: str, detail: str, *, retry_after: float | None = None) -> JSONResponse:
+def problem(
+    status: int, title: str, detail: str, *, retry_after: float | None = None
+) -> JSONResponse:
     """An RFC 9457 problem response."""
     headers = None if retry_after is None else {"Retry-After": str(math.ceil(retry_after))}
     return JSONResponse(

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import httpx
@@ -124,15 +124,25 @@ async def test_commit_happens_before_the_response_starts(database: Database) -> 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b'{"body": "early"}', "more_body": False}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             seen_at_response_start.append(await count_rows(database, Note))
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/notes/unflushed", "raw_path": b"/notes/unflushed",
-        "query_string": b"", "root_path": "", "headers": [(b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 1), "server": ("test", 80), "state": {}, "app": app,
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/notes/unflushed",
+        "raw_path": b"/notes/unflushed",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+        "state": {},
+        "app": app,
     }
     await app(scope, receive, send)
     assert seen_at_response_start == [1]

@@ -5,7 +5,6 @@ import importlib.util
 import pytest
 
 from fastapi_asyncdb import ConfigurationError, Database, DatabaseSettings
-from fastapi_asyncdb import settings as settings_module
 
 pytestmark = pytest.mark.usefixtures("clean_environment")
 
@@ -74,14 +73,20 @@ def test_sync_driver_fails_at_construction_naming_the_async_one(url: str, advice
 
 
 def test_queue_pool_is_refused_with_the_asyncio_compatible_alternative() -> None:
-    with pytest.raises(ConfigurationError, match="DB_POOL_CLASS.*AsyncAdaptedQueuePool"):
+    with pytest.raises(ConfigurationError, match=r"DB_POOL_CLASS.*AsyncAdaptedQueuePool"):
         DatabaseSettings(pool_class="QueuePool")
 
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("pool_size", 0), ("pool_size", -1), ("max_overflow", -1), ("pool_timeout", 0),
-     ("connect_timeout", -5), ("command_timeout", 0)],
+    [
+        ("pool_size", 0),
+        ("pool_size", -1),
+        ("max_overflow", -1),
+        ("pool_timeout", 0),
+        ("connect_timeout", -5),
+        ("command_timeout", 0),
+    ],
 )
 def test_zero_or_negative_sizes_and_timeouts_name_the_variable(field: str, value: int) -> None:
     with pytest.raises(ConfigurationError, match=f"DB_{field.upper()}"):
@@ -97,7 +102,7 @@ def test_invalid_environment_value_fails_naming_the_variable(
 
 
 def test_unknown_setting_in_code_is_refused() -> None:
-    with pytest.raises(ConfigurationError, match="DB_POOL_SIZ .*spelling"):
+    with pytest.raises(ConfigurationError, match=r"DB_POOL_SIZ .*spelling"):
         DatabaseSettings(pool_siz=3)
 
 
@@ -109,7 +114,7 @@ def test_missing_driver_package_names_the_extra_to_install(
     def without_asyncmy(name: str, package: str | None = None) -> object:
         return None if name == "asyncmy" else real_find_spec(name, package)
 
-    monkeypatch.setattr(settings_module.importlib.util, "find_spec", without_asyncmy)
+    monkeypatch.setattr(importlib.util, "find_spec", without_asyncmy)
     with pytest.raises(ConfigurationError, match=r"fastapi-asyncdb\[mysql\]"):
         DatabaseSettings(url="mysql+asyncmy://root@localhost/app")
 
@@ -137,8 +142,14 @@ def test_unparseable_url_is_refused_without_echoing_it() -> None:
 def test_secrets_never_appear_in_reprs(url: str) -> None:
     settings = DatabaseSettings(url=url)
     database = Database(settings)
-    for text in (repr(settings), str(settings), settings.masked_url, repr(database),
-                 str(settings.model_dump()), settings.model_dump_json()):
+    for text in (
+        repr(settings),
+        str(settings),
+        settings.masked_url,
+        repr(database),
+        str(settings.model_dump()),
+        settings.model_dump_json(),
+    ):
         assert SECRET not in text
     assert "***" in settings.masked_url
 
