@@ -12,17 +12,20 @@ from .errors import (
     DatabaseUnavailableError,
     ReadOnlySessionError,
 )
-from .fastapi import ReadSessionDep, SessionDep
+from .fastapi import DatabaseDep, ReadSessionDep, SessionDep
+from .retry import Retry
 from .settings import DatabaseSettings
 
 __all__ = [
     "ConfigurationError",
     "Database",
+    "DatabaseDep",
     "DatabaseError",
     "DatabaseNotStartedError",
     "DatabaseSettings",
     "DatabaseUnavailableError",
     "ReadOnlySessionError",
     "ReadSessionDep",
+    "Retry",
     "SessionDep",
 ]

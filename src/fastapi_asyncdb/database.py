@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import QueuePool
 
+from . import drivers
 from .admission import Breaker, Gate
 from .engine import create_engine
 from .errors import DatabaseNotStartedError
+from .retry import Retry, run_with_retries
 from .settings import DatabaseSettings
 
 if TYPE_CHECKING:
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
 __all__ = ["Database"]
 
 logger = logging.getLogger("fastapi_asyncdb")
+
+T = TypeVar("T")
 
 
 class _Role:
@@ -180,6 +184,24 @@ class Database:
                 await session.commit()
         finally:
             role.gate.leave()
+
+    async def run_transaction(
+        self, work: Callable[[AsyncSession], Awaitable[T]], *, retry: Retry | None = None
+    ) -> T:
+        """Run ``work`` in a unit of work and commit; repeat it if it loses a race.
+
+        With ``retry``, a serialization failure or deadlock (PostgreSQL 40001 and
+        40P01, MySQL/MariaDB 1213) rolls the unit back and runs ``work`` again from
+        the start, at most ``retry.attempts`` times in all. Pass ``retry`` only for
+        work that is safe to repeat.
+        """
+        backend = self.settings.backend
+        return await run_with_retries(
+            self.transaction,
+            work,
+            retry or Retry(attempts=1),
+            lambda error: drivers.is_serialization_failure(backend, error),
+        )
 
     @asynccontextmanager
     async def read_session(self) -> AsyncIterator[AsyncSession]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -14,12 +14,10 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import drivers
+from .database import Database
 from .errors import DatabaseNotStartedError, DatabaseUnavailableError, ReadOnlySessionError
 
-if TYPE_CHECKING:
-    from .database import Database
-
-__all__ = ["ReadSessionDep", "SessionDep", "install"]
+__all__ = ["DatabaseDep", "ReadSessionDep", "SessionDep", "install"]
 
 logger = logging.getLogger("fastapi_asyncdb")
 
@@ -53,6 +51,9 @@ SessionDep = Annotated[AsyncSession, Depends(_request_transaction, scope="functi
 
 ReadSessionDep = Annotated[AsyncSession, Depends(_request_read_session, scope="function")]
 """A fresh read-only session per request: no transaction, writes refused."""
+
+DatabaseDep = Annotated[Database, Depends(_database)]
+"""The installed ``Database``, for ``run_transaction`` with retries inside an endpoint."""
 
 
 def problem(
