@@ -12,7 +12,7 @@ from .errors import (
     DatabaseUnavailableError,
     ReadOnlySessionError,
 )
-from .fastapi import DatabaseDep, ReadSessionDep, SessionDep
+from .fastapi import DatabaseDep, ReadSessionDep, SessionDep, problem_response
 from .retry import Retry
 from .settings import DatabaseSettings
 
@@ -28,4 +28,5 @@ __all__ = [
     "ReadSessionDep",
     "Retry",
     "SessionDep",
+    "problem_response",
 ]

@@ -90,7 +90,7 @@ class Breaker:
         if self.is_open:
             return
         self.is_open = True
-        logger.warning("database unreachable; failing fast until a probe succeeds")
+        logger.warning("cannot connect to the database; failing fast until a probe succeeds")
         self._probe_task = asyncio.get_running_loop().create_task(self._probe_until_up())
 
     async def _probe_until_up(self) -> None:

@@ -20,6 +20,7 @@ __all__ = [
     "engine_options",
     "install_connection_setup",
     "is_busy",
+    "is_constraint_violation",
     "is_read_only_violation",
     "is_serialization_failure",
 ]
@@ -28,6 +29,9 @@ _PG_READ_ONLY_SQLSTATE = "25006"
 _PG_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 _MYSQL_READ_ONLY_CODE = 1792
 _MYSQL_DEADLOCK_CODE = 1213
+# CHECK constraint violated (MariaDB 4025, MySQL 3819): asyncmy raises these as
+# OperationalError, not IntegrityError.
+_MYSQL_CHECK_CODES = frozenset({4025, 3819})
 
 
 def engine_options(settings: DatabaseSettings, *, read_only: bool) -> dict[str, Any]:
@@ -166,6 +170,11 @@ def is_serialization_failure(backend: Backend, error: BaseException) -> bool:
     if backend == "mysql":
         return _mysql_code(orig) == _MYSQL_DEADLOCK_CODE
     return False
+
+
+def is_constraint_violation(backend: Backend, error: BaseException) -> bool:
+    """A constraint refused the change, though the driver did not call it an IntegrityError."""
+    return backend == "mysql" and _mysql_code(_driver_error(error)) in _MYSQL_CHECK_CODES
 
 
 def is_busy(backend: Backend, error: BaseException) -> bool:

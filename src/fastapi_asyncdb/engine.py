@@ -21,6 +21,7 @@ __all__ = ["create_engine"]
 
 logger = logging.getLogger("fastapi_asyncdb")
 
+_MISCONFIGURATION = (TypeError, AttributeError, ImportError)
 _IDLE_SINCE = "fastapi_asyncdb_idle_since"
 
 
@@ -58,6 +59,9 @@ def create_engine(
             pool_timeout=settings.pool_timeout,
             pool_recycle=-1 if settings.pool_recycle is None else settings.pool_recycle,
         )
+        if read_only:
+            # An autocommit connection has no transaction to roll back when returned.
+            options["pool_reset_on_return"] = None
     ping_on_idle = settings.pool_pre_ping and settings.pre_ping_after_idle > 0
     engine = create_async_engine(
         url,
@@ -92,10 +96,11 @@ def _install_connect_guard(
     def _connect(dialect: Dialect, _record: Any, cargs: Any, cparams: Any) -> Any:
         try:
             return dialect.connect(*cargs, **cparams)
+        except _MISCONFIGURATION:
+            raise  # a wrong connect argument is a bug to see, not an outage to wait out
         except Exception as error:
             if on_connect_failure is not None:
                 on_connect_failure()
-            logger.warning("cannot connect to the database: %s", type(error).__name__)
             raise DatabaseUnavailableError(
                 f"cannot connect to the database ({type(error).__name__})",
                 retry_after=settings.unavailable_retry_after,

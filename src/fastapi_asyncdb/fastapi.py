@@ -17,7 +17,7 @@ from . import drivers
 from .database import Database
 from .errors import DatabaseNotStartedError, DatabaseUnavailableError, ReadOnlySessionError
 
-__all__ = ["DatabaseDep", "ReadSessionDep", "SessionDep", "install"]
+__all__ = ["DatabaseDep", "ReadSessionDep", "SessionDep", "install", "problem_response"]
 
 logger = logging.getLogger("fastapi_asyncdb")
 
@@ -56,10 +56,10 @@ DatabaseDep = Annotated[Database, Depends(_database)]
 """The installed ``Database``, for ``run_transaction`` with retries inside an endpoint."""
 
 
-def problem(
+def problem_response(
     status: int, title: str, detail: str, *, retry_after: float | None = None
 ) -> JSONResponse:
-    """An RFC 9457 problem response."""
+    """An RFC 9457 problem+json response, the shape of every error this module sends."""
     headers = None if retry_after is None else {"Retry-After": str(math.ceil(retry_after))}
     return JSONResponse(
         {"type": "about:blank", "title": title, "status": status, "detail": detail},
@@ -76,11 +76,13 @@ def install(database: Database, app: FastAPI, *, health_prefix: str = "/health")
     backend = database.settings.backend
 
     def unavailable(detail: str) -> JSONResponse:
-        return problem(503, "Service Unavailable", detail, retry_after=retry_after)
+        return problem_response(503, "Service Unavailable", detail, retry_after=retry_after)
 
     async def on_unavailable(_request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, DatabaseUnavailableError)
-        return problem(503, "Service Unavailable", error.reason, retry_after=error.retry_after)
+        return problem_response(
+            503, "Service Unavailable", error.reason, retry_after=error.retry_after
+        )
 
     async def on_not_started(_request: Request, _error: Exception) -> JSONResponse:
         return unavailable("the database is starting or stopping")
@@ -90,20 +92,22 @@ def install(database: Database, app: FastAPI, *, health_prefix: str = "/health")
 
     async def on_integrity(_request: Request, error: Exception) -> JSONResponse:
         logger.info("integrity error: %s", type(getattr(error, "orig", error)).__name__)
-        return problem(409, "Conflict", "the change conflicts with data already stored")
+        return problem_response(409, "Conflict", "the change conflicts with data already stored")
 
     async def on_read_only(_request: Request, error: Exception) -> JSONResponse:
         logger.error("write attempted on a read-only session", exc_info=error)
-        return problem(500, "Internal Server Error", str(error))
+        return problem_response(500, "Internal Server Error", str(error))
 
     async def on_database_error(_request: Request, error: Exception) -> JSONResponse:
+        if isinstance(error, DBAPIError) and drivers.is_constraint_violation(backend, error):
+            return await on_integrity(_request, error)
         if isinstance(error, DBAPIError) and (
             error.connection_invalidated or drivers.is_busy(backend, error)
         ):
             logger.warning("database connection lost or busy: %s", type(error.orig).__name__)
             return unavailable("the database connection failed; retry the request")
         logger.error("database error", exc_info=error)
-        return problem(500, "Internal Server Error", "a database error occurred")
+        return problem_response(500, "Internal Server Error", "a database error occurred")
 
     app.add_exception_handler(DatabaseUnavailableError, on_unavailable)
     app.add_exception_handler(DatabaseNotStartedError, on_not_started)

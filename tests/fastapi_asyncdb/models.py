@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import ForeignKey, Integer, String, func, select
+from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from fastapi_asyncdb import Database
@@ -17,6 +17,14 @@ class Note(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     body: Mapped[str] = mapped_column(String(100), unique=True)
+
+
+class Positive(Base):
+    __tablename__ = "positives"
+    __table_args__ = (CheckConstraint("value > 0", name="value_is_positive"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[int] = mapped_column(Integer)
 
 
 class Parent(Base):

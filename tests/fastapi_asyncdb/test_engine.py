@@ -180,8 +180,8 @@ async def test_connect_errors_keep_passwords_and_query_secrets_out_of_logs_and_m
     caplog.set_level(logging.DEBUG)
     url = (
         make_url(database_url)
-        .set(port=free_port(), password=SECRET)
-        .update_query_dict({"sslpassword": SECRET})
+        .set(port=free_port())
+        .update_query_dict({"password": SECRET})
         .render_as_string(hide_password=False)
     )
     database = Database(url=url, echo=True, echo_pool=True, connect_timeout=1)

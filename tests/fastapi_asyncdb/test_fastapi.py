@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fastapi_asyncdb import Database, ReadSessionDep, SessionDep
 
-from .models import Child, Note, count_rows, create_tables
+from .models import Child, Note, Positive, count_rows, create_tables
 
 pytestmark = pytest.mark.usefixtures("clean_environment")
 
@@ -49,6 +49,12 @@ def build_app(database: Database) -> FastAPI:
     async def create_orphan(session: SessionDep) -> dict[str, str]:
         # A deferred foreign key: only COMMIT itself can fail.
         session.add(Child(parent_id=424242))
+        await session.flush()
+        return {"status": "created"}
+
+    @app.post("/positives", status_code=201)
+    async def create_positive(value: int, session: SessionDep) -> dict[str, str]:
+        session.add(Positive(value=value))
         await session.flush()
         return {"status": "created"}
 
@@ -157,6 +163,16 @@ async def test_failing_commit_gives_an_error_response_and_no_row(
     assert duplicate.headers["content-type"] == "application/problem+json"
     assert "dup" not in duplicate.text
     assert await count_rows(database, Note) == 1
+
+
+async def test_check_constraint_violation_answers_409_on_every_backend(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    # MariaDB's CHECK violations arrive as OperationalError, not IntegrityError.
+    response = await client.post("/positives", params={"value": -1})
+    assert response.status_code == 409
+    assert response.headers["content-type"] == "application/problem+json"
+    assert await count_rows(database, Positive) == 0
 
 
 @pytest.mark.backends("sqlite", "postgresql")

@@ -1,0 +1,1 @@
+"""ledger: the reference money-transfer service built on fastapi-asyncdb's public API."""

@@ -1,0 +1,64 @@
+"""Accounts: open one, read one, page through them, and the total of all balances."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query, status
+from sqlalchemy import func, select
+
+from fastapi_asyncdb import ReadSessionDep, SessionDep
+
+from .models import Account
+from .problems import problem_responses
+from .schemas import MAX_ID, AccountCreate, AccountId, AccountOut, AccountPage, Total
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/accounts", tags=["accounts"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=AccountOut)
+async def create_account(body: AccountCreate, session: SessionDep) -> Account:
+    account = Account(owner=body.owner, balance=body.balance)
+    session.add(account)
+    # Flush for the generated id; the commit happens before the response is sent.
+    await session.flush()
+    return account
+
+
+@router.get("", status_code=status.HTTP_200_OK, response_model=AccountPage)
+async def list_accounts(
+    session: ReadSessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+) -> AccountPage:
+    # Keyset, not OFFSET: every page costs the same, and rows inserted meanwhile
+    # neither shift nor repeat items.
+    query = select(Account).where(Account.id > after).order_by(Account.id).limit(limit + 1)
+    rows = list((await session.scalars(query)).all())
+    items = [AccountOut.model_validate(row) for row in rows[:limit]]
+    next_after = items[-1].id if len(rows) > limit else None
+    return AccountPage(items=items, next_after=next_after)
+
+
+@router.get("/total", status_code=status.HTTP_200_OK, response_model=Total)
+async def total_balance(session: ReadSessionDep) -> Total:
+    # One statement is one snapshot: two separate reads could straddle a transfer.
+    query = select(func.count(Account.id), func.coalesce(func.sum(Account.balance), 0))
+    count, total = (await session.execute(query)).one()
+    # SUM comes back as a Decimal on PostgreSQL and MariaDB.
+    return Total(accounts=int(count), total=int(total))
+
+
+@router.get(
+    "/{account_id}",
+    status_code=status.HTTP_200_OK,
+    response_model=AccountOut,
+    responses=problem_responses(404),
+)
+async def get_account(account_id: Annotated[AccountId, Path()], session: ReadSessionDep) -> Account:
+    account = await session.get(Account, account_id)
+    if account is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"account {account_id} does not exist")
+    return account

@@ -1,0 +1,84 @@
+"""The request and response bodies."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "AccountCreate",
+    "AccountId",
+    "AccountOut",
+    "AccountPage",
+    "Cents",
+    "Total",
+    "TransferCreate",
+    "TransferOut",
+]
+
+# Ids are INTEGER columns: a larger number would be a driver error (500) instead of a 422.
+MAX_ID = 2**31 - 1
+# Amounts beyond 2**53 lose precision in JavaScript clients, which read JSON numbers as doubles.
+MAX_CENTS = 2**53 - 1
+
+AccountId = Annotated[int, Field(ge=1, le=MAX_ID)]
+Cents = Annotated[int, Field(ge=0, le=MAX_CENTS)]
+
+
+class _Request(BaseModel):
+    # Strict: money is integer cents; 10.5 or "10" is a client bug, not something to coerce.
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class AccountCreate(_Request):
+    owner: Annotated[str, Field(min_length=1, max_length=200)]
+    balance: Cents
+
+
+class AccountOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    owner: str
+    balance: int
+
+
+class AccountPage(BaseModel):
+    items: list[AccountOut]
+    next_after: int | None = Field(
+        description="Pass as ?after= for the next page; null at the end."
+    )
+
+
+class Total(BaseModel):
+    accounts: int
+    total: int
+
+
+class TransferCreate(_Request):
+    from_account: AccountId
+    to_account: AccountId
+    amount: Annotated[int, Field(gt=0, le=MAX_CENTS)]
+
+    @model_validator(mode="after")
+    def _distinct_accounts(self) -> Self:
+        if self.from_account == self.to_account:
+            raise ValueError("from_account and to_account must differ")
+        return self
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical body: equal requests hash equal whatever their key order."""
+        canonical = json.dumps(self.model_dump(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class TransferOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    from_account: int
+    to_account: int
+    amount: int

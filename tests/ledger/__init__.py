@@ -1,0 +1,1 @@
+"""Contract tests of the ledger service, on every database backend."""
