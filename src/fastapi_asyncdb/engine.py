@@ -12,6 +12,7 @@ from sqlalchemy.engine import Dialect, Engine, ExceptionContext
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolProxiedConnection
+from sqlalchemy.util import await_only
 
 from . import drivers
 from .errors import DatabaseUnavailableError, ReadOnlySessionError
@@ -74,7 +75,9 @@ def create_engine(
     sync_engine = engine.sync_engine
     drivers.install_connection_setup(sync_engine, settings, read_only=read_only)
     if ping_on_idle:
-        _install_ping_after_idle(sync_engine, settings.pre_ping_after_idle)
+        _install_ping_after_idle(
+            sync_engine, settings.pre_ping_after_idle, timeout=settings.health_timeout
+        )
     _install_connect_guard(sync_engine, settings, on_connect_failure)
     if settings.hide_parameters:
         _install_parameter_redaction(sync_engine)
@@ -107,13 +110,22 @@ def _install_connect_guard(
             ) from error
 
 
-def _install_ping_after_idle(engine: Engine, idle_seconds: float) -> None:
+def _install_ping_after_idle(engine: Engine, idle_seconds: float, *, timeout: float) -> None:
     """Pre-ping only connections that sat idle, as HikariCP does.
 
     SQLAlchemy's pre-ping costs a round trip (three on a transactional connection)
     at every checkout; a connection returned a moment ago is as good as a pinged one.
+    The ping has its own short timeout: on a half-open connection it would otherwise
+    hang for the whole command timeout before the pool tried a fresh connection.
     """
     dialect = engine.dialect
+
+    def ping(dbapi_connection: Any) -> None:
+        if dialect.driver == "asyncpg":
+            driver_connection = dbapi_connection.driver_connection
+            await_only(driver_connection.fetchrow(";", timeout=timeout))
+        else:
+            dialect.do_ping(dbapi_connection)
 
     @event.listens_for(engine, "connect")
     def _fresh(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -131,8 +143,12 @@ def _install_ping_after_idle(engine: Engine, idle_seconds: float) -> None:
         if idle_since is not None and time.monotonic() - idle_since < idle_seconds:
             return
         try:
-            dialect.do_ping(dbapi_connection)
+            ping(dbapi_connection)
         except Exception as error:
+            if dialect.driver == "asyncpg":
+                # SQLAlchemy closes a discarded connection gracefully, waiting up to 2 s
+                # for a server that may be gone; this one is known dead.
+                dbapi_connection.driver_connection.terminate()
             # The pool discards this connection and retries the checkout with a new one.
             raise DisconnectionError("stale pooled connection") from error
 

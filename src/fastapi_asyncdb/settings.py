@@ -112,7 +112,9 @@ class DatabaseSettings(BaseSettings):
     unavailable_retry_after: PositiveInt = Field(
         default=1, description="Seconds announced in Retry-After when the database is unavailable."
     )
-    health_timeout: PositiveFloat = 2.0
+    health_timeout: PositiveFloat = Field(
+        default=2.0, description="Limit on the readiness ping and on pre-pings of idle connections."
+    )
     echo: bool = False
     echo_pool: bool = False
     hide_parameters: bool = Field(

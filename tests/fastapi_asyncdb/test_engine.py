@@ -1,10 +1,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import text
@@ -12,6 +10,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from fastapi_asyncdb import Database, DatabaseUnavailableError
+
+from .proxy import Forwarder, free_port
 
 pytestmark = pytest.mark.usefixtures("clean_environment")
 
@@ -115,36 +115,6 @@ async def kill_pooled_connection(database: Database) -> None:
     await asyncio.sleep(0.05)
 
 
-@contextlib.asynccontextmanager
-async def tcp_forwarder(listen_port: int, target_port: int) -> AsyncIterator[None]:
-    """A minimal proxy standing in for a database that comes back."""
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", target_port)
-        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
-
-    server = await asyncio.start_server(handle, "127.0.0.1", listen_port)
-    try:
-        yield
-    finally:
-        server.close()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.mark.backends("postgresql")
 async def test_unreachable_database_fails_fast_then_recovers_by_itself(
     database_url: str,
@@ -161,7 +131,7 @@ async def test_unreachable_database_fails_fast_then_recovers_by_itself(
         report = await database.check_health()
         assert report["status"] == "unavailable"
 
-        async with tcp_forwarder(port, make_url(database_url).port or 5432):
+        async with Forwarder(make_url(database_url).port or 5432, port=port).running():
             back_at = time.monotonic()
             while True:
                 try:
@@ -208,3 +178,42 @@ async def test_bound_parameters_stay_out_of_errors_and_logs(
                 await session.execute(text("SELECT CAST(:value AS integer)"), {"value": SECRET})
     assert SECRET not in str(caught.value)
     assert SECRET not in caplog.text
+
+
+@pytest.mark.backends("postgresql")
+async def test_blackholed_database_fails_within_the_ping_and_connect_timeouts(
+    database_url: str,
+) -> None:
+    forwarder = Forwarder(make_url(database_url).port or 5432)
+    url = make_url(database_url).set(port=forwarder.port).render_as_string(hide_password=False)
+    async with (
+        forwarder.running(),
+        Database(
+            url=url,
+            pre_ping_after_idle=0.05,
+            health_timeout=0.5,
+            connect_timeout=0.5,
+            command_timeout=30,
+        ) as database,
+    ):
+        assert await scalar(database, "SELECT 1", read=True) == 1
+        forwarder.blackhole = True
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailableError):
+            await scalar(database, "SELECT 1", read=True)
+        assert time.monotonic() - started < 2.0
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailableError, match="cannot be reached"):
+            await scalar(database, "SELECT 1", read=True)
+        assert time.monotonic() - started < 0.05
+
+        forwarder.blackhole = False
+        back_at = time.monotonic()
+        while True:
+            try:
+                assert await scalar(database, "SELECT 1", read=True) == 1
+                break
+            except DatabaseUnavailableError:
+                assert time.monotonic() - back_at < 3
+                await asyncio.sleep(0.05)
