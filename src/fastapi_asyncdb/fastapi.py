@@ -127,8 +127,15 @@ def install(database: Database, app: FastAPI, *, health_prefix: str = "/health")
             return JSONResponse(report, status_code=503, headers={"Retry-After": str(retry_after)})
         return JSONResponse(report)
 
+    async def pools() -> dict[str, dict[str, Any]]:
+        """Pool state (in use, capacity, waiting, checked out, idle); never touches the database."""
+        return database.pool_status()
+
     responses: dict[int | str, dict[str, Any]] = {503: {"description": "Database unavailable"}}
     app.add_api_route(f"{health_prefix}/live", live, methods=["GET"], tags=["health"])
     app.add_api_route(
         f"{health_prefix}/ready", ready, methods=["GET"], tags=["health"], responses=responses
+    )
+    app.add_api_route(
+        f"{health_prefix}/pools", pools, methods=["GET"], tags=["health"], responses=responses
     )

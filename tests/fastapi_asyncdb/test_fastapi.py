@@ -239,6 +239,15 @@ async def test_liveness_and_readiness_routes(client: httpx.AsyncClient) -> None:
     ready = await client.get("/health/ready")
     assert ready.status_code == 200
     assert ready.json()["pools"]["read"]["capacity"] == 2
+    pools = await client.get("/health/pools")
+    assert pools.json()["read"] == {
+        "reachable": True,
+        "in_use": 0,
+        "capacity": 2,
+        "waiting": 0,
+        "checked_out": 0,
+        "idle": pools.json()["read"]["idle"],
+    }
 
 
 async def test_requests_after_shutdown_get_503_not_a_hang(database_url: str) -> None:
@@ -250,9 +259,11 @@ async def test_requests_after_shutdown_get_503_not_a_hang(database_url: str) -> 
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         response = await client.get("/notes/1")
         live = await client.get("/health/live")
+        pools = await client.get("/health/pools")
     assert response.status_code == 503
     assert "retry-after" in response.headers
     assert live.status_code == 200
+    assert pools.status_code == 503
 
 
 async def test_session_dependency_without_install_explains_the_fix(database: Database) -> None:
