@@ -11,7 +11,11 @@ import os
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 SERVER_URLS = {
     "postgresql": os.environ.get(
@@ -20,57 +24,46 @@ SERVER_URLS = {
     "mysql": os.environ.get("TEST_MYSQL_URL", "mysql+asyncmy://root@127.0.0.1:3306/asyncdb_test"),
 }
 BACKENDS = ("sqlite", "postgresql", "mysql")
+# Where to connect to drop and create a test database (never the one dropped).
+ADMIN_DATABASE = "test"
 _unreachable: dict[str, str] = {}
 _prepared: set[str] = set()
 
 
-async def _recreate_postgresql(url: str) -> None:
-    import asyncpg
-
+async def _recreate_database(url: str) -> None:
     target = make_url(url)
-    admin = await asyncpg.connect(
-        host=target.host, port=target.port, user=target.username, database="postgres", timeout=3
+    is_postgresql = target.get_backend_name() == "postgresql"
+    admin = create_async_engine(
+        target.set(database=ADMIN_DATABASE),
+        poolclass=NullPool,
+        isolation_level="AUTOCOMMIT",
+        connect_args={"timeout" if is_postgresql else "connect_timeout": 3},
     )
+    name = admin.dialect.identifier_preparer.quote(str(target.database))
+    # FORCE: a connection left over from an interrupted run must not block the fresh start.
+    force = " WITH (FORCE)" if is_postgresql else ""
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{target.database}"')
+        async with admin.connect() as connection:
+            await connection.execute(text(f"DROP DATABASE IF EXISTS {name}{force}"))
+            await connection.execute(text(f"CREATE DATABASE {name}"))
     finally:
-        await admin.close()
+        await admin.dispose()
 
 
-async def _recreate_mysql(url: str) -> None:
-    import asyncmy
-
-    target = make_url(url)
-    admin = await asyncmy.connect(
-        host=target.host,
-        port=target.port or 3306,
-        user=target.username or "root",
-        password=target.password or "",
-        connect_timeout=3,
-    )
-    try:
-        async with admin.cursor() as cursor:
-            await cursor.execute(f"DROP DATABASE IF EXISTS `{target.database}`")
-            await cursor.execute(f"CREATE DATABASE `{target.database}`")
-    finally:
-        admin.close()
-
-
-def prepare_server(backend: str) -> str:
-    """Create the backend's test database once per run; skip or fail if it is unreachable."""
-    url = SERVER_URLS[backend]
-    if backend not in _prepared and backend not in _unreachable:
-        recreate = _recreate_postgresql if backend == "postgresql" else _recreate_mysql
+def prepare_server(backend: str, database: str = "asyncdb_test") -> str:
+    """Recreate a test database once per run; skip, or in CI fail, if the server is down."""
+    url = make_url(SERVER_URLS[backend]).set(database=database).render_as_string(False)
+    key = f"{backend}/{database}"
+    if key not in _prepared and backend not in _unreachable:
         try:
-            asyncio.run(recreate(url))
-            _prepared.add(backend)
-        except (OSError, TimeoutError, ConnectionError) as error:
+            asyncio.run(_recreate_database(url))
+            _prepared.add(key)
+        except (OSError, TimeoutError, DBAPIError) as error:
             _unreachable[backend] = f"{type(error).__name__}: {error}"
     if backend in _unreachable:
         message = f"{backend} unreachable at {make_url(url).host} ({_unreachable[backend]})"
         if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI requires every database")
+            pytest.fail(f"{message}; CI requires every database", pytrace=False)
         pytest.skip(f"{message}; set CI=1 to make this a failure")
     return url
 
@@ -115,5 +108,5 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             "databases skipped (unreachable): " + ", ".join(sorted(_unreachable)), yellow=True
         )
     else:
-        tested = ", ".join(["sqlite", *sorted(_prepared)])
+        tested = ", ".join(["sqlite", *sorted({key.split("/")[0] for key in _prepared})])
         terminalreporter.write_line(f"databases tested: {tested}")
