@@ -188,3 +188,17 @@ async def test_health_reports_pools_and_a_reachable_database(database: Database)
     assert set(report["pools"]) == {"primary", "read"}
     assert report["pools"]["read"]["capacity"] == 2
     assert report["pools"]["primary"]["in_use"] == 0
+
+
+async def test_null_pool_opens_a_connection_per_unit_of_work_and_keeps_none(
+    database_url: str,
+) -> None:
+    async with Database(url=database_url, pool_class="NullPool") as database:
+        await create_tables(database)
+        async with database.transaction() as session:
+            session.add(Note(body="unpooled"))
+        async with database.read_session() as session:
+            assert (await session.get(Note, 1)) is not None
+        status = database.pool_status()
+    assert status["primary"]["in_use"] == 0
+    assert "checked_out" not in status["primary"]
