@@ -1,0 +1,1 @@
+"""Benchmark harness: TechEmpower database tests against three FastAPI contenders."""

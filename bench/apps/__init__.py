@@ -1,0 +1,1 @@
+"""The contender applications, each a FastAPI app module served by uvicorn."""

@@ -1,0 +1,82 @@
+"""Contender 3: the endpoints written the way fastapi-asyncdb's README tells users to.
+
+Default settings, from the environment (DATABASE_URL, DB_POOL_SIZE, DB_READ_POOL_SIZE, ...).
+Reads use the read-only autocommit session; writes use the session committed on return.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bench.apps.common import (
+    ADDITIONAL_FORTUNE,
+    FORTUNES_TEMPLATE,
+    HTML_MEDIA_TYPE,
+    distinct_sorted_ids,
+    query_count,
+    random_id,
+    random_number,
+)
+from bench.apps.models import Fortune, World
+from fastapi_asyncdb import Database, ReadSessionDep, SessionDep
+
+db = Database()
+app = FastAPI(lifespan=db.lifespan)
+db.install(app)
+
+
+class WorldOut(BaseModel):
+    id: int
+    randomNumber: int  # noqa: N815 - the wire name TechEmpower prescribes
+
+    @classmethod
+    def of(cls, world: World) -> WorldOut:
+        return cls(id=world.id, randomNumber=world.randomnumber)
+
+
+async def _world(session: AsyncSession, row_id: int) -> World:
+    world = await session.get(World, row_id)
+    if world is None:
+        raise LookupError(f"world {row_id} is missing: run python -m bench.schema")
+    return world
+
+
+@app.get("/db")
+async def single_query(session: ReadSessionDep) -> WorldOut:
+    return WorldOut.of(await _world(session, random_id()))
+
+
+@app.get("/queries")
+async def multiple_queries(session: ReadSessionDep, queries: str | None = None) -> list[WorldOut]:
+    return [WorldOut.of(await _world(session, random_id())) for _ in range(query_count(queries))]
+
+
+@app.get("/fortunes")
+async def fortunes(session: ReadSessionDep) -> HTMLResponse:
+    rows = list((await session.scalars(select(Fortune))).all())
+    rows.append(Fortune(id=0, message=ADDITIONAL_FORTUNE))  # transient: never added to the session
+    rows.sort(key=lambda fortune: fortune.message)
+    return HTMLResponse(FORTUNES_TEMPLATE.render(fortunes=rows), media_type=HTML_MEDIA_TYPE)
+
+
+@app.get("/updates")
+async def updates(session: SessionDep, queries: str | None = None) -> list[WorldOut]:
+    worlds: list[World] = []
+    for row_id in distinct_sorted_ids(query_count(queries)):
+        world = await _world(session, row_id)
+        world.randomnumber = random_number()
+        worlds.append(world)
+    # No commit here: the library commits when the endpoint returns, before the response.
+    return [WorldOut.of(world) for world in worlds]
+
+
+@app.get("/slow")
+async def slow(session: ReadSessionDep, seconds: float = 0.5) -> dict[str, float]:
+    await session.execute(
+        text("SELECT pg_sleep(:seconds)"), {"seconds": min(max(seconds, 0.0), 5.0)}
+    )
+    return {"slept": seconds}

@@ -1,0 +1,43 @@
+"""Rules every contender shares, so the only difference between them is database access."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Final
+
+import jinja2
+
+from bench.config import MAX_QUERIES, WORLD_ROWS
+
+ADDITIONAL_FORTUNE: Final = "Additional fortune added at request time."
+
+_TEMPLATES: Final = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=True,
+)
+FORTUNES_TEMPLATE: Final = _TEMPLATES.get_template("fortunes.html")
+HTML_MEDIA_TYPE: Final = "text/html; charset=utf-8"
+
+
+def query_count(raw: str | None) -> int:
+    """TechEmpower's rule: clamp to 1..500; missing or non-integer means 1."""
+    try:
+        count = int(raw) if raw is not None else 1
+    except ValueError:
+        return 1
+    return min(max(count, 1), MAX_QUERIES)
+
+
+def random_id() -> int:
+    return random.randint(1, WORLD_ROWS)
+
+
+def random_number() -> int:
+    return random.randint(1, WORLD_ROWS)
+
+
+def distinct_sorted_ids(count: int) -> list[int]:
+    """Distinct ids so each returned row is the persisted one; sorted so that
+    concurrent update transactions lock rows in the same order and never deadlock."""
+    return sorted(random.sample(range(1, WORLD_ROWS + 1), count))

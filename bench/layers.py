@@ -1,0 +1,102 @@
+"""Where the time goes: client CPU per primary-key read, layer by layer, in one process.
+
+Each layer adds one piece on top of the previous one, reading one random `world` row:
+raw asyncpg, the SQLAlchemy engine with a text statement, Core `select()`, the ORM's
+`session.get` in an autocommit session, and the same in the recipe's transaction
+(BEGIN + SELECT + ROLLBACK). CPU is `time.process_time()`, so waiting on PostgreSQL is
+not counted; one connection, one query at a time.
+
+Run: .venv/bin/python -m bench.layers [--reads 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from bench.apps.models import World
+from bench.config import SQLALCHEMY_URL, WORLD_ROWS
+from bench.pg import connect
+
+READ_SQL = "SELECT id, randomnumber FROM world WHERE id = $1"
+Read = Callable[[int], Awaitable[object]]
+
+
+async def _cpu_per_read(read: Read, reads: int) -> float:
+    for _ in range(200):  # warm caches: statement cache, compiled cache, pool
+        await read(random.randint(1, WORLD_ROWS))
+    ids = [random.randint(1, WORLD_ROWS) for _ in range(reads)]
+    began = time.process_time()
+    for row_id in ids:
+        await read(row_id)
+    return (time.process_time() - began) * 1e6 / reads
+
+
+async def _layers(
+    raw: asyncpg.Connection, engine: AsyncEngine, autocommit: AsyncEngine
+) -> dict[str, Read]:
+    core_conn = await autocommit.connect()
+    sessions = async_sessionmaker(autocommit, expire_on_commit=False)
+    recipe_sessions = async_sessionmaker(engine)
+    statement = text("SELECT id, randomnumber FROM world WHERE id = :id")
+
+    async def asyncpg_fetchrow(row_id: int) -> object:
+        return await raw.fetchrow(READ_SQL, row_id)
+
+    async def engine_text(row_id: int) -> object:
+        return (await core_conn.execute(statement, {"id": row_id})).one()
+
+    async def core_select(row_id: int) -> object:
+        return (await core_conn.execute(select(World.__table__).where(World.id == row_id))).one()
+
+    async def orm_get_autocommit(row_id: int) -> object:
+        async with sessions() as session:
+            return await session.get(World, row_id)
+
+    async def orm_get_recipe(row_id: int) -> object:
+        async with recipe_sessions() as session:
+            return await session.get(World, row_id)
+
+    return {
+        "asyncpg fetchrow": asyncpg_fetchrow,
+        "engine + text (autocommit)": engine_text,
+        "engine + Core select (autocommit)": core_select,
+        "ORM session.get, new session (autocommit)": orm_get_autocommit,
+        "ORM session.get, new session (recipe: BEGIN/ROLLBACK)": orm_get_recipe,
+    }
+
+
+async def measure(reads: int) -> dict[str, float]:
+    engine = create_async_engine(SQLALCHEMY_URL, pool_size=2, max_overflow=0)
+    autocommit = create_async_engine(
+        SQLALCHEMY_URL, pool_size=2, max_overflow=0, isolation_level="AUTOCOMMIT"
+    )
+    raw = await connect()
+    try:
+        layers = await _layers(raw, engine, autocommit)
+        return {name: await _cpu_per_read(read, reads) for name, read in layers.items()}
+    finally:
+        await raw.close()
+        await engine.dispose()
+        await autocommit.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.layers", description=__doc__)
+    parser.add_argument("--reads", type=int, default=3000)
+    args = parser.parse_args()
+    results = asyncio.run(measure(args.reads))
+    base = results["asyncpg fetchrow"]
+    for name, micros in results.items():
+        print(f"{micros:8.1f} us CPU/read  {micros / base:5.1f}x  {name}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

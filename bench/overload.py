@@ -1,0 +1,272 @@
+"""Overload: ten times the pool's connections of clients, each asking for a slow query.
+
+Pass (BENCHMARK.md): every answer is a 2xx or a 503 carrying Retry-After, none takes
+longer than the acquire timeout plus the query time, and PostgreSQL never sees more
+connections from the server than its pool allows.
+
+Run: .venv/bin/python -m bench.overload            (fastapi-asyncdb, the one judged)
+     .venv/bin/python -m bench.overload --contender recipe   (for comparison)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+
+import asyncpg
+
+from bench.config import BENCH_DB, COUNT_APP_CONNECTIONS_SQL
+from bench.contenders import ALL_CONTENDERS, Contender, contender
+from bench.pg import DatabaseWatch, connect
+from bench.rawhttp import HttpClientError, RawHttpConnection
+from bench.report import RESULTS_DIR
+from bench.schema import prepare
+from bench.server import Server, ServerFailedError, cpu_seconds
+
+SAMPLE_INTERVAL_S: Final = 0.05
+CLIENT_ERROR: Final = 0  # status recorded when no HTTP answer came at all
+
+
+@dataclass
+class Answer:
+    status: int
+    seconds: float
+    retry_after: str | None
+    error: str | None = None  # why no HTTP answer came
+
+
+@dataclass
+class OverloadReport:
+    contender: str
+    concurrency: int
+    pool_capacity: int
+    acquire_timeout_s: float
+    query_seconds: float
+    latency_limit_s: float
+    answers: int
+    statuses: dict[int, int]
+    client_errors: dict[str, int]
+    share_503: float
+    every_503_has_retry_after: bool
+    p50_2xx_s: float | None
+    p99_2xx_s: float | None
+    p50_503_s: float | None
+    p99_503_s: float | None
+    fastest_503_s: float | None
+    slowest_s: float
+    over_limit: dict[int, int]  # status -> answers slower than latency_limit_s
+    max_connections_seen: int
+    failures: list[str] = field(default_factory=list)
+    # Context for the latencies: the client shares the machine's two cores.
+    worst_client_lag_s: float = 0.0
+    server_cpu_s: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def _pool_env(name: str, size: int, overflow: int, timeout: float) -> dict[str, str]:
+    if name == "asyncdb":
+        return {
+            "DB_POOL_SIZE": str(size), "DB_MAX_OVERFLOW": str(overflow),
+            "DB_READ_POOL_SIZE": str(size), "DB_READ_MAX_OVERFLOW": str(overflow),
+            "DB_POOL_TIMEOUT": str(timeout),
+        }  # fmt: skip
+    if name == "recipe":
+        return {"POOL": str(size), "POOL_OVERFLOW": str(overflow), "POOL_TIMEOUT": str(timeout)}
+    return {"POOL": str(size + overflow)}  # asyncpg: a fixed pool, no acquire timeout
+
+
+def _p99(values: list[float]) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[98]
+
+
+async def _client(
+    entrant: Contender, path: str, deadline: float, timeout_s: float, answers: list[Answer]
+) -> None:
+    """One simulated user on its own keep-alive connection, asking again at once."""
+    async with RawHttpConnection("127.0.0.1", entrant.port) as connection:
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    status, headers = await connection.get(path)
+            except (HttpClientError, TimeoutError) as error:
+                await connection.close()
+                elapsed = time.monotonic() - started
+                answers.append(Answer(CLIENT_ERROR, elapsed, None, str(error) or "timeout"))
+                continue
+            answers.append(Answer(status, time.monotonic() - started, headers.get("retry-after")))
+
+
+async def _sample_connections(stop: asyncio.Event, application_name: str) -> int:
+    highest = 0
+    conn: asyncpg.Connection | None = None
+    while not stop.is_set():
+        try:
+            if conn is None or conn.is_closed():
+                conn = await connect()
+            count = await conn.fetchval(COUNT_APP_CONNECTIONS_SQL, BENCH_DB, application_name)
+            highest = max(highest, count)
+        except Exception:
+            # PostgreSQL restarted under us (another session's fault test); the run is
+            # flagged by the DatabaseWatch. Keep sampling on a new connection.
+            if conn is not None:
+                conn.terminate()
+            conn = None
+        await asyncio.sleep(SAMPLE_INTERVAL_S)
+    if conn is not None:
+        await conn.close()
+    return highest
+
+
+async def _worst_client_lag(stop: asyncio.Event, tick_s: float = 0.01) -> float:
+    """How late the load generator's own event loop woke up: its latencies include this."""
+    worst = 0.0
+    while not stop.is_set():
+        began = time.monotonic()
+        await asyncio.sleep(tick_s)
+        worst = max(worst, time.monotonic() - began - tick_s)
+    return worst
+
+
+async def load(
+    entrant: Contender, concurrency: int, seconds: float, duration: float, client_timeout: float
+) -> tuple[list[Answer], int, float]:
+    """Returns the answers, the most server connections seen and the client's worst lag."""
+    answers: list[Answer] = []
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(_sample_connections(stop, entrant.application_name))
+    lag = asyncio.create_task(_worst_client_lag(stop))
+    path = f"/slow?seconds={seconds}"
+    deadline = time.monotonic() + duration
+    # Bounded: each client stops starting requests at the deadline, and each request is
+    # bounded by the client timeout.
+    await asyncio.gather(
+        *(_client(entrant, path, deadline, client_timeout, answers) for _ in range(concurrency))
+    )
+    stop.set()
+    return answers, await sampler, await lag
+
+
+def judge(
+    name: str, answers: list[Answer], highest: int, args: argparse.Namespace
+) -> OverloadReport:
+    capacity = args.pool_size + args.max_overflow
+    limit = args.pool_timeout + args.seconds + args.grace
+    statuses = Counter(answer.status for answer in answers)
+    unavailable = [a for a in answers if a.status == 503]
+    ok = [a.seconds for a in answers if 200 <= a.status < 300]
+    waited = [a.seconds for a in unavailable]
+    slowest = max((a.seconds for a in answers), default=0.0)
+    failures = []
+    other = {s: n for s, n in statuses.items() if not (200 <= s < 300 or s == 503)}
+    if other:
+        failures.append(f"answers neither 2xx nor 503: {other} (0 = no answer)")
+    if any(a.retry_after is None for a in unavailable):
+        failures.append("a 503 without Retry-After")
+    if slowest > limit:
+        failures.append(f"slowest answer {slowest:.3f} s > {limit:.3f} s")
+    if highest > capacity:
+        failures.append(f"{highest} server connections seen > {capacity} configured")
+    if not answers:
+        failures.append("no answers at all")
+    return OverloadReport(
+        contender=name, concurrency=args.concurrency or 10 * capacity, pool_capacity=capacity,
+        acquire_timeout_s=args.pool_timeout, query_seconds=args.seconds, latency_limit_s=limit,
+        answers=len(answers), statuses=dict(sorted(statuses.items())),
+        client_errors=dict(Counter(a.error for a in answers if a.error is not None)),
+        share_503=len(unavailable) / len(answers) if answers else 0.0,
+        every_503_has_retry_after=all(a.retry_after is not None for a in unavailable),
+        p50_2xx_s=statistics.median(ok) if ok else None, p99_2xx_s=_p99(ok),
+        p50_503_s=statistics.median(waited) if waited else None, p99_503_s=_p99(waited),
+        fastest_503_s=min(waited, default=None),
+        slowest_s=slowest, max_connections_seen=highest, failures=failures,
+        over_limit=dict(Counter(a.status for a in answers if a.seconds > limit)),
+    )  # fmt: skip
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.overload",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--contender", choices=ALL_CONTENDERS, default="asyncdb")
+    parser.add_argument("--pool-size", type=int, default=5)
+    parser.add_argument("--max-overflow", type=int, default=5)
+    parser.add_argument("--pool-timeout", type=float, default=2.0, help="acquire timeout, s")
+    # 0.25 + 0.25: the limit is BENCHMARK.md's "acquire timeout + 0.5 s" for every answer.
+    parser.add_argument("--seconds", type=float, default=0.25, help="pg_sleep per request")
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=0.25,
+        help="seconds allowed past acquire timeout + query time (a 2xx that waited almost "
+        "the whole timeout ends a few ms past the two)",
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load")
+    parser.add_argument("--concurrency", type=int, default=0, help="default: 10 x pool capacity")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    capacity = args.pool_size + args.max_overflow
+    concurrency = args.concurrency or 10 * capacity
+    asyncio.run(prepare())
+    entrant = contender(
+        args.contender,
+        args.pool_size,
+        _pool_env(args.contender, args.pool_size, args.max_overflow, args.pool_timeout),
+    )
+    print(
+        f"overload {entrant.name}: {concurrency} clients, "
+        f"pool {args.pool_size}+{args.max_overflow}, acquire timeout {args.pool_timeout} s, "
+        f"pg_sleep({args.seconds}), {args.duration} s",
+        flush=True,
+    )
+    # The client waits well past the limit so that a too-slow answer is measured, not cut.
+    client_timeout = args.pool_timeout + args.seconds + 10.0
+    try:
+        with DatabaseWatch() as watch, Server(entrant) as server:
+            cpu_before = cpu_seconds(server.pid)
+            answers, highest, client_lag = asyncio.run(
+                load(entrant, concurrency, args.seconds, args.duration, client_timeout)
+            )
+            server_cpu = cpu_seconds(server.pid) - cpu_before
+    except ServerFailedError as error:
+        print(f"FAILED: {error}", flush=True)
+        return 1
+    report = judge(entrant.name, answers, highest, args)
+    report.worst_client_lag_s = client_lag
+    report.server_cpu_s = server_cpu
+    if watch.disturbance is not None:
+        # Someone else's fault test hit PostgreSQL: the numbers say nothing about overload.
+        report.failures.append(f"{watch.disturbance} during the run: run it again")
+    payload: dict[str, Any] = {**asdict(report), "passed": report.passed}
+    print(json.dumps(payload, indent=2), flush=True)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"overload-{entrant.name}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    print(
+        ("PASS" if report.passed else "FAIL: " + "; ".join(report.failures)) + f" (wrote {path})",
+        flush=True,
+    )
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
