@@ -23,10 +23,15 @@ __all__ = [
     "is_constraint_violation",
     "is_read_only_violation",
     "is_serialization_failure",
+    "is_timeout",
 ]
 
 _PG_READ_ONLY_SQLSTATE = "25006"
 _PG_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+# Statement cancelled by statement_timeout, lock wait over lock_timeout.
+_PG_TIMEOUT_SQLSTATES = frozenset({"57014", "55P03"})
+# max_statement_time (MariaDB), max_execution_time (MySQL), lock wait timeout.
+_MYSQL_TIMEOUT_CODES = frozenset({1969, 3024, 1205})
 _MYSQL_READ_ONLY_CODE = 1792
 _MYSQL_DEADLOCK_CODE = 1213
 # CHECK constraint violated (MariaDB 4025, MySQL 3819): asyncmy raises these as
@@ -175,6 +180,16 @@ def is_serialization_failure(backend: Backend, error: BaseException) -> bool:
 def is_constraint_violation(backend: Backend, error: BaseException) -> bool:
     """A constraint refused the change, though the driver did not call it an IntegrityError."""
     return backend == "mysql" and _mysql_code(_driver_error(error)) in _MYSQL_CHECK_CODES
+
+
+def is_timeout(backend: Backend, error: BaseException) -> bool:
+    """The server gave up on a statement or a lock wait at its configured limit."""
+    orig = _driver_error(error)
+    if backend == "postgresql":
+        return getattr(orig, "sqlstate", None) in _PG_TIMEOUT_SQLSTATES
+    if backend == "mysql":
+        return _mysql_code(orig) in _MYSQL_TIMEOUT_CODES
+    return False
 
 
 def is_busy(backend: Backend, error: BaseException) -> bool:

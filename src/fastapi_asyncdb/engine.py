@@ -81,8 +81,7 @@ def create_engine(
     _install_connect_guard(sync_engine, settings, on_connect_failure)
     if settings.hide_parameters:
         _install_parameter_redaction(sync_engine)
-    if read_only:
-        _install_read_only_translation(sync_engine, settings)
+    _install_error_translation(sync_engine, settings, read_only=read_only)
     return engine
 
 
@@ -153,12 +152,21 @@ def _install_ping_after_idle(engine: Engine, idle_seconds: float, *, timeout: fl
             raise DisconnectionError("stale pooled connection") from error
 
 
-def _install_read_only_translation(engine: Engine, settings: DatabaseSettings) -> None:
+def _install_error_translation(
+    engine: Engine, settings: DatabaseSettings, *, read_only: bool
+) -> None:
     backend = settings.backend
 
     @event.listens_for(engine, "handle_error")
     def _translate(context: ExceptionContext) -> BaseException | None:
-        if drivers.is_read_only_violation(backend, context.original_exception):
+        error = context.original_exception
+        if type(error) is TimeoutError:
+            # asyncpg's command timeout arrives bare, outside SQLAlchemy's hierarchy.
+            return DatabaseUnavailableError(
+                f"the database did not answer within {settings.command_timeout:g} s",
+                retry_after=settings.unavailable_retry_after,
+            )
+        if read_only and drivers.is_read_only_violation(backend, error):
             return ReadOnlySessionError(
                 "this session is read-only (ReadSessionDep / Database.read_session); "
                 "use SessionDep or Database.transaction() to write"

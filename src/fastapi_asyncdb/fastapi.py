@@ -106,6 +106,9 @@ def install(database: Database, app: FastAPI, *, health_prefix: str = "/health")
         ):
             logger.warning("database connection lost or busy: %s", type(error.orig).__name__)
             return unavailable("the database connection failed; retry the request")
+        if isinstance(error, DBAPIError) and drivers.is_timeout(backend, error):
+            logger.warning("database statement timed out: %s", type(error.orig).__name__)
+            return unavailable("the database did not answer in time")
         logger.error("database error", exc_info=error)
         return problem_response(500, "Internal Server Error", "a database error occurred")
 

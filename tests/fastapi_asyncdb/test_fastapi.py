@@ -277,3 +277,43 @@ async def test_session_dependency_without_install_explains_the_fix(database: Dat
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         with pytest.raises(Exception, match=r"db.install\(app\)"):
             await client.get("/")
+
+
+SLEEP_SQL = {"postgresql": "SELECT pg_sleep(:seconds)", "mysql": "SELECT SLEEP(:seconds)"}
+
+
+async def sleep_over_http(database: Database) -> tuple[httpx.Response, float]:
+    app = FastAPI(lifespan=database.lifespan)
+    database.install(app)
+
+    @app.get("/sleep")
+    async def sleep(session: SessionDep) -> dict[str, str]:
+        sql = SLEEP_SQL[database.settings.backend]
+        await session.execute(text(sql), {"seconds": 3})
+        return {"status": "slept"}
+
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        database.lifespan(),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        started = time.monotonic()
+        response = await client.get("/sleep")
+        return response, time.monotonic() - started
+
+
+@pytest.mark.backends("postgresql", "mysql")
+async def test_statement_timeout_answers_503_with_retry_after(database_url: str) -> None:
+    response, elapsed = await sleep_over_http(Database(url=database_url, statement_timeout=0.3))
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert elapsed < 1.3
+
+
+@pytest.mark.backends("postgresql")
+async def test_client_command_timeout_answers_503_not_a_bare_500(database_url: str) -> None:
+    database = Database(url=database_url, statement_timeout=None, command_timeout=0.3)
+    response, elapsed = await sleep_over_http(database)
+    assert response.status_code == 503
+    assert response.json()["detail"] == "the database did not answer within 0.3 s"
+    assert elapsed < 1.3
