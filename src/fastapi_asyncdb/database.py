@@ -145,11 +145,13 @@ class Database:
         finally:
             await self.stop()
 
-    def install(self, app: FastAPI, *, health_prefix: str = "/health") -> None:
-        """Register the error handlers and health routes on a FastAPI app."""
+    def install(
+        self, app: FastAPI, *, health_prefix: str = "/health", cancel_on_disconnect: bool = True
+    ) -> None:
+        """Register the error handlers, health routes and disconnect watch on a FastAPI app."""
         from .fastapi import install
 
-        install(self, app, health_prefix=health_prefix)
+        install(self, app, health_prefix=health_prefix, cancel_on_disconnect=cancel_on_disconnect)
 
     @property
     def engine(self) -> AsyncEngine:

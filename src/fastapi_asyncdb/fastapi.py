@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import drivers
 from .database import Database
+from .disconnect import CancelOnDisconnect
 from .errors import DatabaseNotStartedError, DatabaseUnavailableError, ReadOnlySessionError
 
 __all__ = ["DatabaseDep", "ReadSessionDep", "SessionDep", "install", "problem_response"]
@@ -69,9 +70,21 @@ def problem_response(
     )
 
 
-def install(database: Database, app: FastAPI, *, health_prefix: str = "/health") -> None:
-    """Make ``SessionDep`` find ``database``; map database errors; add health routes."""
+def install(
+    database: Database,
+    app: FastAPI,
+    *,
+    health_prefix: str = "/health",
+    cancel_on_disconnect: bool = True,
+) -> None:
+    """Make ``SessionDep`` find ``database``; map database errors; add health routes.
+
+    With ``cancel_on_disconnect``, a request whose client leaves before its response
+    is cancelled, so its queries stop instead of running on for nobody.
+    """
     setattr(app.state, _STATE_KEY, database)
+    if cancel_on_disconnect:
+        app.add_middleware(CancelOnDisconnect)
     retry_after = database.settings.unavailable_retry_after
     backend = database.settings.backend
 

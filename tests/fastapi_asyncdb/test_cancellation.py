@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 import uvicorn
-from fastapi import FastAPI
+from fastapi import BackgroundTasks, FastAPI
 from fastapi.responses import StreamingResponse
 from sqlalchemy import text
 
-from fastapi_asyncdb import Database
+from fastapi_asyncdb import Database, ReadSessionDep, SessionDep
 
 from .models import Note, count_rows, create_tables
 
@@ -22,12 +22,12 @@ pytestmark = [pytest.mark.usefixtures("clean_environment")]
 
 
 async def server_activity(database: Database, query_like: str) -> list[str]:
-    """States of this app's other server sessions running a matching query."""
+    """States of this app's other server sessions running a matching query right now."""
     async with database.engine.connect() as connection:
         rows = await connection.execute(
             text(
                 "SELECT state FROM pg_stat_activity WHERE application_name = :name "
-                "AND pid <> pg_backend_pid() AND query LIKE :query"
+                "AND pid <> pg_backend_pid() AND query LIKE :query AND state = 'active'"
             ),
             {"name": database.settings.application_name, "query": query_like},
         )
@@ -136,3 +136,100 @@ async def test_client_leaving_a_streaming_response_returns_the_connection(
                 break
             assert time.monotonic() - left_at < 2
             await asyncio.sleep(0.05)
+
+
+async def leave_after(port: int, request: bytes, seconds: float) -> None:
+    """Send a request, then hang up before any answer, as an impatient client does."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    await asyncio.sleep(seconds)
+    writer.close()
+    await writer.wait_closed()
+
+
+def disconnect_app(database: Database) -> FastAPI:
+    app = FastAPI(lifespan=database.lifespan)
+    database.install(app)
+
+    @app.post("/notes/{note_id}/lock", status_code=201)
+    async def wait_for_lock(note_id: int, note: dict[str, str], session: SessionDep) -> None:
+        session.add(Note(body=note["body"]))
+        await session.flush()
+        await session.execute(
+            text("SELECT id FROM notes WHERE id = :id FOR UPDATE"), {"id": note_id}
+        )
+
+    @app.get("/sleep")
+    async def sleep(session: ReadSessionDep) -> None:
+        await session.execute(text("SELECT pg_sleep(30)"))
+
+    @app.post("/later", status_code=202)
+    async def later(tasks: BackgroundTasks) -> dict[str, str]:
+        async def write() -> None:
+            await asyncio.sleep(0.3)
+            async with database.transaction() as session:
+                session.add(Note(body="written after the response"))
+
+        tasks.add_task(write)
+        return {"status": "accepted"}
+
+    return app
+
+
+async def wait_until_idle(database: Database, query_like: str) -> float:
+    """Seconds until no query like this runs for the app and its pools are all returned."""
+    started = time.monotonic()
+    while True:
+        pools = database.pool_status().values()
+        running = await server_activity(database, query_like)
+        if not running and all(pool["in_use"] == 0 for pool in pools):
+            return time.monotonic() - started
+        assert time.monotonic() - started < 3, f"still running: {running}, pools: {pools}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.backends("postgresql")
+async def test_client_leaving_a_request_blocked_on_a_lock_stops_its_query(
+    database_url: str,
+) -> None:
+    database = Database(url=database_url, application_name="disconnect-test")
+    async with served(disconnect_app(database)) as port:
+        await create_tables(database)
+        async with database.transaction() as session:
+            session.add(Note(id=1, body="locked"))
+        async with database.engine.connect() as holder:
+            await holder.execute(text("SELECT id FROM notes WHERE id = 1 FOR UPDATE"))
+            body = b'{"body": "abandoned"}'
+            await leave_after(
+                port,
+                b"POST /notes/1/lock HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
+                0.5,
+            )
+            assert await wait_until_idle(database, "SELECT id FROM notes%") < 1.5
+            await holder.rollback()
+        assert await count_rows(database, Note) == 1
+
+
+@pytest.mark.backends("postgresql")
+async def test_client_leaving_a_slow_read_stops_its_query(database_url: str) -> None:
+    database = Database(url=database_url, application_name="disconnect-test")
+    async with served(disconnect_app(database)) as port:
+        await leave_after(port, b"GET /sleep HTTP/1.1\r\nHost: t\r\n\r\n", 0.5)
+        assert await wait_until_idle(database, "SELECT pg_sleep%") < 1.5
+
+
+async def test_background_work_after_the_response_is_not_cancelled_by_the_client_leaving(
+    database_url: str,
+) -> None:
+    database = Database(url=database_url)
+    async with served(disconnect_app(database)) as port:
+        await create_tables(database)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /later HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        assert b"202" in await reader.readline()
+        writer.close()
+        await asyncio.sleep(0.6)
+        assert await count_rows(database, Note) == 1

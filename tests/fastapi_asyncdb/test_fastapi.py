@@ -127,7 +127,13 @@ async def test_commit_happens_before_the_response_starts(database: Database) -> 
     app = build_app(database)
     seen_at_response_start: list[int] = []
 
+    body_sent = False
+
     async def receive() -> dict[str, Any]:
+        nonlocal body_sent
+        if body_sent:  # as an ASGI server does: nothing more until the client leaves
+            await asyncio.Event().wait()
+        body_sent = True
         return {"type": "http.request", "body": b'{"body": "early"}', "more_body": False}
 
     async def send(message: MutableMapping[str, Any]) -> None:

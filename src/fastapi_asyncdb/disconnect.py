@@ -1,0 +1,113 @@
+"""Cancel a request's work when its client goes away.
+
+uvicorn cancels a streaming body whose client left, but not a plain endpoint: a
+request blocked on a row lock or a slow query keeps its connection and keeps the
+server busy for nobody until the statement timeout. This ASGI middleware watches
+for ``http.disconnect`` once the request body has been read and cancels the
+request task; the cancelled unit of work rolls back, its connection is discarded,
+and PostgreSQL stops the query at its next ``client_connection_check_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+__all__ = ["CancelOnDisconnect"]
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
+
+_DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+class CancelOnDisconnect:
+    """ASGI middleware: a client that disconnects before its response ends cancels the request.
+
+    Work after the response (background tasks) is never cancelled.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        if scope["type"] != "http" or task is None:
+            await self.app(scope, receive, send)
+            return
+        watch = _Watch(receive, send, task)
+        if not _has_body(scope):
+            watch.start()
+        try:
+            await self.app(scope, watch.receive, watch.send)
+        except asyncio.CancelledError:
+            if not watch.cancelled_request or task.uncancel() > 0:
+                raise
+            # Our own cancellation, for a client that is gone: there is nobody to answer.
+        finally:
+            watch.stop()
+
+
+def _has_body(scope: MutableMapping[str, Any]) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return True
+    return False
+
+
+class _Watch:
+    """Owns ``receive`` once the body is read, and cancels the request on a disconnect."""
+
+    def __init__(self, receive: Receive, send: Send, task: asyncio.Task[Any]) -> None:
+        self._receive = receive
+        self._send = send
+        self._task = task
+        self._watcher: asyncio.Task[None] | None = None
+        # Messages the watcher read on the app's behalf (a body-less request's empty body,
+        # then the disconnect), handed over when the app asks.
+        self._messages: asyncio.Queue[Message] = asyncio.Queue()
+        self._response_done = False
+        self._disconnected = False
+        self.cancelled_request = False
+
+    def start(self) -> None:
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    def stop(self) -> None:
+        if self._watcher is not None and not self._watcher.done():
+            self._watcher.cancel()
+        if self.cancelled_request and self._task.cancelling():
+            # The app finished without seeing our cancellation; leave the task as it was.
+            self._task.uncancel()
+
+    async def _watch(self) -> None:
+        message = await self._receive()
+        if message["type"] != "http.disconnect":
+            # A body-less request's empty body, read on the app's behalf. After it, the
+            # ASGI server answers only when the client leaves or the response is done.
+            self._messages.put_nowait(message)
+            message = await self._receive()
+        self._messages.put_nowait(message)
+        if message["type"] == "http.disconnect" and not self._response_done:
+            self.cancelled_request = True
+            self._task.cancel()
+
+    async def receive(self) -> Message:
+        if self._disconnected:
+            return _DISCONNECT
+        if self._watcher is None:
+            message = await self._receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                self.start()
+            return message
+        message = await self._messages.get()
+        self._disconnected = message["type"] == "http.disconnect"
+        return message
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            self._response_done = True
+        await self._send(message)
