@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from fastapi_asyncdb import DatabaseUnavailableError
+from fastapi_asyncdb.admission import Breaker, Gate
+
+
+async def test_gate_admits_up_to_capacity_without_waiting() -> None:
+    gate = Gate(2, timeout=1, retry_after=1)
+    await gate.enter()
+    await gate.enter()
+    assert (gate.in_use, gate.waiting) == (2, 0)
+    gate.leave()
+    gate.leave()
+    assert gate.in_use == 0
+
+
+async def test_gate_serves_waiters_in_arrival_order() -> None:
+    gate = Gate(1, timeout=5, retry_after=1)
+    await gate.enter()
+    order: list[int] = []
+
+    async def wait(number: int) -> None:
+        await gate.enter()
+        order.append(number)
+        gate.leave()
+
+    waiters = [asyncio.create_task(wait(number)) for number in range(5)]
+    await asyncio.sleep(0)
+    assert gate.waiting == 5
+    # A newcomer must not overtake the queue when a slot frees up.
+    gate.leave()
+    late = asyncio.create_task(wait(99))
+    await asyncio.gather(*waiters, late)
+    assert order == [0, 1, 2, 3, 4, 99]
+
+
+async def test_gate_wait_ends_in_unavailable_at_the_timeout() -> None:
+    gate = Gate(1, timeout=0.2, retry_after=3)
+    await gate.enter()
+    started = time.monotonic()
+    with pytest.raises(DatabaseUnavailableError) as caught:
+        await gate.enter()
+    assert 0.19 <= time.monotonic() - started < 0.4
+    assert caught.value.retry_after == 3
+    assert (gate.in_use, gate.waiting) == (1, 0)
+
+
+async def test_timed_out_and_cancelled_waiters_do_not_swallow_slots() -> None:
+    gate = Gate(1, timeout=0.1, retry_after=1)
+    await gate.enter()
+    timed_out = asyncio.create_task(gate.enter())
+    cancelled = asyncio.create_task(gate.enter())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(DatabaseUnavailableError):
+        await timed_out
+    gate.leave()
+    assert gate.in_use == 0
+    await gate.enter()
+    assert gate.in_use == 1
+
+
+async def test_waiter_cancelled_just_as_it_is_granted_passes_the_slot_on() -> None:
+    gate = Gate(1, timeout=5, retry_after=1)
+    await gate.enter()
+    first = asyncio.create_task(gate.enter())
+    second = asyncio.create_task(gate.enter())
+    await asyncio.sleep(0)
+    gate.leave()  # granted to `first`, which is cancelled before it resumes
+    first.cancel()
+    await second
+    assert gate.in_use == 1
+    assert gate.waiting == 0
+
+
+async def test_gate_stays_cheap_with_thousands_waiting() -> None:
+    gate = Gate(1, timeout=10, retry_after=1)
+    await gate.enter()
+
+    async def pass_through() -> None:
+        await gate.enter()
+        gate.leave()
+
+    waiters = [asyncio.create_task(pass_through()) for _ in range(5000)]
+    await asyncio.sleep(0)
+    started = time.process_time()
+    gate.leave()
+    await asyncio.gather(*waiters)
+    assert time.process_time() - started < 2
+    assert gate.in_use == 0
+
+
+async def test_breaker_fails_fast_until_its_probe_succeeds() -> None:
+    attempts = 0
+
+    async def probe() -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise ConnectionRefusedError
+
+    breaker = Breaker(probe, retry_after=2, probe_interval=0.01)
+    breaker.check()
+    breaker.trip()
+    with pytest.raises(DatabaseUnavailableError, match="cannot be reached"):
+        breaker.check()
+    for _ in range(100):
+        if not breaker.is_open:
+            break
+        await asyncio.sleep(0.01)
+    breaker.check()
+    assert attempts == 3
+    await breaker.close()
