@@ -16,7 +16,7 @@ from sqlalchemy.util import await_only
 
 from . import drivers
 from .errors import DatabaseUnavailableError, ReadOnlySessionError
-from .settings import _SECRET_QUERY_KEY, DatabaseSettings
+from .settings import DatabaseSettings, is_secret_query_key
 
 __all__ = ["create_engine"]
 
@@ -41,7 +41,7 @@ def create_engine(
     options = drivers.engine_options(settings, read_only=read_only)
     # Engine reprs and logs print the URL's query string in clear; secrets travel
     # as connect arguments instead, where nothing prints them.
-    secrets = {key: value for key, value in url.query.items() if _SECRET_QUERY_KEY.search(key)}
+    secrets = {key: value for key, value in url.query.items() if is_secret_query_key(key)}
     if secrets:
         url = url.difference_update_query(secrets)
         options["connect_args"] = {**options.get("connect_args", {}), **secrets}

@@ -22,7 +22,7 @@ from sqlalchemy.exc import ArgumentError
 
 from .errors import ConfigurationError
 
-__all__ = ["Backend", "DatabaseSettings", "mask_url"]
+__all__ = ["Backend", "DatabaseSettings", "is_secret_query_key", "mask_url"]
 
 Backend = Literal["postgresql", "sqlite", "mysql"]
 
@@ -39,6 +39,11 @@ _SYNC_DEFAULT_DRIVERS = {"postgresql": "psycopg2", "sqlite": "pysqlite", "mysql"
 _SECRET_QUERY_KEY = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
 
 
+def is_secret_query_key(key: str) -> bool:
+    """A URL query parameter whose value must never be printed (``sslpassword``, ``token``...)."""
+    return _SECRET_QUERY_KEY.search(key) is not None
+
+
 def mask_url(url: URL) -> str:
     """Render a URL for humans: the password and every secret-looking query value masked.
 
@@ -48,8 +53,7 @@ def mask_url(url: URL) -> str:
     if not url.query:
         return base
     pairs = (
-        f"{key}={'***' if _SECRET_QUERY_KEY.search(key) else value}"
-        for key, value in url.query.items()
+        f"{key}={'***' if is_secret_query_key(key) else value}" for key, value in url.query.items()
     )
     return f"{base}?{'&'.join(pairs)}"
 
