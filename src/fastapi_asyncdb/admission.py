@@ -109,12 +109,16 @@ class Breaker:
                 "the database cannot be reached", retry_after=self._retry_after
             )
 
-    def trip(self) -> None:
+    def trip(self, cause: BaseException) -> None:
         """Open the breaker; safe to call from any code running on the event loop."""
         if self.is_open:
             return
         self.is_open = True
-        logger.warning("cannot connect to the database; failing fast until a probe succeeds")
+        # The type only: driver messages name hosts and users.
+        logger.warning(
+            "cannot connect to the database (%s); failing fast until a probe succeeds",
+            type(cause).__name__,
+        )
         self._probe_task = asyncio.get_running_loop().create_task(self._probe_until_up())
 
     async def _probe_until_up(self) -> None:

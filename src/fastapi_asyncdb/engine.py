@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,8 +19,6 @@ from .settings import DatabaseSettings, is_secret_query_key
 
 __all__ = ["create_engine"]
 
-logger = logging.getLogger("fastapi_asyncdb")
-
 _MISCONFIGURATION = (TypeError, AttributeError, ImportError)
 _IDLE_SINCE = "fastapi_asyncdb_idle_since"
 
@@ -30,12 +27,12 @@ def create_engine(
     settings: DatabaseSettings,
     *,
     read_only: bool,
-    on_connect_failure: Callable[[], None] | None = None,
+    on_connect_failure: Callable[[BaseException], None] | None = None,
 ) -> AsyncEngine:
     """An engine for the primary (read-write) or the read-only role.
 
-    ``on_connect_failure`` is called when a new connection cannot be made, which
-    is how the breaker learns that the database is down.
+    ``on_connect_failure`` is called with the error when a new connection cannot be
+    made, which is how the breaker learns that the database is down.
     """
     url = settings.sqlalchemy_url
     options = drivers.engine_options(settings, read_only=read_only)
@@ -86,7 +83,9 @@ def create_engine(
 
 
 def _install_connect_guard(
-    engine: Engine, settings: DatabaseSettings, on_connect_failure: Callable[[], None] | None
+    engine: Engine,
+    settings: DatabaseSettings,
+    on_connect_failure: Callable[[BaseException], None] | None,
 ) -> None:
     """Report a failed connect and raise it as ``DatabaseUnavailableError``.
 
@@ -102,7 +101,7 @@ def _install_connect_guard(
             raise  # a wrong connect argument is a bug to see, not an outage to wait out
         except Exception as error:
             if on_connect_failure is not None:
-                on_connect_failure()
+                on_connect_failure(error)
             raise DatabaseUnavailableError(
                 f"cannot connect to the database ({type(error).__name__})",
                 retry_after=settings.unavailable_retry_after,

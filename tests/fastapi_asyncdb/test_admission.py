@@ -106,7 +106,7 @@ async def test_breaker_fails_fast_until_its_probe_succeeds() -> None:
 
     breaker = Breaker(probe, retry_after=2, probe_interval=0.01)
     breaker.check()
-    breaker.trip()
+    breaker.trip(ConnectionRefusedError())
     with pytest.raises(DatabaseUnavailableError, match="cannot be reached"):
         breaker.check()
     for _ in range(100):
