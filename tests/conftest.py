@@ -70,9 +70,6 @@ def prepare_server(backend: str, database: str = "asyncdb_test") -> str:
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
-    allowed = request.node.get_closest_marker("backends")
-    if allowed is not None and request.param not in allowed.args:
-        pytest.skip(f"not applicable to {request.param}")
     return str(request.param)
 
 
@@ -92,14 +89,15 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Tests marked for some backends only are not generated for the others at all.
-    for item in list(items):
-        marker = item.get_closest_marker("backends")
-        callspec = getattr(item, "callspec", None)
-        if marker is not None and callspec is not None:
-            chosen = callspec.params.get("backend")
-            if chosen is not None and chosen not in marker.args:
-                items.remove(item)
+    # Tests marked for some backends only are not collected for the others at all.
+    items[:] = [item for item in items if _runs_on_its_backend(item)]
+
+
+def _runs_on_its_backend(item: pytest.Item) -> bool:
+    marker = item.get_closest_marker("backends")
+    callspec = getattr(item, "callspec", None)
+    chosen = callspec.params.get("backend") if callspec is not None else None
+    return marker is None or chosen is None or chosen in marker.args
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
