@@ -12,7 +12,7 @@ from .errors import (
     DatabaseUnavailableError,
     ReadOnlySessionError,
 )
-from .fastapi import DatabaseDep, ReadSessionDep, SessionDep, problem_response
+from .fastapi import DatabaseDep, ReadConnectionDep, ReadSessionDep, SessionDep, problem_response
 from .retry import Retry
 from .settings import DatabaseSettings
 
@@ -24,6 +24,7 @@ __all__ = [
     "DatabaseNotStartedError",
     "DatabaseSettings",
     "DatabaseUnavailableError",
+    "ReadConnectionDep",
     "ReadOnlySessionError",
     "ReadSessionDep",
     "Retry",

@@ -9,15 +9,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import QueuePool
 
 from . import drivers
 from .admission import Breaker, Gate
-from .engine import create_engine
+from .engine import create_engine, make_ping
 from .errors import DatabaseNotStartedError
 from .retry import Retry, run_with_retries
 from .settings import DatabaseSettings
+from .warm import WarmConnections
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -61,10 +62,41 @@ class _Role:
         self.gate = Gate(
             capacity, timeout=settings.pool_timeout, retry_after=settings.unavailable_retry_after
         )
+        # Only read connections stay warm: they carry no transaction between units of
+        # work. (A pool that is not a QueuePool makes a connection per checkout anyway.)
+        self.warm: WarmConnections | None = None
+        if read_only and settings.pool_class != "NullPool":
+            ping = None
+            if settings.pool_pre_ping:
+                ping = make_ping(self.engine.sync_engine.dialect, timeout=settings.health_timeout)
+            self.warm = WarmConnections(
+                self.engine,
+                ping=ping,
+                ping_after_idle=settings.pre_ping_after_idle,
+                recycle=settings.pool_recycle,
+                keep=settings.effective_read_pool_size,
+            )
 
     async def admit(self) -> None:
         self.breaker.check()
         await self.gate.enter()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection]:
+        """An admitted connection, warm if this role keeps them."""
+        await self.admit()
+        try:
+            if self.warm is None:
+                async with self.engine.connect() as connection:
+                    yield connection
+                return
+            connection = await self.warm.take()
+            try:
+                yield connection
+            finally:
+                await self.warm.give_back(connection)
+        finally:
+            self.gate.leave()
 
     async def ping(self) -> None:
         async with self.engine.connect() as connection:
@@ -79,11 +111,15 @@ class _Role:
             "waiting": self.gate.waiting,
         }
         if isinstance(pool, QueuePool):
-            status.update(checked_out=pool.checkedout(), idle=pool.checkedin())
+            warm = 0 if self.warm is None else self.warm.idle
+            # Warm connections are idle, though the pool counts them as checked out.
+            status.update(checked_out=pool.checkedout() - warm, idle=pool.checkedin() + warm)
         return status
 
     async def dispose(self) -> None:
         await self.breaker.close()
+        if self.warm is not None:
+            await self.warm.close()
         await self.engine.dispose()
 
 
@@ -209,12 +245,18 @@ class Database:
     async def read_session(self) -> AsyncIterator[AsyncSession]:
         """A session on the read-only path: no transaction, one round trip per statement."""
         role = self._started(self._reader)
-        await role.admit()
-        try:
-            async with role.sessionmaker() as session:
-                yield session
-        finally:
-            role.gate.leave()
+        async with role.connection() as connection, role.sessionmaker(bind=connection) as session:
+            yield session
+
+    @asynccontextmanager
+    async def read_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A Core connection on the read-only path: the cheapest way to read.
+
+        Autocommit and read-only like ``read_session``, without the ORM's cost: for hot
+        endpoints that read rows and return them.
+        """
+        async with self._started(self._reader).connection() as connection:
+            yield connection
 
     def pool_status(self) -> dict[str, dict[str, Any]]:
         """Each pool's state, without touching the database: cheap enough for metrics."""

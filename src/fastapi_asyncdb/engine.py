@@ -17,7 +17,7 @@ from . import drivers
 from .errors import DatabaseUnavailableError, ReadOnlySessionError
 from .settings import DatabaseSettings, is_secret_query_key
 
-__all__ = ["create_engine"]
+__all__ = ["create_engine", "make_ping"]
 
 _MISCONFIGURATION = (TypeError, AttributeError, ImportError)
 _IDLE_SINCE = "fastapi_asyncdb_idle_since"
@@ -60,6 +60,10 @@ def create_engine(
         if read_only:
             # An autocommit connection has no transaction to roll back when returned.
             options["pool_reset_on_return"] = None
+    if read_only:
+        # Ending the autobegun transaction of an autocommit connection would still send
+        # a ROLLBACK on some drivers (asyncmy): a round trip for nothing.
+        options["skip_autocommit_rollback"] = True
     ping_on_idle = settings.pool_pre_ping and settings.pre_ping_after_idle > 0
     engine = create_async_engine(
         url,
@@ -108,6 +112,29 @@ def _install_connect_guard(
             ) from error
 
 
+def make_ping(dialect: Dialect, *, timeout: float) -> Callable[[Any], None]:
+    """A ping of one DBAPI connection, bounded by ``timeout`` where the driver allows.
+
+    Runs in SQLAlchemy's greenlet context (a pool event or ``run_sync``).
+    """
+
+    def ping(dbapi_connection: Any) -> None:
+        if dialect.driver != "asyncpg":
+            dialect.do_ping(dbapi_connection)
+            return
+        driver_connection = dbapi_connection.driver_connection
+        try:
+            await_only(driver_connection.fetchrow(";", timeout=timeout))
+        except BaseException:
+            # SQLAlchemy closes a discarded connection gracefully, and asyncpg sends a
+            # cancel request on a new connection, each waiting for a server that may be
+            # gone; this one is known dead.
+            driver_connection.terminate()
+            raise
+
+    return ping
+
+
 def _install_ping_after_idle(engine: Engine, idle_seconds: float, *, timeout: float) -> None:
     """Pre-ping only connections that sat idle, as HikariCP does.
 
@@ -117,13 +144,7 @@ def _install_ping_after_idle(engine: Engine, idle_seconds: float, *, timeout: fl
     hang for the whole command timeout before the pool tried a fresh connection.
     """
     dialect = engine.dialect
-
-    def ping(dbapi_connection: Any) -> None:
-        if dialect.driver == "asyncpg":
-            driver_connection = dbapi_connection.driver_connection
-            await_only(driver_connection.fetchrow(";", timeout=timeout))
-        else:
-            dialect.do_ping(dbapi_connection)
+    ping = make_ping(dialect, timeout=timeout)
 
     @event.listens_for(engine, "connect")
     def _fresh(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -143,10 +164,6 @@ def _install_ping_after_idle(engine: Engine, idle_seconds: float, *, timeout: fl
         try:
             ping(dbapi_connection)
         except Exception as error:
-            if dialect.driver == "asyncpg":
-                # SQLAlchemy closes a discarded connection gracefully, waiting up to 2 s
-                # for a server that may be gone; this one is known dead.
-                dbapi_connection.driver_connection.terminate()
             # The pool discards this connection and retries the checkout with a new one.
             raise DisconnectionError("stale pooled connection") from error
 
@@ -167,7 +184,8 @@ def _install_error_translation(
             )
         if read_only and drivers.is_read_only_violation(backend, error):
             return ReadOnlySessionError(
-                "this session is read-only (ReadSessionDep / Database.read_session); "
+                "this session is read-only (ReadSessionDep, ReadConnectionDep, "
+                "Database.read_session, Database.read_connection); "
                 "use SessionDep or Database.transaction() to write"
             )
         return None

@@ -8,11 +8,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import BackgroundTasks, FastAPI, HTTPException
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
-from sqlalchemy import text
+from sqlalchemy import bindparam, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fastapi_asyncdb import Database, ReadSessionDep, SessionDep
+from fastapi_asyncdb import Database, ReadConnectionDep, ReadSessionDep, SessionDep
 
 from .models import Child, Note, Positive, count_rows, create_tables
 
@@ -26,6 +27,9 @@ class NoteIn(BaseModel):
 class NoteOut(BaseModel):
     id: int
     body: str
+
+
+NOTE_BY_ID = select(Note.id, Note.body).where(Note.id == bindparam("id"))
 
 
 def build_app(database: Database) -> FastAPI:
@@ -70,6 +74,26 @@ def build_app(database: Database) -> FastAPI:
         if row is None:
             raise HTTPException(status_code=404)
         return NoteOut(id=row.id, body=row.body)
+
+    @app.get("/core/notes/{note_id}")
+    async def read_note_with_core(note_id: int, connection: ReadConnectionDep) -> NoteOut:
+        row = (await connection.execute(NOTE_BY_ID, {"id": note_id})).one_or_none()
+        if row is None:
+            raise HTTPException(status_code=404)
+        return NoteOut(id=row.id, body=row.body)
+
+    @app.get("/core/notes")
+    async def stream_notes(connection: ReadConnectionDep) -> StreamingResponse:
+        async def lines() -> AsyncIterator[str]:
+            # The connection is still the request's while the body streams.
+            for row in await connection.execute(select(Note.body).order_by(Note.id)):
+                yield row.body + "\n"
+
+        return StreamingResponse(lines(), media_type="text/plain")
+
+    @app.post("/core/notes")
+    async def write_through_read_connection(note: NoteIn, connection: ReadConnectionDep) -> None:
+        await connection.execute(insert(Note).values(body=note.body))
 
     @app.post("/notes/through-read-session")
     async def write_through_read_session(note: NoteIn, session: ReadSessionDep) -> None:
@@ -202,6 +226,38 @@ async def test_read_session_refuses_writes_with_a_clear_error(
     client: httpx.AsyncClient, database: Database
 ) -> None:
     response = await client.post("/notes/through-read-session", json={"body": "nope"})
+    assert response.status_code == 500
+    assert "read-only" in response.json()["detail"]
+    assert await count_rows(database, Note) == 0
+
+
+async def test_read_connection_reads_with_core_and_is_returned_after_the_request(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    created = await client.post("/notes", json={"body": "core"})
+    found = await client.get(f"/core/notes/{created.json()['id']}")
+    missing = await client.get("/core/notes/424242")
+    status = database.pool_status()["read"]
+    assert found.json() == created.json()
+    assert missing.status_code == 404
+    assert (status["in_use"], status["checked_out"]) == (0, 0)
+
+
+async def test_read_connection_stays_the_requests_while_its_body_streams(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    for body in ("first", "second"):
+        await client.post("/notes", json={"body": body})
+    response = await client.get("/core/notes")
+    status = database.pool_status()["read"]
+    assert response.text == "first\nsecond\n"
+    assert (status["in_use"], status["checked_out"]) == (0, 0)
+
+
+async def test_read_connection_refuses_writes_with_a_clear_error(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    response = await client.post("/core/notes", json={"body": "nope"})
     assert response.status_code == 500
     assert "read-only" in response.json()["detail"]
     assert await count_rows(database, Note) == 0
