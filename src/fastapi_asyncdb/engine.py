@@ -17,10 +17,13 @@ from . import drivers
 from .errors import DatabaseUnavailableError, ReadOnlySessionError
 from .settings import DatabaseSettings, is_secret_query_key
 
-__all__ = ["create_engine", "make_ping"]
+__all__ = ["BORN_KEY", "create_engine", "make_ping"]
 
 _MISCONFIGURATION = (TypeError, AttributeError, ImportError)
 _IDLE_SINCE = "fastapi_asyncdb_idle_since"
+# When a pooled connection's driver connection was made (time.time(), as the pool's
+# recycle check counts); in its pool entry's ``info``.
+BORN_KEY = "fastapi_asyncdb_born"
 
 
 def create_engine(
@@ -74,6 +77,11 @@ def create_engine(
         **options,
     )
     sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _stamp_birth(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[BORN_KEY] = time.time()
+
     drivers.install_connection_setup(sync_engine, settings, read_only=read_only)
     if ping_on_idle:
         _install_ping_after_idle(

@@ -18,6 +18,7 @@ rather than handed on.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .engine import BORN_KEY
 
 __all__ = ["WarmConnections"]
 
@@ -36,10 +39,10 @@ Ping = Callable[[Any], None]
 class _Warm:
     __slots__ = ("born", "connection", "idle_since", "options")
 
-    def __init__(self, connection: AsyncConnection, now: float) -> None:
+    def __init__(self, connection: AsyncConnection, born: float) -> None:
         self.connection = connection
-        self.born = now
-        self.idle_since = now
+        self.born = born
+        self.idle_since = time.monotonic()
         # Execution options are set on the connection in place; a connection whose
         # options a unit of work changed must not carry them to the next one.
         self.options = _execution_options(connection)
@@ -68,6 +71,7 @@ class WarmConnections:
         self._recycle = recycle
         self._idle: list[_Warm] = []
         self._lent: dict[int, _Warm] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
 
     @property
@@ -78,44 +82,49 @@ class WarmConnections:
         """A connection for one unit of work; give it back with ``give_back``."""
         while self._idle:
             warm = self._idle.pop()
-            now = time.monotonic()
-            if self._recycle is not None and now - warm.born > self._recycle:
-                await warm.connection.close()  # the pool replaces it at the next checkout
+            if self._recycle is not None and time.time() - warm.born > self._recycle:
+                await self._close(warm.connection)  # the pool replaces it at the next checkout
                 continue
             if (
                 self._ping is not None
-                and now - warm.idle_since >= self._ping_after_idle
+                and time.monotonic() - warm.idle_since >= self._ping_after_idle
                 and not await self._alive(warm.connection)
             ):
                 continue
             self._lent[id(warm.connection)] = warm
             return warm.connection
         connection = await self._engine.connect()
-        self._lent[id(connection)] = _Warm(connection, time.monotonic())
+        self._lent[id(connection)] = _Warm(connection, _born(connection))
         return connection
 
     async def give_back(self, connection: AsyncConnection) -> None:
         warm = self._lent.pop(id(connection))
+        sync_connection = connection.sync_connection
         if (
             self._closed
-            or connection.closed
+            or sync_connection is None
             or connection.invalidated
             or _execution_options(connection) is not warm.options
         ):
-            await connection.close()
+            await self._close(connection)
             return
         if len(self._idle) >= self._keep:
             # Overflow: really close it. Closed the usual way it would wait in the pool's
             # queue, and more than ``keep`` connections would stay open while idle; the
             # pool keeps its slot and opens a new connection there when one is needed.
-            assert connection.sync_connection is not None
-            connection.sync_connection.detach()
-            await connection.close()
+            sync_connection.detach()
+            await self._close(connection)
             return
-        if connection.in_transaction():
-            # The autobegun transaction of an autocommit connection; ending it sends
-            # nothing to the server (skip_autocommit_rollback on the read engine).
-            await connection.rollback()
+        if sync_connection.in_transaction():
+            # The autobegun transaction of an autocommit connection. Ending it sends
+            # nothing (skip_autocommit_rollback on the read engine), so it needs no
+            # greenlet and cannot be interrupted; a driver that did need I/O here
+            # would raise, and its connection is closed instead.
+            try:
+                sync_connection.rollback()
+            except Exception:
+                await self._close(connection)
+                return
         warm.idle_since = time.monotonic()
         self._idle.append(warm)
 
@@ -124,19 +133,45 @@ class WarmConnections:
         self._closed = True
         idle, self._idle = self._idle, []
         for warm in idle:
-            await warm.connection.close()
+            await self._close(warm.connection)
+        if self._closing:
+            await asyncio.wait(self._closing)
 
     async def _alive(self, connection: AsyncConnection) -> bool:
         ping = self._ping
         assert ping is not None
         try:
             await connection.run_sync(_ping_dbapi_connection, ping)
-        except Exception as error:
-            logger.info("discarding a stale read connection (%s)", type(error).__name__)
-            await connection.invalidate()
-            await connection.close()
+        except BaseException as error:
+            if isinstance(error, Exception):
+                logger.info("discarding a stale read connection (%s)", type(error).__name__)
+            await self._close(connection, invalidate=True)
+            if not isinstance(error, Exception):
+                raise
             return False
         return True
+
+    async def _close(self, connection: AsyncConnection, *, invalidate: bool = False) -> None:
+        """Return ``connection`` to the pool, even if the caller is cancelled meanwhile."""
+
+        async def close() -> None:
+            if invalidate:
+                await connection.invalidate()
+            await connection.close()
+
+        task = asyncio.get_running_loop().create_task(close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        await asyncio.shield(task)
+
+
+def _born(connection: AsyncConnection) -> float:
+    """When the driver connection was made (stamped by the engine's connect event)."""
+    sync_connection = connection.sync_connection
+    assert sync_connection is not None
+    info = sync_connection.connection.record_info
+    born = None if info is None else info.get(BORN_KEY)
+    return time.time() if born is None else float(born)
 
 
 def _execution_options(connection: AsyncConnection) -> object:
