@@ -3,8 +3,9 @@
 Each layer adds one piece on top of the previous one, reading one random `world` row:
 raw asyncpg, the SQLAlchemy engine with a text statement, Core `select()`, the ORM's
 `session.get` in an autocommit session, and the same in the recipe's transaction
-(BEGIN + SELECT + ROLLBACK). CPU is `time.process_time()`, so waiting on PostgreSQL is
-not counted; one connection, one query at a time.
+(BEGIN + SELECT + ROLLBACK); then fastapi-asyncdb's own read paths, each a whole unit of
+work (gate, warm connection, statement, return). CPU is `time.process_time()`, so
+waiting on PostgreSQL is not counted; one query at a time.
 
 Run: .venv/bin/python -m bench.layers [--reads 3000]
 """
@@ -18,12 +19,13 @@ import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
-from sqlalchemy import select, text
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from bench.apps.models import World
 from bench.config import SQLALCHEMY_URL, WORLD_ROWS
 from bench.pg import connect
+from fastapi_asyncdb import Database
 
 READ_SQL = "SELECT id, randomnumber FROM world WHERE id = $1"
 Read = Callable[[int], Awaitable[object]]
@@ -40,7 +42,7 @@ async def _cpu_per_read(read: Read, reads: int) -> float:
 
 
 async def _layers(
-    raw: asyncpg.Connection, engine: AsyncEngine, autocommit: AsyncEngine
+    raw: asyncpg.Connection, engine: AsyncEngine, autocommit: AsyncEngine, database: Database
 ) -> dict[str, Read]:
     core_conn = await autocommit.connect()
     sessions = async_sessionmaker(autocommit, expire_on_commit=False)
@@ -64,12 +66,24 @@ async def _layers(
         async with recipe_sessions() as session:
             return await session.get(World, row_id)
 
+    world_by_id = select(World.id, World.randomnumber).where(World.id == bindparam("id"))
+
+    async def library_read_connection(row_id: int) -> object:
+        async with database.read_connection() as connection:
+            return (await connection.execute(world_by_id, {"id": row_id})).one()
+
+    async def library_read_session(row_id: int) -> object:
+        async with database.read_session() as session:
+            return await session.get(World, row_id)
+
     return {
         "asyncpg fetchrow": asyncpg_fetchrow,
         "engine + text (autocommit)": engine_text,
         "engine + Core select (autocommit)": core_select,
         "ORM session.get, new session (autocommit)": orm_get_autocommit,
         "ORM session.get, new session (recipe: BEGIN/ROLLBACK)": orm_get_recipe,
+        "fastapi-asyncdb read_connection() + Core select built once": library_read_connection,
+        "fastapi-asyncdb read_session() + session.get": library_read_session,
     }
 
 
@@ -80,8 +94,9 @@ async def measure(reads: int) -> dict[str, float]:
     )
     raw = await connect()
     try:
-        layers = await _layers(raw, engine, autocommit)
-        return {name: await _cpu_per_read(read, reads) for name, read in layers.items()}
+        async with Database(url=SQLALCHEMY_URL, pool_size=2, max_overflow=0) as database:
+            layers = await _layers(raw, engine, autocommit, database)
+            return {name: await _cpu_per_read(read, reads) for name, read in layers.items()}
     finally:
         await raw.close()
         await engine.dispose()
