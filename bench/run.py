@@ -63,6 +63,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"{SMOKE_DURATION_S} s per cell, 1 round, 32 connections; "
         "non-zero exit if a contender fails",
     )
+    parser.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=None,
+        help="set the garbage collector's generation-0 threshold in every contender alike "
+        "(Python's default is 700); for measuring how much of the CPU is collection",
+    )
     parser.add_argument("--output", default="latest", help="results file stem in bench/results")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -179,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.run(prepare())
     info = machine_info()
     say("machine: " + ", ".join(f"{key} {value}" for key, value in info.items()))
-    entrants = [contender(name, args.pool) for name in args.contenders]
+    gc_env = {} if args.gc_threshold is None else {"BENCH_GC_THRESHOLD": str(args.gc_threshold)}
+    entrants = [contender(name, args.pool, gc_env) for name in args.contenders]
     failures = verify_contenders(entrants)
     cells, broken = time_all([e for e in entrants if e.name not in failures], args)
     rows = summarise(cells)
@@ -190,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "connections": args.connections,
         "pool": args.pool,
         "smoke": args.smoke,
+        "gc_threshold": args.gc_threshold,
         "elapsed_s": round(time.monotonic() - started, 1),
     }
     all_failures = {**failures, **broken}

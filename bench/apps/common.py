@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import random
 from pathlib import Path
 from typing import Final
@@ -9,6 +11,10 @@ from typing import Final
 import jinja2
 
 from bench.config import MAX_QUERIES, WORLD_ROWS
+
+# `bench.run --gc-threshold N`: the same collector setting in every contender.
+if os.environ.get("BENCH_GC_THRESHOLD"):
+    gc.set_threshold(int(os.environ["BENCH_GC_THRESHOLD"]), *gc.get_threshold()[1:])
 
 ADDITIONAL_FORTUNE: Final = "Additional fortune added at request time."
 
