@@ -1,7 +1,8 @@
 """Asynchronous SQLAlchemy for FastAPI, correct under load and faults by default.
 
 The core (``Database``, ``DatabaseSettings``) works without FastAPI; ``SessionDep``,
-``ReadSessionDep`` and ``Database.install`` are the FastAPI integration.
+``ReadSessionDep``, ``ReadConnectionDep`` and ``Database.install`` are the FastAPI
+integration.
 """
 
 from .database import Database

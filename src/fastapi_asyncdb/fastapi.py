@@ -93,7 +93,10 @@ def install(
     health_prefix: str = "/health",
     cancel_on_disconnect: bool = True,
 ) -> None:
-    """Make ``SessionDep`` find ``database``; map database errors; add health routes.
+    """Make the dependencies find ``database``; map database errors; add health routes.
+
+    Also installs the middleware that closes read sessions and connections when their
+    request is over.
 
     With ``cancel_on_disconnect``, a request whose client leaves before its response
     is cancelled, so its queries stop instead of running on for nobody.

@@ -91,6 +91,14 @@ def build_app(database: Database) -> FastAPI:
 
         return StreamingResponse(lines(), media_type="text/plain")
 
+    @app.get("/core/read-then-background")
+    async def read_then_background(
+        connection: ReadConnectionDep, tasks: BackgroundTasks
+    ) -> dict[str, str]:
+        await connection.execute(text("SELECT 1"))
+        tasks.add_task(record_read_connections_in_use, database)
+        return {"status": "read"}
+
     @app.post("/core/notes")
     async def write_through_read_connection(note: NoteIn, connection: ReadConnectionDep) -> None:
         await connection.execute(insert(Note).values(body=note.body))
@@ -115,6 +123,13 @@ def build_app(database: Database) -> FastAPI:
 
 
 background_errors: list[BaseException] = []
+
+
+read_connections_in_use: list[int] = []
+
+
+async def record_read_connections_in_use(database: Database) -> None:
+    read_connections_in_use.append(database.pool_status()["read"]["in_use"])
 
 
 async def use_after_request(session: AsyncSession) -> None:
@@ -252,6 +267,15 @@ async def test_read_connection_stays_the_requests_while_its_body_streams(
     status = database.pool_status()["read"]
     assert response.text == "first\nsecond\n"
     assert (status["in_use"], status["checked_out"]) == (0, 0)
+
+
+async def test_read_connection_is_given_back_before_background_tasks_run(
+    client: httpx.AsyncClient,
+) -> None:
+    read_connections_in_use.clear()
+    response = await client.get("/core/read-then-background")
+    assert response.json() == {"status": "read"}
+    assert read_connections_in_use == [0]
 
 
 async def test_read_connection_refuses_writes_with_a_clear_error(

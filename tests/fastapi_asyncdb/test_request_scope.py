@@ -40,7 +40,7 @@ async def call(app: Any) -> list[dict[str, Any]]:
     return sent
 
 
-async def test_entered_resources_exit_after_the_response_newest_first() -> None:
+async def test_entered_resources_exit_newest_first_before_the_last_of_the_body() -> None:
     journal = Journal()
 
     async def app(scope: Any, _receive: Any, send: Any) -> None:
@@ -50,8 +50,25 @@ async def test_entered_resources_exit_after_the_response_newest_first() -> None:
         await send({"type": "http.response.body", "body": b"ok"})
         journal.events.append("response sent")
 
+    sent = await call(CloseWithRequest(app))
+    assert journal.events == ["enter a", "enter b", "exit b", "exit a", "response sent"]
+    assert [message["type"] for message in sent] == ["http.response.start", "http.response.body"]
+
+
+async def test_resources_stay_open_until_the_last_part_of_a_streamed_body() -> None:
+    journal = Journal()
+
+    async def app(scope: Any, _receive: Any, send: Any) -> None:
+        await enter_for_request(scope, journal.resource("a"))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for part in (b"1", b"2"):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+            journal.events.append(f"sent {part.decode()}")
+        await send({"type": "http.response.body", "body": b""})
+        journal.events.append("response sent")
+
     await call(CloseWithRequest(app))
-    assert journal.events == ["enter a", "enter b", "response sent", "exit b", "exit a"]
+    assert journal.events == ["enter a", "sent 1", "sent 2", "exit a", "response sent"]
 
 
 async def test_resources_exit_with_the_request_error_which_still_propagates() -> None:
