@@ -7,10 +7,13 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fastapi_asyncdb import Database, ReadOnlySessionError
+
+from .proxy import Forwarder
 
 pytestmark = pytest.mark.usefixtures("clean_environment")
 
@@ -174,3 +177,25 @@ async def test_stop_closes_warm_connections(database_url: str) -> None:
             await connection.execute(text("SELECT 1"))
         read_pool = database.read_engine.pool
     assert read_pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.backends("postgresql")
+async def test_a_unit_of_work_cancelled_during_the_ping_leaves_nothing_checked_out(
+    database_url: str,
+) -> None:
+    forwarder = Forwarder(make_url(database_url).port or 5432)
+    url = make_url(database_url).set(port=forwarder.port).render_as_string(hide_password=False)
+    async with (
+        forwarder.running(),
+        Database(url=url, pre_ping_after_idle=0.05, health_timeout=5) as database,
+    ):
+        await read_session_id(database)
+        forwarder.blackhole = True
+        await asyncio.sleep(0.1)
+        task = asyncio.create_task(read_session_id(database))
+        await asyncio.sleep(0.3)  # inside the ping, which the blackhole never answers
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        status = database.pool_status()["read"]
+    assert (status["in_use"], status["checked_out"]) == (0, 0)
