@@ -207,12 +207,23 @@ class Database:
             await self.stop()
 
     def install(
-        self, app: FastAPI, *, health_prefix: str = "/health", cancel_on_disconnect: bool = True
+        self,
+        app: FastAPI,
+        *,
+        health_prefix: str = "/health",
+        cancel_on_disconnect: bool = True,
+        disconnect_watch_after: float = 0.5,
     ) -> None:
         """Register the error handlers, health routes and disconnect watch on a FastAPI app."""
         from .fastapi import install
 
-        install(self, app, health_prefix=health_prefix, cancel_on_disconnect=cancel_on_disconnect)
+        install(
+            self,
+            app,
+            health_prefix=health_prefix,
+            cancel_on_disconnect=cancel_on_disconnect,
+            disconnect_watch_after=disconnect_watch_after,
+        )
 
     @property
     def engine(self) -> AsyncEngine:

@@ -93,6 +93,7 @@ def install(
     *,
     health_prefix: str = "/health",
     cancel_on_disconnect: bool = True,
+    disconnect_watch_after: float = 0.5,
 ) -> None:
     """Make the dependencies find ``database``; map database errors; add health routes.
 
@@ -100,11 +101,12 @@ def install(
     request's response body has been produced.
 
     With ``cancel_on_disconnect``, a request whose client leaves before its response
-    is cancelled, so its queries stop instead of running on for nobody.
+    is cancelled, so its queries stop instead of running on for nobody; requests are
+    watched from ``disconnect_watch_after`` seconds on.
     """
     setattr(app.state, _STATE_KEY, database)
     if cancel_on_disconnect:
-        app.add_middleware(CancelOnDisconnect)
+        app.add_middleware(CancelOnDisconnect, watch_after=disconnect_watch_after)
     # Outermost, so that read sessions close after any cancellation was dealt with.
     app.add_middleware(CloseWithRequest)
     retry_after = database.settings.unavailable_retry_after
