@@ -110,7 +110,11 @@ async def scenario_3(db: str, options: Options) -> ScenarioResult:
     outage = options.outage_s(30, 4)
     async with Harness("s3", db, options.work_dir, progress=options.progress) as harness:
         log = harness.log
-        load = asyncio.create_task(run_load(harness.bank, outage + options.outage_s(12, 4)))
+        duration = outage + options.outage_s(12, 4)
+        # Not final until the database is back: a slow start must not end the load
+        # before there is a recovery to see.
+        window = LoadWindow(log.now() + duration, final=False)
+        load = asyncio.create_task(run_load(harness.bank, duration, window=window))
         await asyncio.sleep(options.outage_s(3, 1.5))
         await faults.pg_stop_immediate()
         down_at = log.now()
@@ -119,7 +123,11 @@ async def scenario_3(db: str, options: Options) -> ScenarioResult:
             await asyncio.sleep(outage)
         finally:
             starting_at = log.now()
-            await faults.pg_start()
+            try:
+                await faults.pg_start()
+            finally:
+                window.stop_at = max(window.stop_at, log.now() + RECOVERY_TAIL_S)
+                window.final = True
         up_at = log.now()
         options.progress(f"  postgres back at t={up_at:.1f}s")
         await load
