@@ -7,6 +7,8 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator
 
+from sqlalchemy.engine import make_url
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -74,3 +76,10 @@ class Forwarder:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def forwarder_for(database_url: str) -> tuple[Forwarder, str]:
+    """A forwarder to the server of ``database_url``, and the URL that goes through it."""
+    url = make_url(database_url)
+    forwarder = Forwarder(url.port or 5432)
+    return forwarder, url.set(port=forwarder.port).render_as_string(hide_password=False)

@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 
 from fastapi_asyncdb import Database, DatabaseUnavailableError
 
-from .proxy import Forwarder, free_port
+from .proxy import Forwarder, forwarder_for, free_port
 
 pytestmark = pytest.mark.usefixtures("clean_environment")
 
@@ -184,8 +184,7 @@ async def test_bound_parameters_stay_out_of_errors_and_logs(
 async def test_blackholed_database_fails_within_the_ping_and_connect_timeouts(
     database_url: str,
 ) -> None:
-    forwarder = Forwarder(make_url(database_url).port or 5432)
-    url = make_url(database_url).set(port=forwarder.port).render_as_string(hide_password=False)
+    forwarder, url = forwarder_for(database_url)
     async with (
         forwarder.running(),
         Database(

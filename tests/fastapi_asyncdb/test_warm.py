@@ -7,13 +7,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fastapi_asyncdb import Database, ReadOnlySessionError
 
-from .proxy import Forwarder
+from .proxy import forwarder_for
 
 pytestmark = pytest.mark.usefixtures("clean_environment")
 
@@ -183,8 +182,7 @@ async def test_stop_closes_warm_connections(database_url: str) -> None:
 async def test_a_unit_of_work_cancelled_during_the_ping_leaves_nothing_checked_out(
     database_url: str,
 ) -> None:
-    forwarder = Forwarder(make_url(database_url).port or 5432)
-    url = make_url(database_url).set(port=forwarder.port).render_as_string(hide_password=False)
+    forwarder, url = forwarder_for(database_url)
     async with (
         forwarder.running(),
         Database(url=url, pre_ping_after_idle=0.05, health_timeout=5) as database,
