@@ -3,9 +3,9 @@
 Each layer adds one piece on top of the previous one, reading one random `world` row:
 raw asyncpg, the SQLAlchemy engine with a text statement, Core `select()`, the ORM's
 `session.get` in an autocommit session, and the same in the recipe's transaction
-(BEGIN + SELECT + ROLLBACK); then fastapi-asyncdb's own read paths, each a whole unit of
-work (gate, warm connection, statement, return). CPU is `time.process_time()`, so
-waiting on PostgreSQL is not counted; one query at a time.
+(BEGIN + SELECT + ROLLBACK); then fastapi-asyncdb's own read paths, each a whole unit
+of work (gate, warm connection, statement, return), ``Prepared`` among them. CPU is
+`time.process_time()`, so waiting on PostgreSQL is not counted; one query at a time.
 
 Run: .venv/bin/python -m bench.layers [--reads 3000]
 """
@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from bench.apps.models import World
 from bench.config import SQLALCHEMY_URL, WORLD_ROWS
 from bench.pg import connect
-from fastapi_asyncdb import Database
+from fastapi_asyncdb import Database, Prepared
 
 READ_SQL = "SELECT id, randomnumber FROM world WHERE id = $1"
 Read = Callable[[int], Awaitable[object]]
@@ -72,6 +72,12 @@ async def _layers(
         async with database.read_connection() as connection:
             return (await connection.execute(world_by_id, {"id": row_id})).one()
 
+    prepared_world_by_id = Prepared(world_by_id)
+
+    async def library_prepared(row_id: int) -> object:
+        async with database.read_connection() as connection:
+            return await prepared_world_by_id.one(connection, {"id": row_id})
+
     async def library_read_session(row_id: int) -> object:
         async with database.read_session() as session:
             return await session.get(World, row_id)
@@ -83,6 +89,7 @@ async def _layers(
         "ORM session.get, new session (autocommit)": orm_get_autocommit,
         "ORM session.get, new session (recipe: BEGIN/ROLLBACK)": orm_get_recipe,
         "fastapi-asyncdb read_connection() + Core select built once": library_read_connection,
+        "fastapi-asyncdb read_connection() + Prepared": library_prepared,
         "fastapi-asyncdb read_session() + session.get": library_read_session,
     }
 

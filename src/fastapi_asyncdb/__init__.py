@@ -1,8 +1,8 @@
 """Asynchronous SQLAlchemy for FastAPI, correct under load and faults by default.
 
-The core (``Database``, ``DatabaseSettings``) works without FastAPI; ``SessionDep``,
-``ReadSessionDep``, ``ReadConnectionDep`` and ``Database.install`` are the FastAPI
-integration.
+The core (``Database``, ``DatabaseSettings``, ``Prepared``) works without FastAPI;
+``SessionDep``, ``ReadSessionDep``, ``ReadConnectionDep`` and ``Database.install`` are
+the FastAPI integration.
 """
 
 from .database import Database
@@ -14,6 +14,7 @@ from .errors import (
     ReadOnlySessionError,
 )
 from .fastapi import DatabaseDep, ReadConnectionDep, ReadSessionDep, SessionDep, problem_response
+from .prepared import Prepared
 from .retry import Retry
 from .settings import DatabaseSettings
 
@@ -25,6 +26,7 @@ __all__ = [
     "DatabaseNotStartedError",
     "DatabaseSettings",
     "DatabaseUnavailableError",
+    "Prepared",
     "ReadConnectionDep",
     "ReadOnlySessionError",
     "ReadSessionDep",
