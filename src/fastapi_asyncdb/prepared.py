@@ -207,9 +207,10 @@ def _plan(
         return None
     binds: list[tuple[str, str, Any]] = []
     for name in compiled.positiontup:
-        bind = compiled.binds[name]
+        bind = compiled.binds.get(name)
         if (
-            bind.callable is not None
+            bind is None  # an escaped name: left to SQLAlchemy, which knows its escaping
+            or bind.callable is not None
             or bind.expanding
             or bind.type.dialect_impl(dialect).bind_processor(dialect) is not None
         ):
