@@ -16,6 +16,12 @@ adapter sends lazily), a type that converts values (``Enum``, ``JSON``,
 ``Numeric(asdecimal=False)``, a ``TypeDecorator``, ...), expanding ``IN``
 parameters, execution options, ``echo``, or a listener to any of the connection's
 events (a listener may rewrite statements; tracing instrumentation sees every one).
+
+The error path borrows two private methods, so that a failure is SQLAlchemy's own
+rather than an imitation: the asyncpg adapter's ``_handle_exception`` and
+``Connection._handle_dbapi_exception``. Without either (another SQLAlchemy version),
+every run goes through SQLAlchemy; ``tests/fastapi_asyncdb/test_prepared.py`` pins
+what they do on the pinned versions.
 """
 
 from __future__ import annotations

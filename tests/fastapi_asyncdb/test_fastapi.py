@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from sqlalchemy import bindparam, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fastapi_asyncdb import Database, ReadConnectionDep, ReadSessionDep, SessionDep
+from fastapi_asyncdb import Database, Prepared, ReadConnectionDep, ReadSessionDep, SessionDep
 
 from .models import Child, Note, Positive, count_rows, create_tables
 
@@ -30,6 +30,7 @@ class NoteOut(BaseModel):
 
 
 NOTE_BY_ID = select(Note.id, Note.body).where(Note.id == bindparam("id"))
+PREPARED_NOTE_BY_ID = Prepared(NOTE_BY_ID)
 
 
 def build_app(database: Database) -> FastAPI:
@@ -78,6 +79,13 @@ def build_app(database: Database) -> FastAPI:
     @app.get("/core/notes/{note_id}")
     async def read_note_with_core(note_id: int, connection: ReadConnectionDep) -> NoteOut:
         row = (await connection.execute(NOTE_BY_ID, {"id": note_id})).one_or_none()
+        if row is None:
+            raise HTTPException(status_code=404)
+        return NoteOut(id=row.id, body=row.body)
+
+    @app.get("/prepared/notes/{note_id}")
+    async def read_note_prepared(note_id: int, connection: ReadConnectionDep) -> NoteOut:
+        row = await PREPARED_NOTE_BY_ID.one_or_none(connection, {"id": note_id})
         if row is None:
             raise HTTPException(status_code=404)
         return NoteOut(id=row.id, body=row.body)
@@ -254,6 +262,19 @@ async def test_read_connection_reads_with_core_and_is_returned_after_the_request
     missing = await client.get("/core/notes/424242")
     status = database.pool_status()["read"]
     assert found.json() == created.json()
+    assert missing.status_code == 404
+    assert (status["in_use"], status["checked_out"]) == (0, 0)
+
+
+async def test_a_prepared_read_on_the_read_connection_answers_like_the_core_one(
+    client: httpx.AsyncClient, database: Database
+) -> None:
+    created = await client.post("/notes", json={"body": "prepared"})
+    # Twice: the first run is SQLAlchemy's, the second the driver's on PostgreSQL.
+    found = [await client.get(f"/prepared/notes/{created.json()['id']}") for _ in range(2)]
+    missing = await client.get("/prepared/notes/424242")
+    status = database.pool_status()["read"]
+    assert [response.json() for response in found] == [created.json()] * 2
     assert missing.status_code == 404
     assert (status["in_use"], status["checked_out"]) == (0, 0)
 
