@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sqlalchemy import UpdateBase
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.pool import QueuePool
 
@@ -16,6 +17,7 @@ from . import drivers
 from .admission import Breaker, Gate
 from .engine import create_engine, make_ping
 from .errors import DatabaseNotStartedError
+from .prepared import run_statement
 from .retry import Retry, run_with_retries
 from .settings import DatabaseSettings
 from .warm import WarmConnections
@@ -276,6 +278,23 @@ class Database:
             retry or Retry(attempts=1),
             lambda error: drivers.is_serialization_failure(backend, error),
         )
+
+    async def run_statement(
+        self,
+        statement: UpdateBase,
+        parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Run one ``insert``/``update``/``delete`` as a unit of work of its own.
+
+        Committed when this returns (in an endpoint: before the response); a list of
+        parameter sets is one ``executemany``, every row or none. On PostgreSQL
+        (asyncpg) it costs no ``BEGIN`` or ``COMMIT`` round trip: the statement is its
+        own transaction. For writes that are one statement and depend on nothing read
+        in the same transaction; anything else belongs in ``SessionDep`` or
+        ``transaction()``.
+        """
+        async with self._started(self._primary).connection() as connection:
+            await run_statement(connection, statement, parameters)
 
     @asynccontextmanager
     async def read_session(self) -> AsyncIterator[AsyncSession]:

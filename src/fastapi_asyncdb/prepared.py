@@ -1,4 +1,4 @@
-"""Hot statements: a Core ``select()`` compiled once, run as a prepared statement.
+"""Hot statements: compiled once by SQLAlchemy, run by asyncpg itself.
 
 Through ``AsyncConnection.execute``, SQLAlchemy spends two to three times asyncpg's own
 CPU on each statement (a greenlet, the execution context, the result), so an endpoint
@@ -9,6 +9,13 @@ hands the compiled SQL and the ordered parameters straight to asyncpg, which kee
 prepared on that connection. The rows come back as SQLAlchemy ``Row`` objects, and
 errors go through SQLAlchemy's own error handling: the same exception classes, the
 engine's ``handle_error`` hooks, invalidation of a lost connection.
+
+``run_statement`` does the same for one write (an ``insert``, ``update`` or
+``delete``, or an ``executemany`` of one) that is a transaction of its own: asyncpg
+sends it in PostgreSQL's implicit one-statement transaction, all rows or none, with
+no ``BEGIN`` and ``COMMIT`` round trips; elsewhere SQLAlchemy runs it between them.
+Values computed in Python at run time (column defaults) and ``RETURNING`` leave it
+to SQLAlchemy too.
 
 Whenever that would not give what ``connection.execute`` gives, SQLAlchemy runs the
 statement instead: another driver, a transaction (whose ``BEGIN`` SQLAlchemy's
@@ -27,10 +34,10 @@ what they do on the pinned versions.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Generic, NoReturn, TypeVarTuple, cast
+from typing import Any, Generic, NoReturn, TypeGuard, TypeVarTuple, cast
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Select
+from sqlalchemy import Select, UpdateBase
 from sqlalchemy.engine import Connection, CursorResult, Dialect, Row
 from sqlalchemy.engine.result import result_tuple
 from sqlalchemy.exc import MultipleResultsFound, NoResultFound
@@ -38,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import greenlet_spawn
 
-__all__ = ["Prepared"]
+__all__ = ["Prepared", "run_statement"]
 
 _Ts = TypeVarTuple("_Ts")
 Parameters = Mapping[str, Any]
@@ -186,6 +193,77 @@ class Prepared(Generic[*_Ts]):
         return result
 
 
+WriteParameters = Parameters | Sequence[Parameters] | None
+# Per statement (built once, at import), per dialect and parameter shape.
+_write_plans: WeakKeyDictionary[
+    UpdateBase, dict[tuple[Dialect, tuple[str, ...], bool], _Plan | None]
+]
+_write_plans = WeakKeyDictionary()
+
+
+async def run_statement(
+    connection: AsyncConnection, statement: UpdateBase, parameters: WriteParameters = None
+) -> None:
+    """Run one write statement on ``connection`` as a transaction of its own.
+
+    ``connection`` must not be in a transaction yet. A list of parameter sets is one
+    ``executemany``: every row or none. On asyncpg the driver runs the statement
+    itself, in PostgreSQL's implicit transaction of one statement, with no ``BEGIN``
+    or ``COMMIT`` round trip; wherever that would not be exact (see the module), and
+    on other drivers, SQLAlchemy runs it between ``BEGIN`` and ``COMMIT``.
+    """
+    rows = (
+        [parameters or {}] if parameters is None or isinstance(parameters, Mapping) else parameters
+    )
+    if not rows:
+        return
+    sync = connection.sync_connection
+    if sync is None or sync.in_transaction():
+        raise RuntimeError("run_statement needs a connection with no transaction begun")
+    plan = _write_plan(statement, sync, rows)
+    arguments = [] if plan is None else [plan.arguments(row) for row in rows]
+    if plan is None or None in arguments or not _nothing_between(sync):
+        async with connection.begin():
+            await connection.execute(statement, parameters)
+        return
+    driver: Any = sync.connection.driver_connection
+    try:
+        if len(arguments) > 1:
+            await driver.executemany(plan.sql, arguments)
+        else:
+            await driver.execute(plan.sql, *cast(list[Any], arguments[0]))
+    except BaseException as error:
+        await greenlet_spawn(_raise_as_sqlalchemy_would, sync, plan.sql, arguments, error)
+        raise  # not reached: the line above raises SQLAlchemy's exception
+
+
+def _write_plan(
+    statement: UpdateBase, connection: Connection, rows: Sequence[Parameters]
+) -> _Plan | None:
+    dialect = connection.dialect
+    if dialect.driver != "asyncpg" or not _error_path_available(connection):
+        return None
+    # SQLAlchemy compiles for the first parameter set's keys (an UPDATE sets the
+    # columns it names), and for executemany when there is more than one.
+    keys, many = tuple(sorted(rows[0])), len(rows) > 1
+    plans = _write_plans.setdefault(statement, {})
+    shape = (dialect, keys, many)
+    if shape not in plans:
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys), for_executemany=many)
+        binds = None
+        if (
+            _driver_can_take(compiled)
+            and (compiled.isinsert or compiled.isupdate or compiled.isdelete)
+            # Nothing computed in Python at run time, nothing to return.
+            and not compiled.insert_prefetch
+            and not compiled.update_prefetch
+            and not compiled.effective_returning
+        ):
+            binds = _positional_binds(compiled, dialect)
+        plans[shape] = None if binds is None else _Plan(compiled.string, binds, tuple)
+    return plans[shape]
+
+
 def _plan(
     statement: Select[*tuple[Any, ...]],
     connection: Connection,
@@ -193,35 +271,16 @@ def _plan(
 ) -> _Plan | None:
     """A plan when asyncpg alone returns exactly what SQLAlchemy returned in ``result``."""
     dialect = connection.dialect
-    if (
-        dialect.driver != "asyncpg"
-        # The error path borrows SQLAlchemy's own handling; without it, no shortcut.
-        or not hasattr(Connection, "_handle_dbapi_exception")
-        or not hasattr(connection.connection.dbapi_connection, "_handle_exception")
-    ):
+    if dialect.driver != "asyncpg" or not _error_path_available(connection):
         return None
     # Compiled here, not taken from SQLAlchemy's cache: a cached compilation of an
     # equal statement carries that statement's literal values.
     compiled = statement.compile(dialect=dialect)
-    if (
-        not isinstance(compiled, SQLCompiler)
-        or not compiled.positional
-        or compiled.positiontup is None
-        or compiled.literal_execute_params
-        or compiled.post_compile_params
-    ):
+    if not _driver_can_take(compiled):
         return None
-    binds: list[tuple[str, str, Any]] = []
-    for name in compiled.positiontup:
-        bind = compiled.binds.get(name)
-        if (
-            bind is None  # an escaped name: left to SQLAlchemy, which knows its escaping
-            or bind.callable is not None
-            or bind.expanding
-            or bind.type.dialect_impl(dialect).bind_processor(dialect) is not None
-        ):
-            return None
-        binds.append((bind.key, name, _REQUIRED if bind.required else bind.value))
+    binds = _positional_binds(compiled, dialect)
+    if binds is None:
+        return None
     cursor = result.cursor
     description = None if cursor is None else cursor.description
     columns = list(statement.selected_columns)
@@ -233,8 +292,53 @@ def _plan(
     return _Plan(compiled.string, binds, result_tuple(list(result.keys())))
 
 
+def _error_path_available(connection: Connection) -> bool:
+    """The error path borrows SQLAlchemy's own handling; without it, no shortcut."""
+    return hasattr(Connection, "_handle_dbapi_exception") and hasattr(
+        connection.connection.dbapi_connection, "_handle_exception"
+    )
+
+
+def _driver_can_take(compiled: object) -> TypeGuard[SQLCompiler]:
+    """A positional compilation that SQLAlchemy sends as it is, nothing added at run time."""
+    return (
+        isinstance(compiled, SQLCompiler)
+        and compiled.positional
+        and compiled.positiontup is not None
+        and not compiled.literal_execute_params
+        and not compiled.post_compile_params
+    )
+
+
+def _positional_binds(compiled: SQLCompiler, dialect: Dialect) -> list[tuple[str, str, Any]] | None:
+    """(key, compiled name, value when none is given) per driver argument, or None when
+    SQLAlchemy would change a value on its way to the driver."""
+    assert compiled.positiontup is not None
+    binds: list[tuple[str, str, Any]] = []
+    for name in compiled.positiontup:
+        bind = compiled.binds.get(name)
+        if (
+            bind is None  # an escaped name: left to SQLAlchemy, which knows its escaping
+            or bind.callable is not None
+            or bind.expanding
+            or bind.type.dialect_impl(dialect).bind_processor(dialect) is not None
+        ):
+            return None
+        binds.append((bind.key, name, _REQUIRED if bind.required else bind.value))
+    return binds
+
+
 def _driver_may_run(connection: Connection) -> bool:
-    """Whether this connection, now, gives a driver-run statement SQLAlchemy's result."""
+    """Whether a driver-run read on this connection, now, gives SQLAlchemy's result."""
+    # Autocommit only: in a transaction, SQLAlchemy's adapter sends BEGIN with its
+    # first statement, and a statement that bypassed it would run outside.
+    return _nothing_between(connection) and (
+        getattr(connection.connection.dbapi_connection, "autocommit", False) is True
+    )
+
+
+def _nothing_between(connection: Connection) -> bool:
+    """No SQLAlchemy feature on this connection would act on a statement it runs."""
     if (
         connection.closed
         or connection.invalidated
@@ -245,15 +349,11 @@ def _driver_may_run(connection: Connection) -> bool:
         or getattr(connection.engine, "_has_events", True)
     ):
         return False
-    if not _NEUTRAL_OPTIONS.issuperset(connection.get_execution_options()):
-        return False
-    # Autocommit only: in a transaction, SQLAlchemy's adapter sends BEGIN with its
-    # first statement, and a statement that bypassed it would run outside.
-    return getattr(connection.connection.dbapi_connection, "autocommit", False) is True
+    return _NEUTRAL_OPTIONS.issuperset(connection.get_execution_options())
 
 
 def _raise_as_sqlalchemy_would(
-    connection: Connection, sql: str, arguments: list[Any], error: BaseException
+    connection: Connection, sql: str, arguments: Any, error: BaseException
 ) -> NoReturn:
     """SQLAlchemy's own handling of a failed statement, run in its greenlet.
 

@@ -1,4 +1,5 @@
-"""Prepared: SQLAlchemy's results and errors, at the driver's speed only where exact."""
+"""Prepared and run_statement: SQLAlchemy's results and errors, at the driver's speed
+only where that is exact."""
 
 from __future__ import annotations
 
@@ -26,10 +27,17 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound, StatementError
+from sqlalchemy.exc import (
+    DBAPIError,
+    IntegrityError,
+    MultipleResultsFound,
+    NoResultFound,
+    StatementError,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fastapi_asyncdb import Database, DatabaseUnavailableError, Prepared
+from fastapi_asyncdb.prepared import run_statement
 
 pytestmark = pytest.mark.usefixtures("clean_environment")
 
@@ -350,3 +358,96 @@ def test_prepared_is_built_at_import_without_a_database() -> None:
     prepared: Prepared[int, str] = Prepared(ITEM_BY_ID)
     assert prepared.statement is ITEM_BY_ID
     assert "FROM prepared_item" in repr(prepared)
+
+
+counter = Table(
+    "prepared_counter",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("value", Integer, nullable=False),
+    Column("label", String(20), nullable=False, default=lambda: "computed in Python"),
+)
+SET_VALUE = counter.update().where(counter.c.id == bindparam("row")).values(value=bindparam("to"))
+COUNTER_VALUES = select(counter.c.id, counter.c.value).order_by(counter.c.id)
+
+
+async def counter_values(database: Database) -> list[tuple[int, int]]:
+    async with database.read_connection() as connection:
+        return [(row.id, row.value) for row in await connection.execute(COUNTER_VALUES)]
+
+
+async def test_run_statement_commits_every_row_before_it_returns(database: Database) -> None:
+    await database.run_statement(
+        insert(counter), [{"id": n, "value": 0, "label": "given"} for n in (1, 2, 3)]
+    )
+    await database.run_statement(SET_VALUE, [{"row": 1, "to": 10}, {"row": 3, "to": 30}])
+    await database.run_statement(SET_VALUE, {"row": 2, "to": 20})
+    # Read on another connection: committed, not merely sent.
+    assert await counter_values(database) == [(1, 10), (2, 20), (3, 30)]
+    assert database.pool_status()["primary"]["checked_out"] == 0
+
+
+async def test_run_statement_writes_every_row_or_none(database: Database) -> None:
+    await database.run_statement(insert(counter), {"id": 1, "value": 0, "label": "given"})
+    rows = [{"id": n, "value": n, "label": "given"} for n in (2, 3, 1, 4)]  # 1 exists already
+    with pytest.raises(IntegrityError):
+        await database.run_statement(insert(counter), rows)
+    assert await counter_values(database) == [(1, 0)]
+
+
+async def test_run_statement_fills_python_side_defaults(database: Database) -> None:
+    await database.run_statement(insert(counter), [{"id": 1, "value": 1}, {"id": 2, "value": 2}])
+    async with database.read_connection() as connection:
+        labels = (await connection.execute(select(counter.c.label))).scalars().all()
+    assert labels == ["computed in Python"] * 2
+
+
+@pytest.mark.backends("postgresql")
+async def test_on_postgresql_a_statement_is_its_own_transaction_without_begin_or_commit(
+    database: Database,
+) -> None:
+    await database.run_statement(insert(counter), [{"id": n, "value": 0} for n in (1, 2)])
+    sent: list[str] = []
+    async with database.engine.connect() as connection:
+        driver: Any = (await connection.get_raw_connection()).driver_connection
+        driver.add_query_logger(
+            lambda query: sent.append(query.query.split()[0].rstrip(";").upper())
+        )
+        await run_statement(connection, SET_VALUE, [{"row": 1, "to": 5}, {"row": 2, "to": 6}])
+        await logged()
+        assert sent == ["UPDATE"]
+        # A statement that needs SQLAlchemy at run time gets its BEGIN and COMMIT.
+        await run_statement(connection, insert(counter), {"id": 3, "value": 7})
+        await logged()
+        assert sent == ["UPDATE", "BEGIN", "COMMIT"]
+    assert await counter_values(database) == [(1, 5), (2, 6), (3, 7)]
+
+
+@pytest.mark.backends("postgresql")
+async def test_a_write_cancelled_on_the_driver_does_not_hand_its_connection_on(
+    database: Database,
+) -> None:
+    await database.run_statement(insert(counter), {"id": 1, "value": 0})
+    async with database.engine.connect() as holder:
+        await holder.execute(SET_VALUE, {"row": 1, "to": 99})  # holds the row's lock
+        blocked = asyncio.create_task(database.run_statement(SET_VALUE, {"row": 1, "to": 1}))
+        await asyncio.sleep(0.3)
+        task_was_blocked = not blocked.done()
+        blocked.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await blocked
+        await holder.rollback()
+    assert task_was_blocked
+    status = database.pool_status()["primary"]
+    assert (status["in_use"], status["checked_out"]) == (0, 0)
+    await database.run_statement(SET_VALUE, {"row": 1, "to": 2})
+    assert await counter_values(database) == [(1, 2)]
+
+
+async def test_run_statement_refuses_a_connection_already_in_a_transaction(
+    database: Database,
+) -> None:
+    async with database.engine.connect() as connection:
+        await connection.begin()
+        with pytest.raises(RuntimeError, match="no transaction begun"):
+            await run_statement(connection, SET_VALUE, {"row": 1, "to": 1})
