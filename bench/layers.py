@@ -4,7 +4,9 @@ Each layer adds one piece on top of the previous one, reading one random `world`
 raw asyncpg, the SQLAlchemy engine with a text statement, Core `select()`, the ORM's
 `session.get` in an autocommit session, and the same in the recipe's transaction
 (BEGIN + SELECT + ROLLBACK); then fastapi-asyncdb's own read paths, each a whole unit
-of work (gate, warm connection, statement, return), ``Prepared`` among them. CPU is
+of work (gate, warm connection, statement, return), ``Prepared`` among them. Then one
+write of 20 rows (the work of `/updates`): asyncpg's `executemany` alone and in a
+transaction, the library's session transaction and `run_statement`. CPU is
 `time.process_time()`, so waiting on PostgreSQL is not counted; one query at a time.
 
 Run: .venv/bin/python -m bench.layers [--reads 3000]
@@ -19,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from bench.apps.models import World
@@ -28,6 +30,7 @@ from bench.pg import connect
 from fastapi_asyncdb import Database, Prepared
 
 READ_SQL = "SELECT id, randomnumber FROM world WHERE id = $1"
+WRITE_PREFIX = "write: "
 Read = Callable[[int], Awaitable[object]]
 
 
@@ -94,6 +97,49 @@ async def _layers(
     }
 
 
+WRITE_ROWS = 20
+WRITE_SQL = "UPDATE world SET randomnumber = $2 WHERE id = $1"
+SET_NUMBER = (
+    update(World).where(World.id == bindparam("world_id")).values(randomnumber=bindparam("number"))
+)
+
+
+def _new_numbers() -> list[tuple[int, int]]:
+    ids = sorted(random.sample(range(1, WORLD_ROWS + 1), WRITE_ROWS))
+    return [(row_id, random.randint(1, WORLD_ROWS)) for row_id in ids]
+
+
+def _write_layers(raw: asyncpg.Connection, database: Database) -> dict[str, Read]:
+    """One write of 20 rows, the work of `/updates`, each way there is to send it."""
+
+    async def asyncpg_executemany(_: int) -> object:
+        return await raw.executemany(WRITE_SQL, _new_numbers())
+
+    async def asyncpg_transaction(_: int) -> object:
+        async with raw.transaction():
+            return await raw.executemany(WRITE_SQL, _new_numbers())
+
+    def rows() -> list[dict[str, int]]:
+        return [{"world_id": row_id, "number": n} for row_id, n in _new_numbers()]
+
+    async def library_transaction(_: int) -> object:
+        async with database.transaction() as session:
+            # On the session's connection: Core's executemany, not the ORM's bulk update.
+            connection = await session.connection()
+            return await connection.execute(SET_NUMBER, rows())
+
+    async def library_run_statement(_: int) -> object:
+        await database.run_statement(SET_NUMBER, rows())
+        return None
+
+    return {
+        "asyncpg executemany (its own implicit transaction)": asyncpg_executemany,
+        "asyncpg BEGIN + executemany + COMMIT": asyncpg_transaction,
+        "fastapi-asyncdb transaction() + executemany (as SessionDep)": library_transaction,
+        "fastapi-asyncdb run_statement": library_run_statement,
+    }
+
+
 async def measure(reads: int) -> dict[str, float]:
     engine = create_async_engine(SQLALCHEMY_URL, pool_size=2, max_overflow=0)
     autocommit = create_async_engine(
@@ -103,7 +149,12 @@ async def measure(reads: int) -> dict[str, float]:
     try:
         async with Database(url=SQLALCHEMY_URL, pool_size=2, max_overflow=0) as database:
             layers = await _layers(raw, engine, autocommit, database)
-            return {name: await _cpu_per_read(read, reads) for name, read in layers.items()}
+            results = {name: await _cpu_per_read(read, reads) for name, read in layers.items()}
+            writes = _write_layers(raw, database)
+            # Fewer: a write costs about ten reads. Keyed apart from the reads.
+            for name, write in writes.items():
+                results[WRITE_PREFIX + name] = await _cpu_per_read(write, max(reads // 10, 50))
+            return results
     finally:
         await raw.close()
         await engine.dispose()
@@ -116,8 +167,13 @@ def main() -> None:
     args = parser.parse_args()
     results = asyncio.run(measure(args.reads))
     base = results["asyncpg fetchrow"]
+    write_base = results[WRITE_PREFIX + "asyncpg executemany (its own implicit transaction)"]
     for name, micros in results.items():
-        print(f"{micros:8.1f} us CPU/read  {micros / base:5.1f}x  {name}", flush=True)
+        if name.startswith(WRITE_PREFIX):
+            label = f"us CPU/write of {WRITE_ROWS} rows  {micros / write_base:5.1f}x"
+            print(f"{micros:8.1f} {label}  {name.removeprefix(WRITE_PREFIX)}", flush=True)
+        else:
+            print(f"{micros:8.1f} us CPU/read  {micros / base:5.1f}x  {name}", flush=True)
 
 
 if __name__ == "__main__":
