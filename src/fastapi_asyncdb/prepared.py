@@ -241,7 +241,7 @@ def _write_plan(
     statement: UpdateBase, connection: Connection, rows: Sequence[Parameters]
 ) -> _Plan | None:
     dialect = connection.dialect
-    if dialect.driver != "asyncpg" or not _error_path_available(connection):
+    if dialect.driver != "asyncpg":
         return None
     # SQLAlchemy compiles for the first parameter set's keys (an UPDATE sets the
     # columns it names), and for executemany when there is more than one.
@@ -252,7 +252,8 @@ def _write_plan(
         compiled = statement.compile(dialect=dialect, column_keys=list(keys), for_executemany=many)
         binds = None
         if (
-            _driver_can_take(compiled)
+            _error_path_available(connection)
+            and _driver_can_take(compiled)
             and (compiled.isinsert or compiled.isupdate or compiled.isdelete)
             # Nothing computed in Python at run time, nothing to return.
             and not compiled.insert_prefetch
