@@ -60,7 +60,10 @@ class _Plan:
     __slots__ = ("binds", "make_row", "sql")
 
     def __init__(
-        self, sql: str, binds: list[tuple[str, str, Any]], make_row: Callable[[Iterable[Any]], Any]
+        self,
+        sql: str,
+        binds: list[tuple[str, str, Any]],
+        make_row: Callable[[Iterable[Any]], Any] | None = None,  # None: a write, no rows
     ) -> None:
         self.sql = sql
         # (key, compiled name, value when none is given) per positional parameter.
@@ -181,6 +184,7 @@ class Prepared(Generic[*_Ts]):
             await greenlet_spawn(_raise_as_sqlalchemy_would, sync, plan.sql, arguments, error)
             raise  # not reached: the line above raises SQLAlchemy's exception
         make_row = plan.make_row
+        assert make_row is not None  # a read's plan
         return [make_row(record) for record in records]
 
     async def _through_sqlalchemy(
@@ -261,7 +265,7 @@ def _write_plan(
             and not compiled.effective_returning
         ):
             binds = _positional_binds(compiled, dialect)
-        plans[shape] = None if binds is None else _Plan(compiled.string, binds, tuple)
+        plans[shape] = None if binds is None else _Plan(compiled.string, binds)
     return plans[shape]
 
 
