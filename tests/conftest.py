@@ -2,62 +2,117 @@
 
 In CI (``CI`` set) an unreachable server fails the run; elsewhere its tests are
 skipped and the summary says which databases were left out.
+
+Each run (each xdist worker) creates its databases under names of its own, ending in
+its process id, and drops them at the end; so two runs against one server never drop
+each other's database. Databases left by a run that was killed are dropped by the
+next run once their process is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 SERVER_URLS = {
     "postgresql": os.environ.get(
-        "TEST_POSTGRESQL_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/asyncdb_test"
+        "TEST_POSTGRESQL_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
     ),
-    "mysql": os.environ.get("TEST_MYSQL_URL", "mysql+asyncmy://root@127.0.0.1:3306/asyncdb_test"),
+    "mysql": os.environ.get("TEST_MYSQL_URL", "mysql+asyncmy://root@127.0.0.1:3306/test"),
 }
+# Every database this run creates is named <base>_t<pid>.
+_RUN_SUFFIX = f"_t{os.getpid()}"
+_RUN_NAME = re.compile(r"^[a-z_]+_t(\d+)$")
 BACKENDS = ("sqlite", "postgresql", "mysql")
 # Where to connect to drop and create a test database (never the one dropped).
 ADMIN_DATABASE = "test"
 _unreachable: dict[str, str] = {}
-_prepared: set[str] = set()
+_prepared: dict[str, str] = {}
 
 
-async def _recreate_database(url: str) -> None:
+def _admin_engine(url: str) -> AsyncEngine:
     target = make_url(url)
     is_postgresql = target.get_backend_name() == "postgresql"
-    admin = create_async_engine(
+    return create_async_engine(
         target.set(database=ADMIN_DATABASE),
         poolclass=NullPool,
         isolation_level="AUTOCOMMIT",
         connect_args={"timeout" if is_postgresql else "connect_timeout": 3},
     )
-    name = admin.dialect.identifier_preparer.quote(str(target.database))
-    # FORCE: a connection left over from an interrupted run must not block the fresh start.
-    force = " WITH (FORCE)" if is_postgresql else ""
+
+
+async def _drop(connection: AsyncConnection, name: str) -> None:
+    quoted = connection.dialect.identifier_preparer.quote(name)
+    # FORCE: a connection left over from an interrupted run must not block the drop.
+    force = " WITH (FORCE)" if connection.dialect.name == "postgresql" else ""
+    await connection.execute(text(f"DROP DATABASE IF EXISTS {quoted}{force}"))
+
+
+async def _database_names(connection: AsyncConnection) -> list[str]:
+    if connection.dialect.name == "postgresql":
+        query = "SELECT datname FROM pg_database"
+    else:
+        query = "SELECT schema_name FROM information_schema.schemata"
+    return list((await connection.execute(text(query))).scalars())
+
+
+async def _recreate_database(url: str) -> None:
+    admin = _admin_engine(url)
     try:
         async with admin.connect() as connection:
-            await connection.execute(text(f"DROP DATABASE IF EXISTS {name}{force}"))
-            await connection.execute(text(f"CREATE DATABASE {name}"))
+            for name in await _database_names(connection):
+                match = _RUN_NAME.match(name)
+                if match and not _process_alive(int(match.group(1))):
+                    await _drop(connection, name)  # left behind by a run that was killed
+            name = str(make_url(url).database)
+            await _drop(connection, name)
+            quoted = connection.dialect.identifier_preparer.quote(name)
+            await connection.execute(text(f"CREATE DATABASE {quoted}"))
     finally:
         await admin.dispose()
 
 
+async def _drop_databases(urls: list[str]) -> None:
+    for url in urls:
+        admin = _admin_engine(url)
+        try:
+            async with admin.connect() as connection:
+                await _drop(connection, str(make_url(url).database))
+        finally:
+            await admin.dispose()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def prepare_server(backend: str, database: str = "asyncdb_test") -> str:
-    """Recreate a test database once per run; skip, or in CI fail, if the server is down."""
+    """Create this run's test database once; skip, or in CI fail, if the server is down.
+
+    ``database`` is a base name; the run's own suffix is appended.
+    """
+    database = f"{database}{_RUN_SUFFIX}"
     url = make_url(SERVER_URLS[backend]).set(database=database).render_as_string(False)
     key = f"{backend}/{database}"
     if key not in _prepared and backend not in _unreachable:
         try:
             asyncio.run(_recreate_database(url))
-            _prepared.add(key)
+            _prepared[key] = url
         except (OSError, TimeoutError, DBAPIError) as error:
             _unreachable[backend] = f"{type(error).__name__}: {error}"
     if backend in _unreachable:
@@ -98,6 +153,11 @@ def _runs_on_its_backend(item: pytest.Item) -> bool:
     callspec = getattr(item, "callspec", None)
     chosen = callspec.params.get("backend") if callspec is not None else None
     return marker is None or chosen is None or chosen in marker.args
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _prepared:
+        asyncio.run(_drop_databases(list(_prepared.values())))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -1,7 +1,7 @@
 """Every contract test runs on SQLite, PostgreSQL and MariaDB, each on a freshly migrated schema.
 
 The servers are the suite's (TEST_POSTGRESQL_URL, TEST_MYSQL_URL); the database
-``ledger_test`` is dropped and created once per run.
+``ledger_test`` (with the run's suffix, see tests/conftest.py) is created once per run.
 """
 
 from __future__ import annotations
