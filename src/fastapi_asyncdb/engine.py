@@ -11,11 +11,11 @@ from sqlalchemy.engine import Dialect, Engine, ExceptionContext
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolProxiedConnection
-from sqlalchemy.util import await_only
 
-from . import drivers
+from . import _compat, drivers, redaction
 from .errors import DatabaseUnavailableError, ReadOnlySessionError
-from .settings import DatabaseSettings, is_secret_query_key
+from .redaction import is_secret_query_key
+from .settings import DatabaseSettings
 
 __all__ = ["BORN_KEY", "create_engine", "make_ping"]
 
@@ -89,7 +89,7 @@ def create_engine(
         )
     _install_connect_guard(sync_engine, settings, on_connect_failure)
     if settings.hide_parameters:
-        _install_parameter_redaction(sync_engine)
+        redaction.install_parameter_redaction(sync_engine)
     _install_error_translation(sync_engine, settings, read_only=read_only)
     return engine
 
@@ -132,7 +132,7 @@ def make_ping(dialect: Dialect, *, timeout: float) -> Callable[[Any], None]:
             return
         driver_connection = dbapi_connection.driver_connection
         try:
-            await_only(driver_connection.fetchrow(";", timeout=timeout))
+            _compat.await_in_greenlet(driver_connection.fetchrow(";", timeout=timeout))
         except BaseException:
             # SQLAlchemy closes a discarded connection gracefully, and asyncpg sends a
             # cancel request on a new connection, each waiting for a server that may be
@@ -197,47 +197,3 @@ def _install_error_translation(
                 "use SessionDep or Database.transaction() to write"
             )
         return None
-
-
-def _install_parameter_redaction(engine: Engine) -> None:
-    """Take bound values out of driver messages too.
-
-    ``hide_parameters`` drops the parameter list from SQLAlchemy's message, but
-    drivers quote values in their own text (asyncpg: "invalid input for query
-    argument $1: 'the value'"), which then reaches logs through the exception chain.
-    """
-
-    @event.listens_for(engine, "handle_error")
-    def _redact(context: ExceptionContext) -> None:
-        values = sorted(_string_values(context.parameters), key=len, reverse=True)
-        if not values:
-            return
-        seen: set[int] = set()
-        error: BaseException | None = context.sqlalchemy_exception or context.original_exception
-        pending = [error, context.original_exception]
-        while pending:
-            error = pending.pop()
-            if error is None or id(error) in seen:
-                continue
-            seen.add(id(error))
-            error.args = tuple(_redact_text(arg, values) for arg in error.args)
-            pending.extend((error.__cause__, error.__context__, getattr(error, "orig", None)))
-
-
-def _string_values(parameters: Any) -> set[str]:
-    # Very short values would redact ordinary words of the message; they say little anyway.
-    if isinstance(parameters, str):
-        return {parameters} if len(parameters) > 2 else set()
-    if isinstance(parameters, dict):
-        parameters = list(parameters.values())
-    if not isinstance(parameters, list | tuple):
-        return set()
-    return set().union(*(_string_values(item) for item in parameters))
-
-
-def _redact_text(arg: object, values: list[str]) -> object:
-    if not isinstance(arg, str):
-        return arg
-    for value in values:
-        arg = arg.replace(value, "***")
-    return arg

@@ -24,26 +24,25 @@ adapter sends lazily), a type that converts values (``Enum``, ``JSON``,
 parameters, execution options, ``echo``, or a listener to any of the connection's
 events (a listener may rewrite statements; tracing instrumentation sees every one).
 
-The error path borrows two private methods, so that a failure is SQLAlchemy's own
-rather than an imitation: the asyncpg adapter's ``_handle_exception`` and
-``Connection._handle_dbapi_exception``. Without either (another SQLAlchemy version),
-every run goes through SQLAlchemy; ``tests/fastapi_asyncdb/test_prepared.py`` pins
-what they do on the pinned versions.
+The error path borrows SQLAlchemy's own handling, so that a failure is SQLAlchemy's
+rather than an imitation; that and every other private name used here live in
+``_compat``. Without them (another SQLAlchemy version), every run goes through
+SQLAlchemy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Generic, NoReturn, TypeGuard, TypeVarTuple, cast
+from typing import Any, Generic, TypeVarTuple, cast
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import Select, UpdateBase
 from sqlalchemy.engine import Connection, CursorResult, Dialect, Row
-from sqlalchemy.engine.result import result_tuple
 from sqlalchemy.exc import MultipleResultsFound, NoResultFound
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.util import greenlet_spawn
+
+from . import _compat
 
 __all__ = ["Prepared", "run_statement"]
 
@@ -181,7 +180,9 @@ class Prepared(Generic[*_Ts]):
         try:
             records = await driver.fetch(plan.sql, *arguments)
         except BaseException as error:
-            await greenlet_spawn(_raise_as_sqlalchemy_would, sync, plan.sql, arguments, error)
+            await _compat.run_in_greenlet(
+                _compat.raise_as_sqlalchemy_would, sync, plan.sql, arguments, error
+            )
             raise  # not reached: the line above raises SQLAlchemy's exception
         make_row = plan.make_row
         assert make_row is not None  # a read's plan
@@ -237,7 +238,9 @@ async def run_statement(
         else:
             await driver.execute(plan.sql, *cast(list[Any], arguments[0]))
     except BaseException as error:
-        await greenlet_spawn(_raise_as_sqlalchemy_would, sync, plan.sql, arguments, error)
+        await _compat.run_in_greenlet(
+            _compat.raise_as_sqlalchemy_would, sync, plan.sql, arguments, error
+        )
         raise  # not reached: the line above raises SQLAlchemy's exception
 
 
@@ -253,19 +256,20 @@ def _write_plan(
     plans = _write_plans.setdefault(statement, {})
     shape = (dialect, keys, many)
     if shape not in plans:
-        compiled = statement.compile(dialect=dialect, column_keys=list(keys), for_executemany=many)
-        binds = None
+        compiled = _compat.compiled_for_driver(
+            statement.compile(dialect=dialect, column_keys=list(keys), for_executemany=many)
+        )
+        plan = None
         if (
-            _error_path_available(connection)
-            and _driver_can_take(compiled)
+            compiled is not None
+            and _compat.error_path_available(connection)
             and (compiled.isinsert or compiled.isupdate or compiled.isdelete)
             # Nothing computed in Python at run time, nothing to return.
-            and not compiled.insert_prefetch
-            and not compiled.update_prefetch
-            and not compiled.effective_returning
+            and not _compat.writes_computed_in_python(compiled)
         ):
             binds = _positional_binds(compiled, dialect)
-        plans[shape] = None if binds is None else _Plan(compiled.string, binds)
+            plan = None if binds is None else _Plan(compiled.string, binds)
+        plans[shape] = plan
     return plans[shape]
 
 
@@ -276,12 +280,12 @@ def _plan(
 ) -> _Plan | None:
     """A plan when asyncpg alone returns exactly what SQLAlchemy returned in ``result``."""
     dialect = connection.dialect
-    if dialect.driver != "asyncpg" or not _error_path_available(connection):
+    if dialect.driver != "asyncpg" or not _compat.error_path_available(connection):
         return None
     # Compiled here, not taken from SQLAlchemy's cache: a cached compilation of an
     # equal statement carries that statement's literal values.
-    compiled = statement.compile(dialect=dialect)
-    if not _driver_can_take(compiled):
+    compiled = _compat.compiled_for_driver(statement.compile(dialect=dialect))
+    if compiled is None:
         return None
     binds = _positional_binds(compiled, dialect)
     if binds is None:
@@ -294,33 +298,14 @@ def _plan(
     for column, described in zip(columns, description, strict=True):
         if column.type.dialect_impl(dialect).result_processor(dialect, described[1]) is not None:
             return None
-    return _Plan(compiled.string, binds, result_tuple(list(result.keys())))
-
-
-def _error_path_available(connection: Connection) -> bool:
-    """The error path borrows SQLAlchemy's own handling; without it, no shortcut."""
-    return hasattr(Connection, "_handle_dbapi_exception") and hasattr(
-        connection.connection.dbapi_connection, "_handle_exception"
-    )
-
-
-def _driver_can_take(compiled: object) -> TypeGuard[SQLCompiler]:
-    """A positional compilation that SQLAlchemy sends as it is, nothing added at run time."""
-    return (
-        isinstance(compiled, SQLCompiler)
-        and compiled.positional
-        and compiled.positiontup is not None
-        and not compiled.literal_execute_params
-        and not compiled.post_compile_params
-    )
+    return _Plan(compiled.string, binds, _compat.row_factory(list(result.keys())))
 
 
 def _positional_binds(compiled: SQLCompiler, dialect: Dialect) -> list[tuple[str, str, Any]] | None:
     """(key, compiled name, value when none is given) per driver argument, or None when
     SQLAlchemy would change a value on its way to the driver."""
-    assert compiled.positiontup is not None
     binds: list[tuple[str, str, Any]] = []
-    for name in compiled.positiontup:
+    for name in _compat.positional_names(compiled):
         bind = compiled.binds.get(name)
         if (
             bind is None  # an escaped name: left to SQLAlchemy, which knows its escaping
@@ -348,27 +333,7 @@ def _nothing_between(connection: Connection) -> bool:
         connection.closed
         or connection.invalidated
         or connection.engine.echo
-        # SQLAlchemy's own flags for "some execution event has a listener", checked
-        # before each of its events: a listener may rewrite the statement, or trace it.
-        or getattr(connection, "_has_events", True)
-        or getattr(connection.engine, "_has_events", True)
+        or _compat.has_execution_listeners(connection)
     ):
         return False
     return _NEUTRAL_OPTIONS.issuperset(connection.get_execution_options())
-
-
-def _raise_as_sqlalchemy_would(
-    connection: Connection, sql: str, arguments: Any, error: BaseException
-) -> NoReturn:
-    """SQLAlchemy's own handling of a failed statement, run in its greenlet.
-
-    The adapter translates the driver's exception into the DBAPI one, and the
-    connection wraps it, runs the engine's ``handle_error`` hooks and invalidates a
-    lost connection: exactly as if the statement had gone through ``execute``.
-    """
-    dbapi_connection = connection.connection.dbapi_connection
-    try:
-        cast(Any, dbapi_connection)._handle_exception(error)
-    except BaseException as dbapi_error:
-        connection._handle_dbapi_exception(dbapi_error, sql, tuple(arguments), None, None)
-    raise error  # the adapter re-raises what it does not translate; defensive only

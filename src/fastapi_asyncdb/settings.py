@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import re
 from typing import Any, Literal
 
 from pydantic import (
@@ -21,8 +20,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from .errors import ConfigurationError
+from .redaction import mask_url
 
-__all__ = ["Backend", "DatabaseSettings", "is_secret_query_key", "mask_url"]
+__all__ = ["Backend", "DatabaseSettings"]
 
 Backend = Literal["postgresql", "sqlite", "mysql"]
 
@@ -36,26 +36,6 @@ _ASYNC_DRIVERS: dict[str, tuple[str, str]] = {
     "mariadb": ("asyncmy", "mysql"),
 }
 _SYNC_DEFAULT_DRIVERS = {"postgresql": "psycopg2", "sqlite": "pysqlite", "mysql": "mysqldb"}
-_SECRET_QUERY_KEY = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
-
-
-def is_secret_query_key(key: str) -> bool:
-    """A URL query parameter whose value must never be printed (``sslpassword``, ``token``...)."""
-    return _SECRET_QUERY_KEY.search(key) is not None
-
-
-def mask_url(url: URL) -> str:
-    """Render a URL for humans: the password and every secret-looking query value masked.
-
-    SQLAlchemy masks only the password; ``?sslpassword=`` or ``?token=`` would print in clear.
-    """
-    base = url.set(query={}).render_as_string(hide_password=True)
-    if not url.query:
-        return base
-    pairs = (
-        f"{key}={'***' if is_secret_query_key(key) else value}" for key, value in url.query.items()
-    )
-    return f"{base}?{'&'.join(pairs)}"
 
 
 class DatabaseSettings(BaseSettings):
