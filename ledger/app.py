@@ -8,11 +8,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fastapi_asyncdb import Database
+from fastapi_asyncdb import Database, install
 
 from . import accounts, transfers
 from .migrate import upgrade
-from .problems import install_problem_handler
 
 __all__ = ["LedgerSettings", "app", "create_app"]
 
@@ -42,8 +41,7 @@ def create_app(
             yield
 
     app = FastAPI(title="ledger", version="0.1.0", lifespan=lifespan)
-    db.install(app)
-    install_problem_handler(app)
+    install(app, db)
     app.include_router(accounts.router)
     app.include_router(transfers.router)
     return app

@@ -26,11 +26,11 @@ from bench.apps.common import (
     random_number,
 )
 from bench.apps.models import Fortune, World
-from fastapi_asyncdb import Database, Prepared, ReadConnectionDep
+from fastapi_asyncdb import Database, Prepared, ReadConnectionDep, install
 
 db = Database()
 app = FastAPI(lifespan=db.lifespan)
-db.install(app)
+install(app, db)
 
 
 class WorldOut(BaseModel):

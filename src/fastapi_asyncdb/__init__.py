@@ -1,8 +1,8 @@
 """Asynchronous SQLAlchemy for FastAPI, correct under load and faults by default.
 
 The core (``Database``, ``DatabaseSettings``, ``Prepared``) works without FastAPI;
-``SessionDep``, ``ReadSessionDep``, ``ReadConnectionDep`` and ``Database.install`` are
-the FastAPI integration.
+``install``, the dependencies (``SessionDep``...) and the error answers are the FastAPI
+integration, in ``fastapi_asyncdb.fastapi``.
 """
 
 from .database import Database
@@ -11,14 +11,31 @@ from .errors import (
     DatabaseError,
     DatabaseNotStartedError,
     DatabaseUnavailableError,
+    ErrorKind,
+    NestedUnitOfWorkError,
     ReadOnlySessionError,
 )
-from .fastapi import DatabaseDep, ReadConnectionDep, ReadSessionDep, SessionDep, problem_response
+from .fastapi import (
+    ERROR_ANSWERS,
+    DatabaseDep,
+    ErrorAnswer,
+    Problem,
+    ReadConnectionDep,
+    ReadSessionDep,
+    SessionDep,
+    get_database,
+    get_read_connection,
+    get_read_session,
+    get_session,
+    install,
+    problem_response,
+)
 from .prepared import Prepared
 from .retry import Retry
 from .settings import DatabaseSettings
 
 __all__ = [
+    "ERROR_ANSWERS",
     "ConfigurationError",
     "Database",
     "DatabaseDep",
@@ -26,11 +43,20 @@ __all__ = [
     "DatabaseNotStartedError",
     "DatabaseSettings",
     "DatabaseUnavailableError",
+    "ErrorAnswer",
+    "ErrorKind",
+    "NestedUnitOfWorkError",
     "Prepared",
+    "Problem",
     "ReadConnectionDep",
     "ReadOnlySessionError",
     "ReadSessionDep",
     "Retry",
     "SessionDep",
+    "get_database",
+    "get_read_connection",
+    "get_read_session",
+    "get_session",
+    "install",
     "problem_response",
 ]

@@ -2,167 +2,45 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import UpdateBase
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.pool import QueuePool
 
-from . import drivers
-from .admission import Breaker, Gate
-from .engine import create_engine, make_ping
-from .errors import DatabaseNotStartedError
+from . import backends
+from .errors import DatabaseNotStartedError, ErrorKind
 from .prepared import run_statement
+from .probe import Probe
 from .retry import Retry, run_with_retries
+from .role import Role
 from .settings import DatabaseSettings
-from .warm import WarmConnections
-
-if TYPE_CHECKING:
-    from fastapi import FastAPI
+from .units import TransactionUnit
 
 __all__ = ["Database"]
 
-logger = logging.getLogger("fastapi_asyncdb")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class _Role:
-    """One engine with its sessionmaker and admission control: the primary, or the reader.
-
-    Read replicas later become more readers; nothing else has to change.
-    """
-
-    def __init__(self, settings: DatabaseSettings, *, read_only: bool) -> None:
-        self.name = "read" if read_only else "primary"
-        self.breaker = Breaker(self.ping, retry_after=settings.unavailable_retry_after)
-        self.engine = create_engine(
-            settings, read_only=read_only, on_connect_failure=self.breaker.trip
-        )
-        self.sessionmaker = async_sessionmaker(
-            self.engine,
-            # Objects stay readable after commit: no lazy load (MissingGreenlet) in the
-            # response model.
-            expire_on_commit=False,
-            # A session used after its request ended raises instead of quietly
-            # checking out a connection that nobody returns.
-            close_resets_only=False,
-        )
-        if read_only:
-            capacity = settings.effective_read_pool_size + settings.effective_read_max_overflow
-        elif settings.backend == "sqlite":
-            # SQLite has one writer at a time: queue writers here, in order and at no
-            # cost, rather than in SQLite's busy loop, which ends in "database is locked".
-            capacity = 1
-        else:
-            capacity = settings.pool_size + settings.max_overflow
-        self.gate = Gate(
-            capacity, timeout=settings.pool_timeout, retry_after=settings.unavailable_retry_after
-        )
-        # Only read connections stay warm: they carry no transaction between units of
-        # work. (A pool that is not a QueuePool makes a connection per checkout anyway.)
-        self.warm: WarmConnections | None = None
-        if read_only and settings.pool_class != "NullPool":
-            ping = None
-            if settings.pool_pre_ping:
-                ping = make_ping(self.engine.sync_engine.dialect, timeout=settings.health_timeout)
-            self.warm = WarmConnections(
-                self.engine,
-                ping=ping,
-                ping_after_idle=settings.pre_ping_after_idle,
-                recycle=settings.pool_recycle,
-                keep=settings.effective_read_pool_size,
-            )
-
-    async def admit(self) -> None:
-        self.breaker.check()
-        await self.gate.enter()
-
-    def connection(self) -> _AdmittedConnection:
-        """An admitted connection, warm if this role keeps them."""
-        return _AdmittedConnection(self)
-
-    async def ping(self) -> None:
-        async with self.engine.connect() as connection:
-            await connection.exec_driver_sql("SELECT 1")
-
-    def status(self) -> dict[str, Any]:
-        pool = self.engine.pool
-        status: dict[str, Any] = {
-            "reachable": not self.breaker.is_open,
-            "in_use": self.gate.in_use,
-            "capacity": self.gate.capacity,
-            "waiting": self.gate.waiting,
-        }
-        if isinstance(pool, QueuePool):
-            warm = 0 if self.warm is None else self.warm.idle
-            # Warm connections are idle, though the pool counts them as checked out.
-            status.update(checked_out=pool.checkedout() - warm, idle=pool.checkedin() + warm)
-        return status
-
-    async def dispose(self) -> None:
-        await self.breaker.close()
-        if self.warm is not None:
-            await self.warm.close()
-        await self.engine.dispose()
-
-
-class _AdmittedConnection:
-    """Admission, then a connection; both given back on exit.
-
-    A class rather than a generator-based context manager: this is on every read's
-    path, and each generator layer costs a few microseconds in and out.
-    """
-
-    __slots__ = ("_connection", "_role")
-
-    def __init__(self, role: _Role) -> None:
-        self._role = role
-        self._connection: AsyncConnection | None = None
-
-    async def __aenter__(self) -> AsyncConnection:
-        role = self._role
-        await role.admit()
-        try:
-            if role.warm is None:
-                self._connection = await role.engine.connect()
-            else:
-                self._connection = await role.warm.take()
-        except BaseException:
-            role.gate.leave()
-            raise
-        return self._connection
-
-    async def __aexit__(self, *_exc_info: object) -> None:
-        role, connection = self._role, self._connection
-        assert connection is not None
-        try:
-            if role.warm is None:
-                await connection.close()
-            else:
-                await role.warm.give_back(connection)
-        finally:
-            role.gate.leave()
 
 
 class Database:
     """Owns the engines from startup to shutdown and hands out units of work.
 
-    Construction validates the settings and touches nothing; ``start()`` (or the
-    ``lifespan``) creates the engines, ``stop()`` disposes them.
+    Construction validates the settings (the backend included) and touches nothing;
+    ``start()`` (or the ``lifespan``) creates the engines, ``stop()`` disposes them.
     """
 
     def __init__(self, settings: DatabaseSettings | None = None, /, **overrides: Any) -> None:
         if settings is not None and overrides:
             raise TypeError("pass either a DatabaseSettings or keyword settings, not both")
         self.settings = settings if settings is not None else DatabaseSettings(**overrides)
-        self._primary: _Role | None = None
-        self._reader: _Role | None = None
+        self.backend = backends.resolve(self.settings)
+        self._primary: Role | None = None
+        self._reader: Role | None = None
+        self._probe: Probe | None = None
 
     def __repr__(self) -> str:
         state = "started" if self.is_started else "stopped"
@@ -175,22 +53,20 @@ class Database:
     async def start(self) -> None:
         if self.is_started:
             raise RuntimeError("the database is already started")
-        if self.settings.backend == "sqlite":
-            database = self.settings.sqlalchemy_url.database
-            if database:
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
-        self._primary = _Role(self.settings, read_only=False)
-        self._reader = _Role(self.settings, read_only=True)
+        self.backend.prepare()
+        probe = Probe(self.settings, self.backend)
+        self._probe = probe
+        self._primary = Role("primary", self.settings, self.backend, read_only=False, probe=probe)
+        self._reader = Role("read", self.settings, self.backend, read_only=True, probe=probe)
 
     async def stop(self) -> None:
         roles = [role for role in (self._primary, self._reader) if role is not None]
+        probe, self._probe = self._probe, None
         self._primary = self._reader = None
         for role in roles:
-            if role.gate.in_use:
-                logger.warning(
-                    "%d %s unit(s) of work still open at shutdown", role.gate.in_use, role.name
-                )
             await role.dispose()
+        if probe is not None:
+            await probe.close()
 
     async def __aenter__(self) -> Database:
         await self.start()
@@ -208,25 +84,6 @@ class Database:
         finally:
             await self.stop()
 
-    def install(
-        self,
-        app: FastAPI,
-        *,
-        health_prefix: str = "/health",
-        cancel_on_disconnect: bool = True,
-        disconnect_watch_after: float = 0.5,
-    ) -> None:
-        """Register the error handlers, health routes and disconnect watch on a FastAPI app."""
-        from .fastapi import install
-
-        install(
-            self,
-            app,
-            health_prefix=health_prefix,
-            cancel_on_disconnect=cancel_on_disconnect,
-            disconnect_watch_after=disconnect_watch_after,
-        )
-
     @property
     def engine(self) -> AsyncEngine:
         """The primary (read-write) engine, for migrations and ``run_sync``."""
@@ -241,25 +98,31 @@ class Database:
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
         return self._started(self._primary).sessionmaker
 
+    def classify(self, error: BaseException) -> ErrorKind:
+        """What kind of failure ``error`` is, whatever the backend said."""
+        return self.backend.classify(error)
+
+    def unit_of_work(self) -> TransactionUnit:
+        """A unit of work to begin and end by hand; ``transaction()`` is the usual way."""
+        return TransactionUnit(self._started(self._primary))
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A unit of work: committed if the block ends normally, rolled back on any exception.
 
         For background tasks, scripts and CLIs; requests get the same through
-        ``SessionDep``.
+        ``SessionDep``. One at a time per task: opening a second inside the first
+        raises ``NestedUnitOfWorkError`` at once (it would wait for a second connection
+        while holding the first).
         """
-        role = self._started(self._primary)
-        await role.admit()
+        unit = self.unit_of_work()
+        session = await unit.begin()
         try:
-            async with role.sessionmaker() as session:
-                try:
-                    yield session
-                except BaseException:
-                    await session.rollback()
-                    raise
-                await session.commit()
-        finally:
-            role.gate.leave()
+            yield session
+        except BaseException:
+            await unit.end(commit=False)
+            raise
+        await unit.end(commit=True)
 
     async def run_transaction(
         self, work: Callable[[AsyncSession], Awaitable[T]], *, retry: Retry | None = None
@@ -271,12 +134,11 @@ class Database:
         the start, at most ``retry.attempts`` times in all. Pass ``retry`` only for
         work that is safe to repeat.
         """
-        backend = self.settings.backend
         return await run_with_retries(
             self.transaction,
             work,
             retry or Retry(attempts=1),
-            lambda error: drivers.is_serialization_failure(backend, error),
+            lambda error: self.classify(error) is ErrorKind.RETRYABLE,
         )
 
     async def run_statement(
@@ -300,7 +162,7 @@ class Database:
     async def read_session(self) -> AsyncIterator[AsyncSession]:
         """A session on the read-only path: no transaction, one round trip per statement."""
         role = self._started(self._reader)
-        async with role.connection() as connection, role.sessionmaker(bind=connection) as session:
+        async with role.connection() as connection, role.session(connection) as session:
             yield session
 
     def read_connection(self) -> AbstractAsyncContextManager[AsyncConnection]:
@@ -317,22 +179,27 @@ class Database:
         return {role.name: role.status() for role in roles}
 
     async def check_health(self) -> dict[str, Any]:
-        """Ping the database with its own short timeout and report the pools."""
+        """Whether the database answers, and whether the pools are saturated.
+
+        The ping runs on the probe's own connection, within ``health_timeout``: a full
+        pool or a long write does not make a reachable database look down. Saturated
+        means busy, not broken: every slot of a pool in use and requests waiting.
+        """
         primary = self._started(self._primary)
-        reachable = not primary.breaker.is_open
-        if reachable:
-            try:
-                async with asyncio.timeout(self.settings.health_timeout):
-                    await primary.ping()
-            except Exception as error:
-                logger.warning("health check failed: %s", type(error).__name__)
-                reachable = False
+        probe = self._probe
+        assert probe is not None
+        pools = self.pool_status()
+        reachable = not primary.breaker.is_open and await probe.ping()
+        if not reachable:
+            logger.warning("health check: the database does not answer")
         return {
             "status": "ok" if reachable else "unavailable",
-            "pools": self.pool_status(),
+            "reachable": reachable,
+            "saturated": any(pool["saturated"] for pool in pools.values()),
+            "pools": pools,
         }
 
-    def _started(self, role: _Role | None) -> _Role:
+    def _started(self, role: Role | None) -> Role:
         if role is None:
             raise DatabaseNotStartedError(
                 "the database is not started: use it inside the app's lifespan "

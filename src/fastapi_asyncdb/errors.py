@@ -1,14 +1,41 @@
-"""The exceptions this library raises, all under one base class."""
+"""The exceptions this library raises, all under one base class, and the kinds of failure."""
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 __all__ = [
     "ConfigurationError",
     "DatabaseError",
     "DatabaseNotStartedError",
     "DatabaseUnavailableError",
+    "ErrorKind",
+    "NestedUnitOfWorkError",
     "ReadOnlySessionError",
 ]
+
+
+class ErrorKind(StrEnum):
+    """What went wrong with the database, whatever the backend said: a closed set.
+
+    Each backend classifies its own errors into these kinds; everything above the
+    backends (retries, the HTTP answers, metrics) works with the kinds only.
+    """
+
+    UNAVAILABLE = "unavailable"
+    """No connection could be had or the connection was lost; retrying later can work."""
+    TIMEOUT = "timeout"
+    """A statement or a lock wait ran past its limit."""
+    BUSY = "busy"
+    """The database is locked by other writers (SQLite) and gave up waiting."""
+    CONFLICT = "conflict"
+    """A constraint refused the change: unique, foreign key, CHECK."""
+    RETRYABLE = "retryable"
+    """The transaction lost a race (serialization failure, deadlock): repeat it whole."""
+    READ_ONLY = "read_only"
+    """A write was sent through a read-only session or connection: a bug in the caller."""
+    OTHER = "other"
+    """Anything else: a bug, a schema mismatch, an unexpected server error."""
 
 
 class DatabaseError(Exception):
@@ -41,6 +68,16 @@ class DatabaseUnavailableError(DatabaseError):
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+
+
+class NestedUnitOfWorkError(DatabaseError, RuntimeError):
+    """A unit of work was opened inside another one of the same task, on the same engine.
+
+    The inner one needs a second connection while the outer holds the first: on SQLite
+    (one writer) it can never have one, and elsewhere requests that each hold one and
+    wait for another deadlock once the pool is full. Raised at once, instead of after
+    the acquire timeout.
+    """
 
 
 class ReadOnlySessionError(DatabaseError):

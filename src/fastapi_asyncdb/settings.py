@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any, Literal
 
 from pydantic import (
@@ -22,20 +21,9 @@ from sqlalchemy.exc import ArgumentError
 from .errors import ConfigurationError
 from .redaction import mask_url
 
-__all__ = ["Backend", "DatabaseSettings"]
-
-Backend = Literal["postgresql", "sqlite", "mysql"]
+__all__ = ["DatabaseSettings"]
 
 DEFAULT_URL = "sqlite+aiosqlite:///./data/app.db"
-
-# The async driver each backend supports, and the extra that installs it.
-_ASYNC_DRIVERS: dict[str, tuple[str, str]] = {
-    "postgresql": ("asyncpg", "postgresql"),
-    "sqlite": ("aiosqlite", "sqlite"),
-    "mysql": ("asyncmy", "mysql"),
-    "mariadb": ("asyncmy", "mysql"),
-}
-_SYNC_DEFAULT_DRIVERS = {"postgresql": "psycopg2", "sqlite": "pysqlite", "mysql": "mysqldb"}
 
 
 class DatabaseSettings(BaseSettings):
@@ -137,11 +125,6 @@ class DatabaseSettings(BaseSettings):
         return mask_url(self.sqlalchemy_url)
 
     @property
-    def backend(self) -> Backend:
-        name = self.sqlalchemy_url.get_backend_name()
-        return "mysql" if name == "mariadb" else name  # type: ignore[return-value]
-
-    @property
     def effective_read_pool_size(self) -> int:
         return self.pool_size if self.read_pool_size is None else self.read_pool_size
 
@@ -155,35 +138,14 @@ class DatabaseSettings(BaseSettings):
 
 
 def _check_async_url(raw: str) -> None:
+    # Whether a backend and its driver can use the URL is the backends' to judge, when
+    # the Database is constructed; here only that it is a URL at all.
     try:
-        url = make_url(raw)
+        make_url(raw)
     except ArgumentError:
         raise ValueError(
             "is not a valid SQLAlchemy URL; expected e.g. postgresql+asyncpg://user@host/db"
         ) from None
-    backend = url.get_backend_name()
-    if backend not in _ASYNC_DRIVERS:
-        raise ValueError(
-            f"backend {backend!r} is not supported; use postgresql+asyncpg://, "
-            "sqlite+aiosqlite:// or mysql+asyncmy://"
-        )
-    driver, extra = _ASYNC_DRIVERS[backend]
-    given = url.drivername.partition("+")[2] or _SYNC_DEFAULT_DRIVERS.get(backend, "")
-    if given != driver:
-        raise ValueError(
-            f"uses the driver {given!r}, which is not asyncio-compatible here; "
-            f"write {backend}+{driver}:// instead"
-        )
-    if importlib.util.find_spec(driver) is None:
-        raise ValueError(
-            f"needs the driver package {driver!r}, which is not installed; "
-            f"install it with: pip install 'fastapi-asyncdb[{extra}]'"
-        )
-    if backend == "sqlite" and url.database in (None, "", ":memory:"):
-        raise ValueError(
-            "points at an in-memory SQLite database, which async pools share unsafely; "
-            "use a file, e.g. sqlite+aiosqlite:///./data/app.db"
-        )
 
 
 def _env_name(field: str) -> str:

@@ -51,7 +51,7 @@ async def create_tables(database: Database) -> None:
         tables = [
             table
             for table in Base.metadata.sorted_tables
-            if table.name != "children" or database.settings.backend != "mysql"
+            if table.name != "children" or database.backend.name != "mysql"
         ]
         await connection.run_sync(Base.metadata.create_all, tables=tables)
 

@@ -14,7 +14,7 @@ from fastapi import BackgroundTasks, FastAPI
 from fastapi.responses import StreamingResponse
 from sqlalchemy import text
 
-from fastapi_asyncdb import Database, ReadSessionDep, SessionDep
+from fastapi_asyncdb import Database, ReadSessionDep, SessionDep, install
 
 from .models import Note, count_rows, create_tables
 
@@ -105,7 +105,7 @@ async def test_client_leaving_a_streaming_response_returns_the_connection(
 ) -> None:
     database = Database(url=database_url, application_name="stream-test")
     app = FastAPI(lifespan=database.lifespan)
-    database.install(app)
+    install(app, database)
     rows_sent = asyncio.Event()
 
     @app.get("/stream")
@@ -150,7 +150,7 @@ async def leave_after(port: int, request: bytes, seconds: float) -> None:
 
 def disconnect_app(database: Database) -> FastAPI:
     app = FastAPI(lifespan=database.lifespan)
-    database.install(app)
+    install(app, database)
 
     @app.post("/notes/{note_id}/lock", status_code=201)
     async def wait_for_lock(note_id: int, note: dict[str, str], session: SessionDep) -> None:

@@ -200,5 +200,9 @@ async def test_null_pool_opens_a_connection_per_unit_of_work_and_keeps_none(
         async with database.read_session() as session:
             assert (await session.get(Note, 1)) is not None
         status = database.pool_status()
-    assert status["primary"]["in_use"] == 0
-    assert "checked_out" not in status["primary"]
+    for role in ("primary", "read"):
+        assert (status[role]["in_use"], status[role]["checked_out"], status[role]["idle"]) == (
+            0,
+            0,
+            0,
+        )

@@ -103,12 +103,12 @@ async def kill_pooled_connection(database: Database) -> None:
     backend_id = await scalar(
         database,
         "SELECT pg_backend_pid()"
-        if database.settings.backend == "postgresql"
+        if database.backend.name == "postgresql"
         else "SELECT CONNECTION_ID()",
         read=True,
     )
     async with database.engine.connect() as admin:
-        if database.settings.backend == "postgresql":
+        if database.backend.name == "postgresql":
             await admin.execute(text(f"SELECT pg_terminate_backend({backend_id})"))
         else:
             await admin.execute(text(f"KILL {backend_id}"))

@@ -13,7 +13,14 @@ from pydantic import BaseModel
 from sqlalchemy import bindparam, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fastapi_asyncdb import Database, Prepared, ReadConnectionDep, ReadSessionDep, SessionDep
+from fastapi_asyncdb import (
+    Database,
+    Prepared,
+    ReadConnectionDep,
+    ReadSessionDep,
+    SessionDep,
+    install,
+)
 
 from .models import Child, Note, Positive, count_rows, create_tables
 
@@ -35,7 +42,7 @@ PREPARED_NOTE_BY_ID = Prepared(NOTE_BY_ID)
 
 def build_app(database: Database) -> FastAPI:
     app = FastAPI(lifespan=database.lifespan)
-    database.install(app)
+    install(app, database)
 
     @app.post("/notes", status_code=201)
     async def create_note(note: NoteIn, session: SessionDep) -> NoteOut:
@@ -349,6 +356,7 @@ async def test_liveness_and_readiness_routes(client: httpx.AsyncClient) -> None:
     pools = await client.get("/health/pools")
     assert pools.json()["read"] == {
         "reachable": True,
+        "saturated": False,
         "in_use": 0,
         "capacity": 2,
         "waiting": 0,
@@ -382,7 +390,7 @@ async def test_session_dependency_without_install_explains_the_fix(database: Dat
 
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        with pytest.raises(Exception, match=r"db.install\(app\)"):
+        with pytest.raises(Exception, match=r"install\(app, db\)"):
             await client.get("/")
 
 
@@ -391,11 +399,11 @@ SLEEP_SQL = {"postgresql": "SELECT pg_sleep(:seconds)", "mysql": "SELECT SLEEP(:
 
 async def sleep_over_http(database: Database) -> tuple[httpx.Response, float]:
     app = FastAPI(lifespan=database.lifespan)
-    database.install(app)
+    install(app, database)
 
     @app.get("/sleep")
     async def sleep(session: SessionDep) -> dict[str, str]:
-        sql = SLEEP_SQL[database.settings.backend]
+        sql = SLEEP_SQL[database.backend.name]
         await session.execute(text(sql), {"seconds": 3})
         return {"status": "slept"}
 

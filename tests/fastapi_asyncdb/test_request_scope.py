@@ -1,4 +1,4 @@
-"""CloseWithRequest: what a request entered is exited when it is over, whatever happened."""
+"""RequestScope: what a request entered is exited when it is over, whatever happened."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from fastapi_asyncdb import DatabaseNotStartedError
-from fastapi_asyncdb.request_scope import CloseWithRequest, enter_for_request
+from fastapi_asyncdb.fastapi.problems import problem_response
+from fastapi_asyncdb.fastapi.request_scope import RequestScope, enter_for_request
 
 
 class Journal:
@@ -25,6 +26,10 @@ class Journal:
             self.events.append(f"exit {name} with {type(error).__name__}")
             raise
         self.events.append(f"exit {name}")
+
+
+def scoped(app: Any) -> RequestScope:
+    return RequestScope(app, answer=lambda _error: problem_response(500))
 
 
 async def call(app: Any) -> list[dict[str, Any]]:
@@ -50,7 +55,7 @@ async def test_entered_resources_exit_newest_first_before_the_last_of_the_body()
         await send({"type": "http.response.body", "body": b"ok"})
         journal.events.append("response sent")
 
-    sent = await call(CloseWithRequest(app))
+    sent = await call(scoped(app))
     assert journal.events == ["enter a", "enter b", "exit b", "exit a", "response sent"]
     assert [message["type"] for message in sent] == ["http.response.start", "http.response.body"]
 
@@ -67,7 +72,7 @@ async def test_resources_stay_open_until_the_last_part_of_a_streamed_body() -> N
         await send({"type": "http.response.body", "body": b""})
         journal.events.append("response sent")
 
-    await call(CloseWithRequest(app))
+    await call(scoped(app))
     assert journal.events == ["enter a", "sent 1", "sent 2", "exit a", "response sent"]
 
 
@@ -79,7 +84,7 @@ async def test_resources_exit_with_the_request_error_which_still_propagates() ->
         raise LookupError("endpoint failed")
 
     with pytest.raises(LookupError, match="endpoint failed"):
-        await call(CloseWithRequest(app))
+        await call(scoped(app))
     assert journal.events == ["enter a", "exit a with LookupError"]
 
 
@@ -96,12 +101,12 @@ async def test_a_failing_exit_does_not_stop_the_other_exits_and_is_raised() -> N
         await enter_for_request(scope, broken())
 
     with pytest.raises(RuntimeError, match="exit failed"):
-        await call(CloseWithRequest(app))
+        await call(scoped(app))
     assert journal.events == ["enter a", "exit a"]
 
 
 async def test_entering_without_the_middleware_explains_the_fix() -> None:
     journal = Journal()
-    with pytest.raises(DatabaseNotStartedError, match=r"db.install\(app\)"):
+    with pytest.raises(DatabaseNotStartedError, match=r"install\(app, db\)"):
         await enter_for_request({"type": "http"}, journal.resource("a"))
     assert journal.events == []

@@ -13,7 +13,7 @@ SECRET = "s3cr3t-Pa55"
 
 def test_defaults_are_a_sqlite_file_with_pre_ping_and_every_timeout_set() -> None:
     settings = DatabaseSettings()
-    assert settings.backend == "sqlite"
+    assert Database(settings).backend.name == "sqlite"
     assert settings.sqlalchemy_url.database == "./data/app.db"
     assert settings.pool_pre_ping is True
     assert settings.pool_class == "AsyncAdaptedQueuePool"
@@ -37,7 +37,7 @@ def test_settings_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("DB_POOL_PRE_PING", "false")
     monkeypatch.setenv("DB_ECHO", "true")
     settings = DatabaseSettings()
-    assert settings.backend == "postgresql"
+    assert Database(settings).backend.name == "postgresql"
     assert (settings.pool_size, settings.max_overflow) == (7, 0)
     assert (settings.pool_timeout, settings.pool_recycle) == (2.5, 600)
     assert settings.pool_pre_ping is False
@@ -46,7 +46,7 @@ def test_settings_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch)
 
 def test_code_overrides_take_field_names() -> None:
     settings = DatabaseSettings(url="mysql+asyncmy://root@localhost/app", pool_size=3)
-    assert settings.backend == "mysql"
+    assert Database(settings).backend.name == "mysql"
     assert settings.pool_size == 3
     assert settings.effective_read_pool_size == 3
 
@@ -68,7 +68,7 @@ def test_read_pool_defaults_to_the_primary_pool_sizes_and_can_differ() -> None:
 )
 def test_sync_driver_fails_at_construction_naming_the_async_one(url: str, advice: str) -> None:
     with pytest.raises(ConfigurationError, match="DATABASE_URL") as caught:
-        DatabaseSettings(url=url)
+        Database(url=url)
     assert advice in str(caught.value)
 
 
@@ -116,12 +116,12 @@ def test_missing_driver_package_names_the_extra_to_install(
 
     monkeypatch.setattr(importlib.util, "find_spec", without_asyncmy)
     with pytest.raises(ConfigurationError, match=r"fastapi-asyncdb\[mysql\]"):
-        DatabaseSettings(url="mysql+asyncmy://root@localhost/app")
+        Database(url="mysql+asyncmy://root@localhost/app")
 
 
 def test_in_memory_sqlite_is_refused_in_favour_of_a_file() -> None:
     with pytest.raises(ConfigurationError, match="use a file"):
-        DatabaseSettings(url="sqlite+aiosqlite:///:memory:")
+        Database(url="sqlite+aiosqlite:///:memory:")
 
 
 def test_unparseable_url_is_refused_without_echoing_it() -> None:
@@ -156,7 +156,7 @@ def test_secrets_never_appear_in_reprs(url: str) -> None:
 
 def test_secrets_never_appear_in_validation_errors() -> None:
     with pytest.raises(ConfigurationError) as caught:
-        DatabaseSettings(url=f"postgresql://app:{SECRET}@db/app?sslpassword={SECRET}")
+        Database(url=f"postgresql://app:{SECRET}@db/app?sslpassword={SECRET}")
     assert SECRET not in str(caught.value)
     assert caught.value.__cause__ is None
     assert caught.value.__suppress_context__

@@ -27,13 +27,13 @@ async def driver_connection(connection: AsyncConnection) -> Any:
 
 async def read_session_id(database: Database) -> int:
     async with database.read_connection() as connection:
-        sql = SESSION_ID_SQL[database.settings.backend]
+        sql = SESSION_ID_SQL[database.backend.name]
         return int((await connection.execute(text(sql))).scalar_one())
 
 
 async def kill(database: Database, session_id: int) -> None:
     async with database.engine.connect() as connection:
-        await connection.execute(text(KILL_SQL[database.settings.backend].format(session_id)))
+        await connection.execute(text(KILL_SQL[database.backend.name].format(session_id)))
 
 
 async def test_a_returned_read_connection_goes_to_the_next_unit_of_work(
@@ -106,7 +106,7 @@ async def test_a_connection_cancelled_mid_statement_is_not_handed_on(database_ur
 
         async def sleep() -> None:
             async with database.read_connection() as connection:
-                await connection.execute(text(SLEEP_SQL[database.settings.backend]))
+                await connection.execute(text(SLEEP_SQL[database.backend.name]))
 
         before = await read_session_id(database)
         task = asyncio.create_task(sleep())
@@ -142,7 +142,7 @@ SESSION_ALIVE_SQL = {
 @pytest.mark.backends("postgresql", "mysql")
 async def test_after_a_burst_only_the_pool_size_stays_open(database_url: str) -> None:
     async with Database(url=database_url, read_pool_size=1, read_max_overflow=2) as database:
-        backend = database.settings.backend
+        backend = database.backend.name
         release = asyncio.Event()
         session_ids: list[int] = []
 

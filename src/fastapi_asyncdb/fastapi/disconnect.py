@@ -18,15 +18,11 @@ client leaves stops within ``watch_after`` of starting, or at once if it runs lo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-__all__ = ["CancelOnDisconnect"]
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
+__all__ = ["CancelOnDisconnect"]
 
 _DISCONNECT: Message = {"type": "http.disconnect"}
 
@@ -41,7 +37,7 @@ class CancelOnDisconnect:
         self.app = app
         self.watch_after = watch_after
 
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
         if scope["type"] != "http" or task is None:
             await self.app(scope, receive, send)
@@ -59,7 +55,7 @@ class CancelOnDisconnect:
             watch.stop()
 
 
-def _has_body(scope: MutableMapping[str, Any]) -> bool:
+def _has_body(scope: Scope) -> bool:
     for name, value in scope.get("headers", ()):
         if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
             return True

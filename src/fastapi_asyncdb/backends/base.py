@@ -1,0 +1,107 @@
+"""The small protocol every backend implements, and what all of them share.
+
+A backend is one database with its one async driver. It knows what nothing above it
+should: how to connect (connect arguments, per-connection setup), how to ping, whether
+the fast path may hand statements to its driver, and what its driver's errors mean
+(``classify``). Everything above the backends works with ``ErrorKind`` and the
+settings only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from sqlalchemy.engine import URL, Dialect, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from ..errors import (
+    DatabaseNotStartedError,
+    DatabaseUnavailableError,
+    ErrorKind,
+    ReadOnlySessionError,
+)
+
+if TYPE_CHECKING:
+    from ..settings import DatabaseSettings
+
+__all__ = ["Backend", "driver_error", "milliseconds"]
+
+
+class Backend:
+    """One database and its async driver, for one ``DatabaseSettings``.
+
+    A new backend is a module in this package with a subclass that sets the class
+    attributes and overrides what differs; the registry finds it by ``dialects``.
+    """
+
+    name: ClassVar[str]
+    """The backend's name in settings and reports: ``postgresql``, ``mysql``, ``sqlite``."""
+    dialects: ClassVar[tuple[str, ...]]
+    """SQLAlchemy backend names served (``mysql`` and ``mariadb`` share one backend)."""
+    driver: ClassVar[str]
+    """The one async driver supported, as in ``postgresql+asyncpg://``."""
+    extra: ClassVar[str]
+    """The package extra that installs the driver: ``pip install 'fastapi-asyncdb[extra]'``."""
+    sync_default_driver: ClassVar[str]
+    """What SQLAlchemy picks when the URL names no driver (a sync one)."""
+    single_writer: ClassVar[bool] = False
+    """Only one write transaction at a time (SQLite): writers queue in the gate."""
+    fast_path: ClassVar[bool] = False
+    """The driver may run compiled statements itself (``Prepared``, ``run_statement``)."""
+
+    def __init__(self, settings: DatabaseSettings) -> None:
+        self.settings = settings
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}+{self.driver}>"
+
+    def check_url(self, url: URL) -> None:
+        """Raise ``ValueError`` saying what to change if this backend cannot use ``url``."""
+
+    def prepare(self) -> None:
+        """Run once before the engines are created (e.g. make the SQLite file's folder)."""
+
+    def connect_args(self, *, read_only: bool) -> dict[str, Any]:
+        """The driver's connect arguments: timeouts and server-side session settings."""
+        return {}
+
+    def install_connection_setup(self, engine: Engine, *, read_only: bool) -> None:
+        """Per-connection setup that connect arguments cannot express (engine events)."""
+
+    def ping(self, dialect: Dialect, dbapi_connection: Any, *, timeout: float) -> None:
+        """Check that a connection still works; raise if it does not.
+
+        Runs in SQLAlchemy's greenlet (a pool event or ``run_sync``). The default is
+        the dialect's own ping, bounded by the driver's command timeout.
+        """
+        dialect.do_ping(dbapi_connection)
+
+    def classify(self, error: BaseException) -> ErrorKind:
+        """The kind of a failure: the library's own errors, SQLAlchemy's, the driver's."""
+        if isinstance(error, ReadOnlySessionError):
+            return ErrorKind.READ_ONLY
+        if isinstance(error, DatabaseUnavailableError | DatabaseNotStartedError | PoolTimeoutError):
+            return ErrorKind.UNAVAILABLE
+        if isinstance(error, DBAPIError) and error.connection_invalidated:
+            return ErrorKind.UNAVAILABLE
+        # SQLAlchemy's wrapper, or the DBAPI error itself (as handle_error events see it).
+        kind = self.classify_driver_error(driver_error(error))
+        if kind is not None:
+            return kind
+        if isinstance(error, IntegrityError):
+            return ErrorKind.CONFLICT
+        return ErrorKind.OTHER
+
+    def classify_driver_error(self, error: BaseException) -> ErrorKind | None:
+        """The kind of a DBAPI error by its code, or None when the code says nothing."""
+        return None
+
+
+def driver_error(error: BaseException) -> Any:
+    """The DBAPI exception inside SQLAlchemy's wrapper (or the error itself)."""
+    return error.orig if isinstance(error, DBAPIError) else error
+
+
+def milliseconds(seconds: float) -> int:
+    return max(1, round(seconds * 1000))

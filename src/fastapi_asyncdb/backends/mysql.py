@@ -1,0 +1,77 @@
+"""MySQL and MariaDB through asyncmy: session limits set at connect, errors by code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from ..errors import ErrorKind
+from .base import Backend, milliseconds
+
+__all__ = ["MySQL"]
+
+# By error number; MariaDB's and MySQL's where they differ.
+_KINDS_BY_CODE = {
+    1792: ErrorKind.READ_ONLY,  # cannot execute statement in a READ ONLY transaction
+    1213: ErrorKind.RETRYABLE,  # deadlock found when trying to get lock
+    1205: ErrorKind.TIMEOUT,  # lock wait timeout exceeded
+    1969: ErrorKind.TIMEOUT,  # MariaDB: max_statement_time exceeded
+    3024: ErrorKind.TIMEOUT,  # MySQL: max_execution_time exceeded
+    # CHECK constraint violated (MariaDB 4025, MySQL 3819): raised by asyncmy as an
+    # OperationalError, not an IntegrityError.
+    4025: ErrorKind.CONFLICT,
+    3819: ErrorKind.CONFLICT,
+    1040: ErrorKind.UNAVAILABLE,  # too many connections
+    1053: ErrorKind.UNAVAILABLE,  # server shutdown in progress
+    1927: ErrorKind.UNAVAILABLE,  # connection was killed
+    2003: ErrorKind.UNAVAILABLE,  # cannot connect
+    2006: ErrorKind.UNAVAILABLE,  # server has gone away
+    2013: ErrorKind.UNAVAILABLE,  # lost connection during query
+}
+
+
+class MySQL(Backend):
+    name = "mysql"
+    dialects = ("mysql", "mariadb")
+    driver = "asyncmy"
+    extra = "mysql"
+    sync_default_driver = "mysqldb"
+
+    def connect_args(self, *, read_only: bool) -> dict[str, Any]:
+        return {
+            "connect_timeout": self.settings.connect_timeout,
+            "read_timeout": self.settings.command_timeout,
+        }
+
+    def install_connection_setup(self, engine: Engine, *, read_only: bool) -> None:
+        settings = self.settings
+
+        @event.listens_for(engine, "connect")
+        def _configure(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SELECT VERSION()")
+            is_mariadb = "mariadb" in str(cursor.fetchone()[0]).lower()
+            assignments = []
+            if settings.statement_timeout is not None:
+                if is_mariadb:
+                    assignments.append(f"SESSION max_statement_time={settings.statement_timeout:g}")
+                else:
+                    timeout = milliseconds(settings.statement_timeout)
+                    assignments.append(f"SESSION max_execution_time={timeout}")
+            if settings.idle_in_transaction_timeout is not None and is_mariadb:
+                seconds = max(1, round(settings.idle_in_transaction_timeout))
+                assignments.append(f"SESSION idle_transaction_timeout={seconds}")
+            if read_only:
+                variable = "tx_read_only" if is_mariadb else "transaction_read_only"
+                assignments.append(f"SESSION {variable}=1")
+            if assignments:
+                cursor.execute("SET " + ", ".join(assignments))
+            cursor.close()
+
+    def classify_driver_error(self, error: BaseException) -> ErrorKind | None:
+        args = getattr(error, "args", ())
+        code = args[0] if args and isinstance(args[0], int) else None
+        return None if code is None else _KINDS_BY_CODE.get(code)

@@ -1,0 +1,88 @@
+"""SQLite through aiosqlite: a file in WAL mode, one writer at a time, readers beside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from ..errors import ErrorKind
+from .base import Backend, milliseconds
+
+__all__ = ["SQLite"]
+
+
+class SQLite(Backend):
+    name = "sqlite"
+    dialects = ("sqlite",)
+    driver = "aiosqlite"
+    extra = "sqlite"
+    sync_default_driver = "pysqlite"
+    single_writer = True
+
+    def check_url(self, url: URL) -> None:
+        if url.database in (None, "", ":memory:"):
+            raise ValueError(
+                "points at an in-memory SQLite database, which async pools share unsafely; "
+                "use a file, e.g. sqlite+aiosqlite:///./data/app.db"
+            )
+
+    def prepare(self) -> None:
+        database = self.settings.sqlalchemy_url.database
+        if database:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+    def connect_args(self, *, read_only: bool) -> dict[str, Any]:
+        # aiosqlite's timeout is SQLite's busy timeout: how long to wait for a lock.
+        return {"timeout": self.settings.pool_timeout}
+
+    def install_connection_setup(self, engine: Engine, *, read_only: bool) -> None:
+        statements = [
+            # WAL lets readers run beside the one writer; FULL keeps every commit on disk.
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=FULL",
+            "PRAGMA foreign_keys=ON",
+            f"PRAGMA busy_timeout={milliseconds(self.settings.pool_timeout)}",
+        ]
+        if read_only:
+            statements.append("PRAGMA query_only=ON")
+
+        @event.listens_for(engine, "connect")
+        def _configure(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+            if not read_only:
+                # Take transactions out of the sqlite3 module's hands so BEGIN IMMEDIATE
+                # below is the only BEGIN; its deferred BEGIN lets read-modify-write
+                # lose updates.
+                dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            for statement in statements:
+                cursor.execute(statement)
+            cursor.close()
+
+        if read_only:
+            return
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(connection: Connection) -> None:
+            # Take the write lock up front: two deferred transactions that both read and
+            # then write would deadlock on upgrade and one would fail with "locked".
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        @event.listens_for(engine, "checkin")
+        def _end_failed_commit(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+            # A COMMIT refused by a deferred constraint leaves SQLite's transaction open,
+            # and SQLAlchemy, taking the commit as the end, resets nothing; the next
+            # BEGIN would fail. ROLLBACK with no transaction open is a no-op.
+            if dbapi_connection is not None:
+                dbapi_connection.rollback()
+
+    def classify_driver_error(self, error: BaseException) -> ErrorKind | None:
+        message = str(error)
+        if "database is locked" in message:
+            return ErrorKind.BUSY
+        if "readonly database" in message:
+            return ErrorKind.READ_ONLY
+        return None
