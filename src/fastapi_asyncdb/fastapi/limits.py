@@ -9,6 +9,10 @@ from .problems import problem_response
 __all__ = ["BodyLimit"]
 
 
+# How much of a refused body is read and dropped before answering.
+_DRAIN_LIMIT = 8 * 1024 * 1024
+
+
 class _BodyTooLargeError(Exception):
     pass
 
@@ -31,6 +35,8 @@ class BodyLimit:
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 if not value.isdigit() or int(value) > self.max_body_size:
+                    if value.isdigit() and int(value) <= self.max_body_size + _DRAIN_LIMIT:
+                        await _drain(receive, limit=_DRAIN_LIMIT)
                     await self._refuse(scope, receive, send)
                     return
                 break
@@ -56,12 +62,24 @@ class BodyLimit:
         except _BodyTooLargeError:
             if started:
                 raise
+            # Read (and drop) a bounded rest of the body, so that a client still sending
+            # gets to read the answer instead of a reset connection.
+            await _drain(receive, limit=_DRAIN_LIMIT)
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem_response(
             413, detail=f"the request body is larger than {self.max_body_size} bytes"
         )
-        # The client is still sending; it should not reuse this connection.
+        # The rest of the body may still be coming; the connection is not reusable.
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
+
+
+async def _drain(receive: Receive, *, limit: int) -> None:
+    drained = 0
+    while drained <= limit:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+        drained += len(message.get("body", b""))

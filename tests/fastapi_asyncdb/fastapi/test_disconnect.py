@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from fastapi_asyncdb import Database, ReadSessionDep, SessionDep, install
 
-from .models import Note, count_rows, create_tables
+from ..models import Note, count_rows, create_tables
 
 pytestmark = [pytest.mark.usefixtures("clean_environment")]
 

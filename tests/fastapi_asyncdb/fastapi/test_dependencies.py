@@ -22,7 +22,7 @@ from fastapi_asyncdb import (
     install,
 )
 
-from .models import Child, Note, Positive, count_rows, create_tables
+from ..models import Child, Note, Positive, count_rows, create_tables
 
 pytestmark = pytest.mark.usefixtures("clean_environment")
 

@@ -1,0 +1,169 @@
+"""Every client error is problem+json, documented in OpenAPI, bounded, and from one table."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import httpx
+import pytest
+from fastapi import FastAPI, Query
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fastapi_asyncdb import (
+    Database,
+    ErrorAnswer,
+    ErrorKind,
+    SessionDep,
+    get_session,
+    install,
+)
+from fastapi_asyncdb.fastapi import ERROR_ANSWERS, PROBLEM_JSON, DatabaseErrorHandler
+
+from ..models import Note, create_tables
+
+pytestmark = pytest.mark.usefixtures("clean_environment")
+
+
+class Payload(BaseModel):
+    amount: float
+    name: str
+
+
+def build_app(database: Database, **options: object) -> FastAPI:
+    app = FastAPI()
+    install(app, database, **options)  # type: ignore[arg-type]
+
+    @app.post("/payloads")
+    async def accept(payload: Payload) -> dict[str, str]:
+        return {"name": payload.name}
+
+    @app.get("/items")
+    async def items(limit: Annotated[int, Query(ge=1, le=10)] = 5) -> list[int]:
+        return list(range(limit))
+
+    @app.post("/notes", status_code=201)
+    async def create(body: str, session: SessionDep) -> dict[str, str]:
+        session.add(Note(body=body))
+        await session.flush()
+        return {"body": body}
+
+    return app
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    database = Database(url=database_url)
+    async with database.lifespan():
+        await create_tables(database)
+        yield database
+
+
+async def request(app: FastAPI, method: str, url: str, **kwargs: object) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        return await client.request(method, url, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
+async def test_non_finite_json_numbers_get_a_422_problem_not_a_500(
+    database: Database, number: str
+) -> None:
+    body = f'{{"amount": {number}, "name": 5}}'
+    response = await request(
+        build_app(database),
+        "POST",
+        "/payloads",
+        content=body,
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"] == PROBLEM_JSON
+    problem = response.json()
+    assert problem["status"] == 422
+    assert {"loc", "msg", "type"} <= set(problem["errors"][0])
+
+
+async def test_validation_errors_never_echo_the_input(database: Database) -> None:
+    huge = "x" * 200_000
+    response = await request(
+        build_app(database), "POST", "/payloads", json={"amount": huge, "name": huge}
+    )
+    assert response.status_code == 422
+    assert len(response.content) < 5_000
+    assert "xxxxxxxx" not in response.text
+
+
+async def test_query_validation_errors_are_problems_too(database: Database) -> None:
+    response = await request(build_app(database), "GET", "/items?limit=99")
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["loc"] == ["query", "limit"]
+
+
+async def test_unknown_routes_answer_404_as_a_problem(database: Database) -> None:
+    response = await request(build_app(database), "GET", "/nowhere")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == PROBLEM_JSON
+    assert response.json()["title"] == "Not Found"
+
+
+async def test_openapi_documents_422_and_503_as_problem_details(database: Database) -> None:
+    schema = build_app(database).openapi()
+    schemas = schema["components"]["schemas"]
+    assert {"Problem", "ValidationProblem", "ValidationIssue"} <= set(schemas)
+    assert "HTTPValidationError" not in schemas
+    responses = schema["paths"]["/payloads"]["post"]["responses"]
+    assert responses["422"]["content"][PROBLEM_JSON]["schema"]["$ref"].endswith(
+        "/ValidationProblem"
+    )
+    assert responses["503"]["content"][PROBLEM_JSON]["schema"]["$ref"].endswith("/Problem")
+    json.dumps(schema)  # serialisable as is
+
+
+async def test_a_conflict_is_409_by_default_and_can_be_remapped(database: Database) -> None:
+    default_app = build_app(database)
+    assert (await request(default_app, "POST", "/notes?body=same")).status_code == 201
+    conflict = await request(default_app, "POST", "/notes?body=same")
+    assert conflict.status_code == 409
+    assert conflict.headers["content-type"] == PROBLEM_JSON
+
+    remapped = build_app(
+        database,
+        answers={ErrorKind.CONFLICT: ErrorAnswer(422, "that note exists already")},
+    )
+    response = await request(remapped, "POST", "/notes?body=same")
+    assert response.status_code == 422
+    assert response.json()["detail"] == "that note exists already"
+    assert ERROR_ANSWERS[ErrorKind.CONFLICT].status == 409  # the default table is untouched
+
+
+async def test_the_handler_can_be_reused_in_an_app_wired_by_hand(database: Database) -> None:
+    handler = DatabaseErrorHandler(database)
+    app = build_app(database)
+    app.add_exception_handler(Exception, handler)
+    assert (await request(app, "POST", "/notes?body=one")).status_code == 201
+    response = handler.response(RuntimeError("not a database error"))
+    assert response.status_code == 500
+
+
+async def test_get_session_can_be_overridden_like_any_dependency(database: Database) -> None:
+    app = build_app(database)
+    used: list[AsyncSession] = []
+
+    async def own_session() -> AsyncIterator[AsyncSession]:
+        async with database.transaction() as session:
+            used.append(session)
+            yield session
+
+    app.dependency_overrides[get_session] = own_session
+    assert (await request(app, "POST", "/notes?body=overridden")).status_code == 201
+    assert len(used) == 1
+
+
+async def test_problem_details_can_be_left_to_the_app(database: Database) -> None:
+    response = await request(build_app(database, problem_details=False), "GET", "/items?limit=99")
+    assert response.status_code == 422
+    assert "detail" in response.json()
+    assert response.headers["content-type"] == "application/json"
