@@ -143,9 +143,13 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Tests marked for some backends only are not collected for the others at all.
-    items[:] = [item for item in items if _runs_on_its_backend(item)]
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Tests marked for some backends only do not run on the others; reported as
+    # deselected, so the summary accounts for every test collected.
+    deselected = [item for item in items if not _runs_on_its_backend(item)]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if _runs_on_its_backend(item)]
 
 
 def _runs_on_its_backend(item: pytest.Item) -> bool:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 __all__ = ["Retry", "run_with_retries"]
 
-logger = logging.getLogger("fastapi_asyncdb")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
