@@ -30,7 +30,7 @@ from sqlalchemy.pool import QueuePool
 
 from .connection_health import ConnectionHealth, StaleConnectionError
 
-__all__ = ["ConnectionSource", "PooledConnections", "WarmConnections"]
+__all__ = ["ConnectionSource", "PooledConnections", "SharedConnection", "WarmConnections"]
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +183,56 @@ class WarmConnections:
                 raise
             return False
         return True
+
+
+class SharedConnection:
+    """One connection for every unit of work of every role: test isolation.
+
+    The connection is in a transaction that its owner rolls back at the end; units of
+    work run in savepoints on it. One task uses it at a time (a unit of work and the
+    reads nested in it share it); other tasks wait their turn, in order.
+    """
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+        self._owner: asyncio.Task[Any] | None = None
+        self._depth = 0
+        self._turns: list[asyncio.Future[None]] = []
+
+    @property
+    def lent(self) -> int:
+        return 1 if self._depth else 0
+
+    @property
+    def idle(self) -> int:
+        return 0 if self._depth else 1
+
+    async def take(self) -> AsyncConnection:
+        task = asyncio.current_task()
+        while self._depth and self._owner is not task:
+            turn = asyncio.get_running_loop().create_future()
+            self._turns.append(turn)
+            try:
+                await turn
+            finally:
+                if turn in self._turns:
+                    self._turns.remove(turn)
+        self._owner = task
+        self._depth += 1
+        return self._connection
+
+    async def give_back(self, connection: AsyncConnection) -> None:
+        self._depth -= 1
+        if self._depth:
+            return
+        self._owner = None
+        if self._turns:
+            turn = self._turns.pop(0)
+            if not turn.done():
+                turn.set_result(None)
+
+    async def close(self) -> None:
+        pass  # the owner of the connection closes it
 
 
 async def _close(

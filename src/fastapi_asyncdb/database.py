@@ -11,6 +11,7 @@ from sqlalchemy import UpdateBase
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from . import backends
+from .connections import SharedConnection
 from .errors import DatabaseNotStartedError, ErrorKind
 from .prepared import run_statement
 from .probe import Probe
@@ -172,6 +173,34 @@ class Database:
         endpoints that read rows and return them. Use as ``async with``.
         """
         return self._started(self._reader).connection()
+
+    @asynccontextmanager
+    async def isolated(self) -> AsyncIterator[AsyncConnection]:
+        """Run every unit of work, reads included, on one connection, then undo it all.
+
+        For tests: the block's connection is in a transaction rolled back when the
+        block ends, whatever committed inside it. Units of work (``transaction()``,
+        ``SessionDep``, ``run_transaction``, ``run_statement``) run in savepoints on it,
+        so their commits and rollbacks behave as usual, and reads see their writes.
+        Units of other tasks wait for the one in progress. Read-only enforcement by the
+        server does not apply inside the block: reads share the writable connection.
+        """
+        roles = (self._started(self._primary), self._started(self._reader))
+        if any(role.isolated for role in roles):
+            raise RuntimeError("the database is already isolated")
+        async with roles[0].engine.connect() as connection:
+            transaction = await connection.begin()
+            shared = SharedConnection(connection)
+            sources = [role.connections for role in roles]
+            for role in roles:
+                role.connections, role.isolated = shared, True
+            try:
+                yield connection
+            finally:
+                for role, source in zip(roles, sources, strict=True):
+                    role.connections, role.isolated = source, False
+                if transaction.is_active:
+                    await transaction.rollback()
 
     def pool_status(self) -> dict[str, dict[str, Any]]:
         """Each pool's state, without touching the database: cheap enough for metrics."""

@@ -75,12 +75,17 @@ class Role:
             self.connections = PooledConnections(self.engine)
         # The connection each task holds on this role.
         self.held: dict[asyncio.Task[Any], _Held] = {}
+        # Set while Database.isolated() runs every unit on one connection.
+        self.isolated = False
 
     def connection(self) -> AdmittedConnection:
         """Admission, then a connection; both given back on exit."""
         return AdmittedConnection(self)
 
     def session(self, connection: AsyncConnection) -> AsyncSession:
+        if self.isolated:
+            # The connection is in the test's transaction: the unit is a savepoint in it.
+            return self.sessionmaker(bind=connection, join_transaction_mode="create_savepoint")
         return self.sessionmaker(bind=connection)
 
     @property
