@@ -43,6 +43,23 @@ class Database:
         self._reader: Role | None = None
         self._probe: Probe | None = None
 
+    def configure(self, settings: DatabaseSettings | None = None, /, **overrides: Any) -> None:
+        """Change the settings of a stopped ``Database``, e.g. to point a test run elsewhere.
+
+        With keywords, they override the current settings (``db.configure(url=...)``);
+        validated as at construction.
+        """
+        if self.is_started:
+            raise RuntimeError("stop the database before changing its settings")
+        if settings is not None and overrides:
+            raise TypeError("pass either a DatabaseSettings or keyword settings, not both")
+        if settings is None:
+            current = self.settings.model_dump(exclude={"url"}, exclude_unset=True)
+            current["url"] = self.settings.url.get_secret_value()
+            settings = DatabaseSettings(**{**current, **overrides})
+        backend = backends.resolve(settings)
+        self.settings, self.backend = settings, backend
+
     def __repr__(self) -> str:
         state = "started" if self.is_started else "stopped"
         return f"Database({self.settings.masked_url!r}, {state})"

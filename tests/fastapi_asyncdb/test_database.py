@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -10,6 +11,7 @@ from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.pool import QueuePool
 
 from fastapi_asyncdb import (
+    ConfigurationError,
     Database,
     DatabaseNotStartedError,
     DatabaseUnavailableError,
@@ -206,3 +208,20 @@ async def test_null_pool_opens_a_connection_per_unit_of_work_and_keeps_none(
             0,
             0,
         )
+
+
+def test_configure_points_a_stopped_database_elsewhere_keeping_other_settings(
+    tmp_path: Path,
+) -> None:
+    database = Database(url=f"sqlite+aiosqlite:///{tmp_path / 'a.db'}", pool_size=3)
+    database.configure(url=f"sqlite+aiosqlite:///{tmp_path / 'b.db'}")
+    assert database.settings.sqlalchemy_url.database == str(tmp_path / "b.db")
+    assert database.settings.pool_size == 3
+    with pytest.raises(ConfigurationError, match="postgresql\\+asyncpg://"):
+        database.configure(url="postgresql://app@db/app")
+    assert database.settings.sqlalchemy_url.database == str(tmp_path / "b.db")
+
+
+async def test_configure_is_refused_while_started(database: Database) -> None:
+    with pytest.raises(RuntimeError, match="stop the database"):
+        database.configure(pool_size=4)
