@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from ..errors import ErrorKind
-from .base import Backend, milliseconds
+from .base import Backend, ServerFacts, milliseconds
 
 __all__ = ["SQLite"]
 
@@ -78,6 +78,11 @@ class SQLite(Backend):
             # BEGIN would fail. ROLLBACK with no transaction open is a no-op.
             if dbapi_connection is not None:
                 dbapi_connection.rollback()
+
+    def describe_server(self, connection: Connection) -> ServerFacts:
+        version = connection.execute(text("SELECT sqlite_version()")).scalar()
+        journal = connection.execute(text("PRAGMA journal_mode")).scalar()
+        return ServerFacts(product=f"SQLite {version} (journal {journal})")
 
     def classify_driver_error(self, error: BaseException) -> ErrorKind | None:
         message = str(error)
