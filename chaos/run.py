@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import asyncpg
+
 from chaos.faults import discover_cluster, ensure_postgres_running
 from chaos.harness import ScenarioResult
 from chaos.scenarios import SCENARIOS, Options
@@ -87,7 +89,14 @@ async def run_all(names: list[str], databases: list[str], options: Options) -> i
         "postgresql" in databases
     ):
         # Which cluster the faults will stop and start, learned while it is up.
-        cluster = await discover_cluster()
+        try:
+            cluster = await discover_cluster()
+        except (OSError, TimeoutError, asyncpg.PostgresError) as error:
+            progress(f"PostgreSQL does not answer, start it first: {error!r}")
+            return 1
+        except RuntimeError as error:
+            progress(str(error))
+            return 1
         progress(f"PostgreSQL cluster {cluster.version}/{cluster.name}")
     try:
         for name in names:
