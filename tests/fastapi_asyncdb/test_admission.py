@@ -8,6 +8,8 @@ import pytest
 from fastapi_asyncdb import DatabaseUnavailableError
 from fastapi_asyncdb.admission import Breaker, Gate
 
+from .test_admission_stepped_loop import SteppedLoop
+
 
 async def test_gate_admits_up_to_capacity_without_waiting() -> None:
     gate = Gate(2, timeout=1, retry_after=1)
@@ -76,6 +78,50 @@ async def test_waiter_cancelled_just_as_it_is_granted_passes_the_slot_on() -> No
     await second
     assert gate.in_use == 1
     assert gate.waiting == 0
+
+
+async def test_slot_freed_past_a_cancelled_waiter_admits_a_newcomer_at_once() -> None:
+    gate = Gate(1, timeout=0.05, retry_after=1)
+    await gate.enter()
+    cancelled = asyncio.create_task(gate.enter())
+    await asyncio.sleep(0)
+    cancelled.cancel()  # it resumes, and stops waiting, only on the loop's next turn
+    gate.leave()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await gate.enter()  # used to queue behind the cancelled waiter and time out
+    assert loop.time() - started < 0.05
+    assert (gate.in_use, gate.waiting) == (1, 0)
+    await asyncio.gather(cancelled, return_exceptions=True)
+    assert (gate.in_use, gate.waiting) == (1, 0)
+
+
+def test_unit_of_work_entering_again_as_its_waiters_time_out_is_admitted_at_once() -> None:
+    """SQLite's one writer slot: a worker commits and starts its next unit of work in
+    the same step of the loop in which the writers queued behind it time out."""
+    loop = SteppedLoop()
+    try:
+        gate = Gate(1, timeout=1, retry_after=1)
+        released = loop.create_future()
+
+        async def worker() -> None:
+            await gate.enter()
+            await released
+            gate.leave()
+            await gate.enter()
+
+        holder = loop.create_task(worker())
+        waiters = [loop.create_task(gate.enter()) for _ in range(3)]
+        loop.settle()
+        loop.now = 1.0  # the waiters' deadline: their timeouts fire next iteration,
+        loop.call_soon(released.set_result, None)  # and the worker resumes after that
+        loop.settle()
+        assert holder.done()
+        assert holder.exception() is None
+        assert all(isinstance(w.exception(), DatabaseUnavailableError) for w in waiters)
+        assert (gate.in_use, gate.waiting) == (1, 0)
+    finally:
+        loop.shut()
 
 
 async def test_gate_stays_cheap_with_thousands_waiting() -> None:
