@@ -13,7 +13,6 @@ Two parts, both cheap on the hot path:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -99,7 +98,12 @@ class Gate:
 
 
 class Breaker:
-    """Fails fast while the database cannot be reached; a single probe closes it again."""
+    """Fails fast while the database cannot be reached; a single probe closes it again.
+
+    ``close()`` is final: it stops the probe, and a connection failure reported
+    while or after it runs (by units of work still finishing at shutdown) starts
+    none, so no task outlives the breaker.
+    """
 
     def __init__(
         self,
@@ -112,6 +116,7 @@ class Breaker:
         self._retry_after = retry_after
         self._probe_interval = probe_interval
         self._probe_task: asyncio.Task[None] | None = None
+        self._closed = False
         self.is_open = False
 
     def check(self) -> None:
@@ -122,7 +127,7 @@ class Breaker:
 
     def trip(self, cause: BaseException) -> None:
         """Open the breaker; safe to call from any code running on the event loop."""
-        if self.is_open:
+        if self.is_open or self._closed:
             return
         self.is_open = True
         # The type only: driver messages name hosts and users.
@@ -133,20 +138,31 @@ class Breaker:
         self._probe_task = asyncio.get_running_loop().create_task(self._probe_until_up())
 
     async def _probe_until_up(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
         while True:
             try:
                 await self._probe()
+            except asyncio.CancelledError:
+                if task.cancelling():
+                    raise  # close() stops us
+                # Cancelled inside the probe, not by close(): a failed probe like any
+                # other. Ending here would leave the breaker open with nobody probing.
             except Exception:
-                await asyncio.sleep(self._probe_interval)
+                pass
             else:
                 self.is_open = False
                 logger.warning("database reachable again")
                 return
+            await asyncio.sleep(self._probe_interval)
 
     async def close(self) -> None:
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe_task
-            self._probe_task = None
+        self._closed = True
         self.is_open = False
+        # The task stays known until it has ended, so that a second close() waits too.
+        task = self._probe_task
+        if task is not None and not task.done():
+            task.cancel()
+            # wait() rather than awaiting the task: a cancellation of close() itself
+            # must reach our caller, not be taken for the probe's.
+            await asyncio.wait((task,))

@@ -162,3 +162,55 @@ async def test_breaker_fails_fast_until_its_probe_succeeds() -> None:
     breaker.check()
     assert attempts == 3
     await breaker.close()
+
+
+async def test_breaker_keeps_probing_when_its_probe_raises_a_cancellation_of_its_own() -> None:
+    attempts = 0
+
+    async def probe() -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise asyncio.CancelledError  # e.g. a driver timeout inside the connect
+
+    breaker = Breaker(probe, retry_after=1, probe_interval=0.01)
+    breaker.trip(ConnectionRefusedError())
+    for _ in range(100):
+        if not breaker.is_open:
+            break
+        await asyncio.sleep(0.01)
+    assert not breaker.is_open
+    assert attempts == 2
+    await breaker.close()
+
+
+async def test_breaker_tripped_during_or_after_close_starts_no_probe() -> None:
+    async def probe() -> None:
+        await asyncio.sleep(10)
+
+    breaker = Breaker(probe, retry_after=1)
+    breaker.trip(ConnectionRefusedError())
+    closing = asyncio.create_task(breaker.close())
+    await asyncio.sleep(0)
+    breaker.trip(ConnectionRefusedError())
+    await closing
+    breaker.trip(ConnectionRefusedError())
+    breaker.check()
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def test_breaker_close_passes_its_own_cancellation_on_and_every_close_waits() -> None:
+    async def probe() -> None:
+        await asyncio.sleep(10)
+
+    breaker = Breaker(probe, retry_after=1)
+    breaker.trip(ConnectionRefusedError())
+    await asyncio.sleep(0)
+    cancelled_close = asyncio.create_task(breaker.close())
+    second_close = asyncio.create_task(breaker.close())
+    await asyncio.sleep(0)
+    cancelled_close.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled_close
+    await second_close
+    assert asyncio.all_tasks() == {asyncio.current_task()}
