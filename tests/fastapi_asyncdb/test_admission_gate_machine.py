@@ -59,7 +59,6 @@ class Visit:
 
 @dataclass(eq=False)
 class Worker:
-    visit: Visit | None = None
     release: asyncio.Future[bool] | None = None
     task: asyncio.Task[None] | None = None
 
@@ -83,7 +82,6 @@ class GateMachine(RuleBasedStateMachine):
         assert gate is not None
         while True:
             visit = Visit(next(self.arrivals), self.loop.now, self.loop.iteration)
-            worker.visit = visit
             self.visits.append(visit)
             try:
                 await gate.enter()
