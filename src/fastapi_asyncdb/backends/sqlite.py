@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, Engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
 from ..errors import ErrorKind
 from .base import Backend, ServerFacts, milliseconds
@@ -71,12 +71,15 @@ class SQLite(Backend):
             # then write would deadlock on upgrade and one would fail with "locked".
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
-        @event.listens_for(engine, "checkin")
-        def _end_failed_commit(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        @event.listens_for(engine, "reset")
+        def _end_failed_commit(
+            dbapi_connection: Any, _record: ConnectionPoolEntry, state: PoolResetState
+        ) -> None:
             # A COMMIT refused by a deferred constraint leaves SQLite's transaction open,
             # and SQLAlchemy, taking the commit as the end, resets nothing; the next
-            # BEGIN would fail. ROLLBACK with no transaction open is a no-op.
-            if dbapi_connection is not None:
+            # BEGIN would fail. ROLLBACK with no transaction open is a no-op. In the
+            # pool's reset, a cancellation still gives the connection back to the pool.
+            if state.transaction_was_reset and state.asyncio_safe and dbapi_connection:
                 dbapi_connection.rollback()
 
     def describe_server(self, connection: Connection) -> ServerFacts:
