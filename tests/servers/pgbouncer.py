@@ -44,7 +44,8 @@ class PgBouncerConfig:
     server_reset_query: str = "DISCARD ALL"
     server_reset_query_always: bool = False
     auth_type: AuthType = "trust"
-    # user -> password, for md5/scram/plain (the admin user gets one of its own).
+    # user -> password (the admin user gets one of its own). PgBouncer 1.18 wants every
+    # user listed, even with trust, where the password is not checked.
     users: Mapping[str, str] = field(default_factory=dict)
     # Log in to the server as this user whatever the client's (the server trusts it).
     server_user: str | None = None
