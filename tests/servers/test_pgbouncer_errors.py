@@ -192,24 +192,25 @@ async def test_refused_startup_parameter_through_sqlalchemy(
 async def test_a_client_can_tell_it_talks_to_pgbouncer(
     pgbouncer_transaction: PgBouncer, pgbouncer_database: str
 ) -> None:
-    async def identity(dsn: str) -> tuple[bool, bool, str]:
+    async def identity(dsn: str, port: int) -> tuple[bool, bool, str]:
         connection = await asyncpg.connect(
             dsn, server_settings={"application_name": "probe"}, **NO_STATEMENT_CACHE
         )
         try:
-            backend_pid, port, name = await connection.fetchrow(
+            backend_pid, server_port, name = await connection.fetchrow(
                 "SELECT pg_backend_pid(), inet_server_port(), current_setting('application_name')"
             )
             # PgBouncer hands out its own cancel key, not the backend's process id.
             same_pid = connection.get_server_pid() == backend_pid
-            return same_pid, port == connection._addr[1], name
+            return same_pid, server_port == port, name
         finally:
             await connection.close()
 
     target = pgbouncer_transaction.config
     direct = f"postgresql://postgres@{target.target_host}:{target.target_port}/{pgbouncer_database}"
-    assert await identity(direct) == (True, True, "probe")
-    assert await identity(pgbouncer_transaction.dsn(pgbouncer_database)) == (False, False, "probe")
+    assert await identity(direct, target.target_port) == (True, True, "probe")
+    through = pgbouncer_transaction.dsn(pgbouncer_database)
+    assert await identity(through, pgbouncer_transaction.port) == (False, False, "probe")
 
 
 async def test_admin_commands_are_not_served_on_a_database_connection(

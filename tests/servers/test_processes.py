@@ -19,6 +19,7 @@ from .processes import (
     ServerStartError,
     ServiceUser,
     _start_time,
+    require_binary,
     run_directory,
     sweep_stale_runs,
 )
@@ -141,3 +142,13 @@ def test_stop_ends_the_whole_process_group() -> None:
     server.remove()
     assert _gone(child)
     assert run_directory().exists()
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_a_missing_server_binary_fails_in_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch, ci: str
+) -> None:
+    monkeypatch.setenv("CI", ci)
+    expected = pytest.fail.Exception if ci else pytest.skip.Exception
+    with pytest.raises(expected, match="no-such-server is not installed"):
+        require_binary("no-such-server")
