@@ -126,9 +126,11 @@ async def _random_client_work(
 ) -> list[tuple[object, object]]:
     """Statements of different shapes, each with a result that names its input."""
     outcomes: list[tuple[object, object]] = []
+    # Kept for the whole run, as a fast path would keep it: re-parsed at each use.
+    kept = await client.prepare("SELECT $1::int - 1")
     for _ in range(rounds):
         value = rng.randrange(1_000_000)
-        kind = rng.randrange(5)
+        kind = rng.randrange(6)
         if kind == 0:
             outcomes.append((value, await client.fetchval("SELECT $1::int", value)))
         elif kind == 1:
@@ -140,9 +142,11 @@ async def _random_client_work(
         elif kind == 3:
             async with client.transaction():
                 outcomes.append((value, await client.fetchval("SELECT $1::int + 0", value)))
-        else:
+        elif kind == 4:
             await client.executemany("SELECT $1::int, $2::text", [(value, "a"), (value, "b")])
             outcomes.append((value, value))
+        else:
+            outcomes.append((value - 1, await kept.fetchval(value)))
     return outcomes
 
 

@@ -235,25 +235,31 @@ async def test_connect_query_is_lost_after_discard_all_in_session_mode(
     assert seen[1] != seen[0]
 
 
+@pytest.mark.parametrize("scope", ["ROLE", "DATABASE"])
 @pytest.mark.parametrize("pool_mode", ["transaction", "session"])
-async def test_role_settings_hold_for_every_server_connection(
-    start_pgbouncer: StartPgBouncer, postgresql_plaintext: PostgresCluster, pool_mode: str
+async def test_role_and_database_settings_hold_for_every_server_connection(
+    start_pgbouncer: StartPgBouncer,
+    postgresql_plaintext: PostgresCluster,
+    pool_mode: str,
+    scope: str,
 ) -> None:
-    role = f"pooled_{pool_mode}"
+    name = f"pooled_{pool_mode}_{scope.lower()}"
+    postgresql_plaintext.psql(f"DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN")
+    postgresql_plaintext.psql(f"DROP DATABASE IF EXISTS {name}")
+    postgresql_plaintext.psql(f"CREATE DATABASE {name}")
     postgresql_plaintext.psql(
-        f"DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN;"
-        f"ALTER ROLE {role} SET statement_timeout = {LIMIT_MS};"
-        f"ALTER ROLE {role} SET idle_in_transaction_session_timeout = {LIMIT_MS}"
+        f"ALTER {scope} {name} SET statement_timeout = {LIMIT_MS};"
+        f"ALTER {scope} {name} SET idle_in_transaction_session_timeout = {LIMIT_MS}"
     )
     bouncer = start_pgbouncer(
         pool_mode=pool_mode,
         default_pool_size=1,
         target_port=postgresql_plaintext.port,
-        users={role: ""},  # even trust wants the user listed
+        users={name: ""},  # even trust wants the user listed
     )
     outcomes = []
     for _ in range(2):  # two clients on one server connection, DISCARD ALL between
-        client = await asyncpg.connect(bouncer.dsn("postgres", role), **NO_STATEMENT_CACHE)
+        client = await asyncpg.connect(bouncer.dsn(name, name), **NO_STATEMENT_CACHE)
         try:
             outcomes.append(await _elapsed(client.fetchval(f"SELECT pg_sleep({SLEEP})")))
         finally:
