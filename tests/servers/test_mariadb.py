@@ -21,7 +21,7 @@ async def _cipher(server: MariaDBServer, **connect: Any) -> str:
             await cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
             return str((await cursor.fetchone())[1])
     finally:
-        connection.close()
+        await connection.ensure_closed()  # close() would leave the socket to the loop
 
 
 def _context(server: MariaDBServer, **options: bool) -> ssl.SSLContext:

@@ -171,7 +171,7 @@ async def _my_cipher(server: MariaDBServer, host: str | None = None, **connect: 
             await cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
             return str((await cursor.fetchone())[1])
     finally:
-        connection.close()
+        await connection.ensure_closed()  # close() would leave the socket to the loop
 
 
 def _password_login(server: MariaDBServer) -> dict[str, Any]:

@@ -82,8 +82,11 @@ class RoundTripCounter:
             for direction in directions:
                 direction.cancel()
             await asyncio.gather(*directions, return_exceptions=True)
-            writer.close()
-            upstream_writer.close()
+            for stream in (writer, upstream_writer):
+                stream.close()
+                # Closed before the test's event loop ends, or the socket outlives it.
+                with contextlib.suppress(ConnectionError):
+                    await stream.wait_closed()
 
     def _track(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.create_task(self._handle(reader, writer))
