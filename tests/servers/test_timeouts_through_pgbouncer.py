@@ -99,8 +99,14 @@ def bouncer(start_pgbouncer: StartPgBouncer, pgbouncer_database: str) -> PgBounc
 
 @pytest.mark.parametrize(
     "parameters",
-    [{"statement_timeout": str(LIMIT_MS)}, {"options": f"-c statement_timeout={LIMIT_MS}"}],
-    ids=["statement_timeout", "options"],
+    [
+        {"statement_timeout": str(LIMIT_MS)},
+        {"idle_in_transaction_session_timeout": str(LIMIT_MS)},
+        {"lock_timeout": str(LIMIT_MS)},
+        {"default_transaction_read_only": "on"},
+        {"options": f"-c statement_timeout={LIMIT_MS}"},
+    ],
+    ids=lambda parameters: next(iter(parameters)),
 )
 async def test_timeouts_in_the_startup_packet_are_refused_or_dropped(
     start_pgbouncer: StartPgBouncer, pgbouncer_database: str, parameters: dict[str, str]
@@ -116,7 +122,16 @@ async def test_timeouts_in_the_startup_packet_are_refused_or_dropped(
         lenient.dsn(pgbouncer_database), server_settings=parameters, **NO_STATEMENT_CACHE
     )
     try:
-        assert await client.fetchval("SHOW statement_timeout") != f"{LIMIT_MS}ms"
+        # The server default stands, as a direct connection without the parameter sees it.
+        setting = "statement_timeout" if name == "options" else name
+        value = await client.fetchval(f"SELECT current_setting('{setting}')")
+        direct = await asyncpg.connect(
+            f"postgresql://postgres@127.0.0.1:{strict.config.target_port}/{pgbouncer_database}"
+        )
+        try:
+            assert value == await direct.fetchval(f"SELECT current_setting('{setting}')")
+        finally:
+            await direct.close()
     finally:
         await client.close()
 
@@ -233,6 +248,19 @@ async def test_connect_query_is_lost_after_discard_all_in_session_mode(
     # server_reset_query (DISCARD ALL) resets what connect_query SET.
     assert seen[0] == f"{LIMIT_MS}ms"
     assert seen[1] != seen[0]
+
+
+async def test_connect_query_makes_a_read_only_pool(
+    start_pgbouncer: StartPgBouncer, pgbouncer_database: str
+) -> None:
+    # What default_transaction_read_only as a startup parameter did for the read engine.
+    bouncer = start_pgbouncer(connect_query="SET default_transaction_read_only = on")
+    client = await asyncpg.connect(bouncer.dsn(pgbouncer_database), **NO_STATEMENT_CACHE)
+    try:
+        with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+            await client.execute("CREATE TEMPORARY TABLE refused (id int)")
+    finally:
+        await client.close()
 
 
 @pytest.mark.parametrize("scope", ["ROLE", "DATABASE"])
