@@ -55,6 +55,10 @@ class UserSuite:
         self.write_ini()
         return self.pytester.runpytest_inprocess(*self._arguments(arguments))
 
+    def run_inline(self, *arguments: str) -> pytest.HookRecorder:
+        self.write_ini()
+        return self.pytester.inline_run(*self._arguments(arguments))
+
     def run_in_subprocess(self, *arguments: str, timeout: float = 300) -> pytest.RunResult:
         self.write_ini()
         return self.pytester.runpytest_subprocess(*self._arguments(arguments), timeout=timeout)
