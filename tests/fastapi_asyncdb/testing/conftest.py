@@ -8,6 +8,7 @@ runs pytest on it in-process, or in a subprocess for pytest-xdist.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,20 +33,26 @@ class UserSuite:
     pytester: pytest.Pytester
     backend: str
     base_url: str | None  # None: the plugin's default, SQLite in pytest's temporary directory
-    ini: dict[str, str] = field(default_factory=dict)
+    ini: dict[str, str | None] = field(default_factory=dict)
 
     def write_ini(self) -> None:
-        lines = [
-            "[pytest]",
-            "addopts = --strict-markers --strict-config -p no:cacheprovider",
-            "asyncio_mode = auto",
-            "asyncio_default_fixture_loop_scope = function",
-            "filterwarnings = error",
-            f"asyncdb_app = {APP_MODULE}:app",
-            f"asyncdb_schema = metadata:{APP_MODULE}:Base.metadata",
-        ]
-        lines += [f"{key} = {value}" for key, value in self.ini.items()]
-        self.pytester.makeini("\n".join(lines) + "\n")
+        settings = {
+            "addopts": "--strict-markers --strict-config -p no:cacheprovider",
+            "asyncio_mode": "auto",
+            "asyncio_default_fixture_loop_scope": "function",
+            "filterwarnings": "error",
+            "asyncdb_app": f"{APP_MODULE}:app",
+            "asyncdb_schema": f"metadata:{APP_MODULE}:Base.metadata",
+            **self.ini,
+        }
+        lines = [f"{key} = {value}" for key, value in settings.items() if value is not None]
+        self.pytester.makeini("\n".join(["[pytest]", *lines]) + "\n")
+        # A fresh app for each run, as in a user's suite: pytester forgets the module a
+        # run imported, but its package keeps it as an attribute.
+        package, _, name = APP_MODULE.rpartition(".")
+        sys.modules.pop(APP_MODULE, None)
+        if package in sys.modules and hasattr(sys.modules[package], name):
+            delattr(sys.modules[package], name)
 
     def _arguments(self, arguments: tuple[str, ...]) -> list[str]:
         url = [f"--asyncdb-url={self.base_url}"] if self.base_url else []

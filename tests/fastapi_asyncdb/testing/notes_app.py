@@ -171,6 +171,7 @@ install(app, db)
 app.include_router(router)
 
 custom_db = Database()
+LIFESPAN_STARTS: list[str] = []
 
 
 @asynccontextmanager
@@ -180,6 +181,7 @@ async def custom_lifespan(app: FastAPI) -> AsyncIterator[dict[str, str]]:
         async with custom_db.read_session() as session:
             await session.scalar(select(func.count()).select_from(Note))
         app.state.started = True
+        LIFESPAN_STARTS.append("custom_app")
         yield {"greeting": "hello"}
 
 
