@@ -10,7 +10,7 @@ runs and workers sharing a server never meet.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -19,7 +19,18 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
-__all__ = ["create_database", "drop_database", "is_server", "worker_name", "worker_url"]
+__all__ = [
+    "clone_template",
+    "create_database",
+    "drop_database",
+    "is_server",
+    "template_url",
+    "worker_name",
+    "worker_url",
+]
+
+Build = Callable[[str], Awaitable[None]]
+"""Applies the schema to the (empty) database of the URL it is given."""
 
 
 def worker_name() -> str:
@@ -55,6 +66,49 @@ async def create_database(url: str, base_url: str | None) -> None:
         await _drop(connection, url)
         name = _quoted(connection, str(make_url(url).database))
         await connection.execute(text(f"CREATE DATABASE {name}"))
+
+
+def template_url(base_url: str | None) -> str | None:
+    """Under pytest-xdist on PostgreSQL: the database built once per run for the workers
+    to copy (``CREATE DATABASE ... TEMPLATE``); None elsewhere."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if base_url is None or run is None:
+        return None
+    url = make_url(base_url)
+    if url.get_backend_name() != "postgresql":
+        return None
+    return _render(url.set(database=f"{url.database}_template_{run[:12]}"))
+
+
+async def clone_template(url: str, base_url: str, template: str, build: Build) -> None:
+    """Create the database of ``url`` as a copy of ``template``, built first if need be.
+
+    The first worker builds the template; the others wait for it on an advisory lock.
+    A template that failed to build is dropped, so the next worker tries again.
+    """
+    template_name = str(make_url(template).database)
+    async with _admin(base_url) as connection:
+        lock = {"name": template_name}
+        await connection.execute(text("SELECT pg_advisory_lock(hashtext(:name))"), lock)
+        try:
+            exists = await connection.scalar(
+                text("SELECT count(*) FROM pg_database WHERE datname = :name"), lock
+            )
+            if not exists:
+                await connection.execute(
+                    text(f"CREATE DATABASE {_quoted(connection, template_name)}")
+                )
+                try:
+                    await build(template)
+                except BaseException:
+                    await _drop(connection, template)
+                    raise
+            await _drop(connection, url)
+            name = _quoted(connection, str(make_url(url).database))
+            source = _quoted(connection, template_name)
+            await connection.execute(text(f"CREATE DATABASE {name} TEMPLATE {source}"))
+        finally:
+            await connection.execute(text("SELECT pg_advisory_unlock(hashtext(:name))"), lock)
 
 
 async def drop_database(url: str, base_url: str | None) -> None:

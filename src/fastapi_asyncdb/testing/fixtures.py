@@ -15,11 +15,18 @@ from starlette.types import ASGIApp
 
 from ..database import Database
 from ..fastapi.dependencies import STATE_KEY
-from .databases import create_database, drop_database, is_server, worker_url
+from .databases import (
+    clone_template,
+    create_database,
+    drop_database,
+    is_server,
+    template_url,
+    worker_url,
+)
 from .faults import DatabaseFaults, client_port
 from .forwarder import Forwarder
 from .lifespan import Lifespan
-from .options import Options
+from .options import TEMPLATE_OUTPUT, Options
 from .schema import Schema, load_object, parse_schema
 
 __all__ = [
@@ -105,12 +112,27 @@ async def asyncdb_url(
     """This process's database, created with its schema for the session, then dropped."""
     base_url = Options(pytestconfig).url
     url = worker_url(base_url, tmp_path_factory.getbasetemp())
-    await create_database(url, base_url)
-    try:
-        asyncdb_database.configure(url=url)
+
+    async def build(target: str) -> None:
+        asyncdb_database.configure(url=target)
         if asyncdb_schema is not None:
             async with asyncdb_database:
                 await asyncdb_schema(asyncdb_database)
+
+    template = template_url(base_url)
+    if template is not None and base_url is not None and asyncdb_schema is not None:
+        await clone_template(url, base_url, template, build)
+        # The controller drops the template once every worker is done with it.
+        pytestconfig.workeroutput[TEMPLATE_OUTPUT] = template  # type: ignore[attr-defined]
+    else:
+        await create_database(url, base_url)
+        try:
+            await build(url)
+        except BaseException:
+            await drop_database(url, base_url)
+            raise
+    try:
+        asyncdb_database.configure(url=url)
         yield url
     finally:
         await drop_database(url, base_url)

@@ -1,20 +1,36 @@
-"""The plugin's options, and the hooks that need nothing but pytest."""
+"""The plugin's options, and its hooks: the loop tests run on, the templates xdist leaves."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-__all__ = ["ISOLATION_FIXTURE", "Options", "mark_for_session_loop", "pytest_addoption"]
+from .databases import drop_database
+
+__all__ = [
+    "ISOLATION_FIXTURE",
+    "TEMPLATE_OUTPUT",
+    "Options",
+    "mark_for_session_loop",
+    "pytest_addoption",
+    "pytest_collection_modifyitems",
+    "pytest_pycollect_makeitem",
+    "pytest_sessionfinish",
+    "pytest_testnodedown",
+]
 
 URL_ENVIRONMENT_VARIABLE = "TEST_DATABASE_URL"
 ISOLATION_FIXTURE = "asyncdb_isolation"
 FAULTS_FIXTURE = "db_faults"
+TEMPLATE_OUTPUT = "asyncdb_template"
 _USES_FAULTS = pytest.StashKey[bool]()
+_TEMPLATES = pytest.StashKey[set[str]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -109,3 +125,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     config.stash[_USES_FAULTS] = any(
         FAULTS_FIXTURE in getattr(item, "fixturenames", ()) for item in items
     )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """An xdist worker is done: note the template database it used, if any."""
+    template = getattr(node, "workeroutput", {}).get(TEMPLATE_OUTPUT)
+    if template:
+        node.config.stash.setdefault(_TEMPLATES, set()).add(template)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    templates = session.config.stash.get(_TEMPLATES, set())
+    base_url = Options(session.config).url
+    if templates and base_url is not None:
+        asyncio.run(_drop_all(sorted(templates), base_url))
+
+
+async def _drop_all(urls: list[str], base_url: str) -> None:
+    for url in urls:
+        await drop_database(url, base_url)

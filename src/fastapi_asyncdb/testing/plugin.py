@@ -40,7 +40,9 @@ Options (command line, then environment, then ini):
   (``postgresql+asyncpg://user@host/app``, ``mysql+asyncmy://...``,
   ``sqlite+aiosqlite:///path/app.db``). Each process (each pytest-xdist worker) gets a
   database of its own beside it, ``<base>_<worker>_t<pid>``, created with its schema
-  when first needed and dropped at the end; the named database is never written.
+  when first needed and dropped at the end; the named database is never written. On
+  PostgreSQL under xdist the schema is built once per run, in
+  ``<base>_template_<run>``, which each worker copies (``CREATE DATABASE ... TEMPLATE``).
   Default: a SQLite file in pytest's temporary directory. The app's Database is pointed
   there with ``db.configure(url=...)`` before it starts: no module is reloaded.
 - ``--asyncdb-schema`` / ``asyncdb_schema``: ``metadata:module:attribute`` (a
@@ -79,9 +81,21 @@ import importlib.util
 
 import pytest
 
-from .options import pytest_addoption, pytest_collection_modifyitems, pytest_pycollect_makeitem
+from .options import (
+    pytest_addoption,
+    pytest_collection_modifyitems,
+    pytest_pycollect_makeitem,
+    pytest_sessionfinish,
+    pytest_testnodedown,
+)
 
-__all__ = ["pytest_addoption", "pytest_collection_modifyitems", "pytest_pycollect_makeitem"]
+__all__ = [
+    "pytest_addoption",
+    "pytest_collection_modifyitems",
+    "pytest_pycollect_makeitem",
+    "pytest_sessionfinish",
+    "pytest_testnodedown",
+]
 
 _NEEDS = ("httpx", "pytest_asyncio")
 

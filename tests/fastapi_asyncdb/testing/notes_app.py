@@ -96,6 +96,14 @@ async def create_then_refuse(note: NoteIn, session: SessionDep) -> NoteOut:
     raise HTTPException(422, "refused after writing")
 
 
+@router.post("/notes/kept-despite-an-error", status_code=400)
+async def commit_then_refuse(note: NoteIn, session: SessionDep) -> NoteOut:
+    """Commits itself, then answers an error: the write is kept, as documented."""
+    session.add(Note(body=note.body))
+    await session.commit()
+    raise HTTPException(400, "kept, but refused")
+
+
 @router.get("/notes/{note_id}")
 async def read(note_id: int, session: ReadSessionDep) -> NoteOut:
     row = await session.get(Note, note_id)

@@ -81,6 +81,18 @@ WRITES = {
     assert response.status_code == 201
     await assert_seen(client, session, ["a"])
 """,
+    "commit_in_an_endpoint_that_answers_an_error": """
+    response = await client.post("/notes/kept-despite-an-error", json={"body": "a"})
+    assert response.status_code == 400
+    await assert_seen(client, session, ["a"])
+""",
+    "error_answer_rolls_the_request_back_within_the_test": """
+    session.add(Note(body="kept"))
+    await session.flush()
+    response = await client.post("/notes/refused", json={"body": "a"})
+    assert response.status_code == 422
+    await assert_seen(client, session, ["kept"])
+""",
     "concurrent_requests": """
     bodies = [f"note {i}" for i in range(5)]
     responses = await asyncio.gather(
