@@ -20,6 +20,7 @@ __all__ = [
     "mark_for_session_loop",
     "pytest_addoption",
     "pytest_collection_modifyitems",
+    "pytest_fixture_setup",
     "pytest_pycollect_makeitem",
     "pytest_sessionfinish",
     "pytest_testnodedown",
@@ -31,6 +32,8 @@ FAULTS_FIXTURE = "db_faults"
 TEMPLATE_OUTPUT = "asyncdb_template"
 _USES_FAULTS = pytest.StashKey[bool]()
 _TEMPLATES = pytest.StashKey[set[str]]()
+# Where pytest-asyncio keeps the loop scope a fixture function chose.
+_LOOP_SCOPE = "_loop_scope"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -111,13 +114,41 @@ def mark_for_session_loop(item: pytest.Function) -> None:
     """
     if ISOLATION_FIXTURE not in item.fixturenames:
         return
-    function = item.obj
-    if not (inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)):
+    if not _is_async(item.obj):
         return
     marker = item.get_closest_marker("asyncio")
     if marker is not None and (marker.kwargs.get("loop_scope") or marker.kwargs.get("scope")):
         return
     item.add_marker(pytest.mark.asyncio(loop_scope="session"), append=False)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Any:
+    """An async fixture of a test that uses the database runs on the database's loop too.
+
+    Unless it chose a loop itself: pytest-asyncio reads the loop a fixture chose from
+    the function's ``_loop_scope`` (set by ``@pytest_asyncio.fixture(loop_scope=...)``);
+    it is set here for the length of this setup only, so the same fixture used by a
+    test without the database keeps its usual loop.
+    """
+    function = fixturedef.func
+    chosen = getattr(function, _LOOP_SCOPE, None)
+    if (
+        chosen is not None
+        or not _is_async(function)
+        or ISOLATION_FIXTURE not in request.fixturenames
+        or request.config.getini("asyncio_default_fixture_loop_scope") == "session"
+    ):
+        return (yield)
+    setattr(function, _LOOP_SCOPE, "session")
+    try:
+        return (yield)
+    finally:
+        delattr(function, _LOOP_SCOPE)
+
+
+def _is_async(function: object) -> bool:
+    return inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

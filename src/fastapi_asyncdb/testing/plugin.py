@@ -57,9 +57,8 @@ test ends, serves every unit of work of the app and of the test: ``SessionDep``,
 background tasks. Their commits are savepoints, so they behave as usual, reads see
 them (``ReadSessionDep``, ``ReadConnectionDep``, ``Prepared``), and none survives the
 test. The app's lifespan runs once per session, on pytest-asyncio's session event loop;
-async tests using these fixtures run on that loop (your own async fixtures that use
-them need ``loop_scope="session"``, or ``asyncio_default_fixture_loop_scope =
-"session"``).
+async tests using these fixtures run on that loop, and so do their async fixtures,
+unless the test or the fixture chose its loop scope itself.
 
 Known limits:
 
@@ -84,6 +83,7 @@ import pytest
 from .options import (
     pytest_addoption,
     pytest_collection_modifyitems,
+    pytest_fixture_setup,
     pytest_pycollect_makeitem,
     pytest_sessionfinish,
     pytest_testnodedown,
@@ -92,6 +92,7 @@ from .options import (
 __all__ = [
     "pytest_addoption",
     "pytest_collection_modifyitems",
+    "pytest_fixture_setup",
     "pytest_pycollect_makeitem",
     "pytest_sessionfinish",
     "pytest_testnodedown",

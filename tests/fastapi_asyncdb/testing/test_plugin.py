@@ -136,3 +136,43 @@ def test_without_an_app_the_error_says_how_to_name_it(user_suite: UserSuite) -> 
     result = user_suite.run()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*fixtures need the app under test: set asyncdb_app*"])
+
+
+USERS_ASYNC_FIXTURES = """
+import asyncio
+import pytest
+from tests.fastapi_asyncdb.testing.notes_app import Note
+
+LOOPS = {}
+
+@pytest.fixture
+async def fixture_loop():
+    return asyncio.get_running_loop()
+
+@pytest.fixture
+async def note(session):
+    row = Note(body="arranged")
+    session.add(row)
+    await session.commit()
+    return row
+
+@pytest.fixture
+async def listed(client, note):
+    return (await client.get("/notes")).json()
+
+async def test_fixtures_that_arrange_data_run_on_the_databases_loop(listed, note, fixture_loop):
+    assert listed == [{"id": note.id, "body": "arranged"}]
+    assert fixture_loop is asyncio.get_running_loop()
+    LOOPS["database"] = fixture_loop
+
+async def test_the_same_fixture_in_a_test_without_the_database_keeps_its_loop(fixture_loop):
+    assert fixture_loop is asyncio.get_running_loop()
+    assert fixture_loop is not LOOPS["database"]
+"""
+
+
+def test_users_async_fixtures_work_with_the_plugins_without_choosing_a_loop(
+    user_suite: UserSuite,
+) -> None:
+    user_suite.pytester.makepyfile(test_own_fixtures=USERS_ASYNC_FIXTURES)
+    user_suite.run().assert_outcomes(passed=2)
