@@ -8,6 +8,7 @@ own that enters the Database's and yields state.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -102,6 +103,27 @@ async def commit_then_refuse(note: NoteIn, session: SessionDep) -> NoteOut:
     session.add(Note(body=note.body))
     await session.commit()
     raise HTTPException(400, "kept, but refused")
+
+
+_TASKS: set[asyncio.Task[None]] = set()
+
+
+@router.post("/notes/later", status_code=202)
+async def create_later(note: NoteIn, database: DatabaseDep) -> dict[str, str]:
+    """Answers at once; a task of the app's own writes a little later."""
+    begun = asyncio.Event()
+
+    async def write() -> None:
+        async with database.transaction() as session:
+            begun.set()
+            await asyncio.sleep(0.2)
+            session.add(Note(body=note.body))
+
+    task = asyncio.get_running_loop().create_task(write())
+    _TASKS.add(task)
+    task.add_done_callback(_TASKS.discard)
+    await begun.wait()
+    return {"status": "accepted"}
 
 
 @router.get("/notes/{note_id}")

@@ -93,6 +93,10 @@ WRITES = {
     assert response.status_code == 422
     await assert_seen(client, session, ["kept"])
 """,
+    "task_of_the_apps_own_still_writing_when_the_test_ends": """
+    response = await client.post("/notes/later", json={"body": "a"})
+    assert response.status_code == 202
+""",
     "concurrent_requests": """
     bodies = [f"note {i}" for i in range(5)]
     responses = await asyncio.gather(
