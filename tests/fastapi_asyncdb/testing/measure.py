@@ -99,8 +99,8 @@ def main() -> None:
             assert passed == options.tests
             seconds[name].append(taken)
     print(f"{options.tests} tests, {options.rounds} rounds; load average {os.getloadavg()[0]:.1f}")
-    for name, taken in seconds.items():
-        best, median = min(taken), statistics.median(taken)
+    for name, runs in seconds.items():
+        best, median = min(runs), statistics.median(runs)
         print(
             f"{name:34} best {best:6.2f} s ({options.tests / best:5.1f} tests/s), "
             f"median {median:6.2f} s ({options.tests / median:5.1f} tests/s)"
