@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -148,30 +149,23 @@ async def asyncdb_running_app(
     lifespan of the app's own that enters ``db.lifespan(app)``); if it does not, the
     Database is started here.
     """
-    forwarder = None
-    url = asyncdb_url
-    if Options(pytestconfig).uses_faults and is_server(url):
-        forwarder = Forwarder.for_url(url)
-        await forwarder.start()
-        url = forwarder.url_through(url)
     database = asyncdb_database
-    database.configure(url=url)
-    lifespan = Lifespan(asyncdb_app)
-    started_here = False
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        forwarder = None
+        url = asyncdb_url
+        if Options(pytestconfig).uses_faults and is_server(url):
+            forwarder = Forwarder.for_url(url)
+            await forwarder.start()
+            stack.push_async_callback(forwarder.close)
+            url = forwarder.url_through(url)
+        database.configure(url=url)
+        lifespan = Lifespan(asyncdb_app)
         await lifespan.startup()
+        stack.push_async_callback(lifespan.shutdown)
         if not database.is_started:
             await database.start()
-            started_here = True
+            stack.push_async_callback(database.stop)
         yield RunningApp(lifespan.asgi, database, lifespan.state, forwarder)
-    finally:
-        try:
-            if started_here:
-                await database.stop()
-            await lifespan.shutdown()
-        finally:
-            if forwarder is not None:
-                await forwarder.close()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -176,3 +176,37 @@ def test_users_async_fixtures_work_with_the_plugins_without_choosing_a_loop(
 ) -> None:
     user_suite.pytester.makepyfile(test_own_fixtures=USERS_ASYNC_FIXTURES)
     user_suite.run().assert_outcomes(passed=2)
+
+
+FAILING_STARTUP = """
+from contextlib import asynccontextmanager
+import pytest
+from fastapi import FastAPI
+from fastapi_asyncdb import Database, install
+
+@pytest.fixture(scope="session")
+def asyncdb_app():
+    db = Database()
+
+    @asynccontextmanager
+    async def lifespan(app):
+        async with db.lifespan(app):
+            raise LookupError("the cache server is not configured")
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+    install(app, db)
+    return app
+"""
+
+
+@pytest.mark.backends("sqlite")
+def test_an_app_whose_startup_fails_errors_its_tests_with_the_apps_reason(
+    user_suite: UserSuite,
+) -> None:
+    user_suite.pytester.makeconftest(FAILING_STARTUP)
+    user_suite.pytester.makepyfile(test_first=FIRST_TEST)
+    result = user_suite.run()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*LookupError: the cache server is not configured*"])
+    result.stdout.fnmatch_lines(["*LifespanError: the app's startup failed*"])
