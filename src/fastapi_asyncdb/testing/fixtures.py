@@ -113,6 +113,8 @@ async def asyncdb_url(
     """This process's database, created with its schema for the session, then dropped."""
     base_url = Options(pytestconfig).url
     url = worker_url(base_url, tmp_path_factory.getbasetemp())
+    # Validated before anything connects: a wrong URL fails with the settings' advice.
+    asyncdb_database.configure(url=url)
 
     async def build(target: str) -> None:
         asyncdb_database.configure(url=target)

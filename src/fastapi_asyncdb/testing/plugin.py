@@ -60,6 +60,9 @@ test. The app's lifespan runs once per session, on pytest-asyncio's session even
 async tests using these fixtures run on that loop, and so do their async fixtures,
 unless the test or the fixture chose its loop scope itself.
 
+The plugin is inert in tests that use none of its fixtures; ``-p no:fastapi_asyncdb``
+turns it off.
+
 Known limits:
 
 - Read-only enforcement by the server does not apply inside the test: reads share the
