@@ -182,7 +182,13 @@ class Database:
         in the same transaction; anything else belongs in ``SessionDep`` or
         ``transaction()``.
         """
-        async with self._started(self._primary).connection() as connection:
+        role = self._started(self._primary)
+        async with role.connection() as connection:
+            if role.isolated:
+                # In a test's transaction (isolated()): a savepoint is the statement's own.
+                async with connection.begin_nested():
+                    await connection.execute(statement, parameters)
+                return
             await run_statement(connection, statement, parameters)
 
     @asynccontextmanager
