@@ -37,6 +37,7 @@ class Role:
         *,
         read_only: bool,
         probe: Probe,
+        session_class: type[AsyncSession] = AsyncSession,
     ) -> None:
         self.name = name
         self.read_only = read_only
@@ -46,6 +47,7 @@ class Role:
         )
         self.sessionmaker = async_sessionmaker(
             self.engine,
+            class_=session_class,
             # Objects stay readable after commit: no lazy load (MissingGreenlet) in the
             # response model.
             expire_on_commit=False,
