@@ -7,7 +7,7 @@ parameters that exceptions carry; and in what drivers and SQLAlchemy log at DEBU
 (result rows, the calls with their arguments).
 
 Values are found by where they sit in a message, never by comparing with the bound
-parameters: servers truncate (MariaDB prints 64 characters of a duplicate entry), and
+parameters: servers truncate (MariaDB prints only the start of a duplicate entry), and
 a value need not be a parameter at all (a row read back, a column default). What
 helps an operator stays: the error class, the SQLSTATE or error code, constraint and
 table names, the SQL text with its placeholders.

@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from fastapi_asyncdb import Database, redaction
 
-from .secret_scan import KEYS, VAULT, metadata
+from .secret_scan_cases import KEYS, VAULT, metadata
 
 pytestmark = pytest.mark.usefixtures("clean_environment")
 
