@@ -115,6 +115,7 @@ def _install_connect_guard(
         except _MISCONFIGURATION:
             raise  # a wrong connect argument is a bug to see, not an outage to wait out
         except Exception as error:
+            redaction.redact_connect_error(error, cparams)
             if on_connect_failure is not None:
                 on_connect_failure(error)
             raise DatabaseUnavailableError(

@@ -1,22 +1,44 @@
-"""Keep secrets out of what people read: URLs, driver messages, exceptions.
+"""Keep secrets out of what people read: URLs, error texts, reprs and logs.
 
-Secrets reach text in three ways: in a URL (a password, or ``?sslpassword=`` and
-friends, which SQLAlchemy does not mask), in bound parameter values that drivers quote
-in their own messages, and in values the server quotes back (a duplicate key, a bad
-cast).
+Secrets reach text in four ways: in a URL (a password, or ``?sslpassword=`` and
+friends, which SQLAlchemy does not mask); in the values that drivers and servers quote
+back in their messages (a duplicate key, a bad cast, a failing row); in the bound
+parameters that exceptions carry; and in what drivers and SQLAlchemy log at DEBUG
+(result rows, the calls with their arguments).
+
+Values are found by where they sit in a message, never by comparing with the bound
+parameters: servers truncate (MariaDB prints only the start of a duplicate entry), and
+a value need not be a parameter at all (a row read back, a column default). What
+helps an operator stays: the error class, the SQLSTATE or error code, constraint and
+table names, the SQL text with its placeholders.
 """
 
 from __future__ import annotations
 
+import builtins
+import logging
 import re
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, ExceptionContext
+from sqlalchemy.exc import StatementError
 
-__all__ = ["install_parameter_redaction", "is_secret_query_key", "mask_url"]
+__all__ = [
+    "install_log_filters",
+    "install_parameter_redaction",
+    "is_secret_query_key",
+    "mask_url",
+    "redact_connect_error",
+    "redact_exception",
+    "redact_quoted",
+    "remove_log_filters",
+]
 
 _SECRET_QUERY_KEY = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
+HIDDEN = "***"
 
 
 def is_secret_query_key(key: str) -> bool:
@@ -33,50 +55,345 @@ def mask_url(url: URL) -> str:
     if not url.query:
         return base
     pairs = (
-        f"{key}={'***' if is_secret_query_key(key) else value}" for key, value in url.query.items()
+        f"{key}={HIDDEN if is_secret_query_key(key) else value}" for key, value in url.query.items()
     )
     return f"{base}?{'&'.join(pairs)}"
 
 
 def install_parameter_redaction(engine: Engine) -> None:
-    """Take bound values out of driver messages too.
+    """Keep data out of the engine's errors and out of the logs of its driver.
 
-    ``hide_parameters`` drops the parameter list from SQLAlchemy's message, but
-    drivers quote values in their own text (asyncpg: "invalid input for query
-    argument $1: 'the value'"), which then reaches logs through the exception chain.
+    For an engine with ``hide_parameters``: that setting drops the parameter list from
+    SQLAlchemy's own message, but the value still travels in the driver's message,
+    in the server's DETAIL and HINT, in the exception's ``params``, and in DEBUG logs.
     """
-
-    @event.listens_for(engine, "handle_error")
-    def _redact(context: ExceptionContext) -> None:
-        values = sorted(_string_values(context.parameters), key=len, reverse=True)
-        if not values:
-            return
-        seen: set[int] = set()
-        error: BaseException | None = context.sqlalchemy_exception or context.original_exception
-        pending = [error, context.original_exception]
-        while pending:
-            error = pending.pop()
-            if error is None or id(error) in seen:
-                continue
-            seen.add(id(error))
-            error.args = tuple(_redact_text(arg, values) for arg in error.args)
-            pending.extend((error.__cause__, error.__context__, getattr(error, "orig", None)))
+    event.listen(engine, "handle_error", _redact_on_error)
+    install_log_filters()
 
 
-def _string_values(parameters: Any) -> set[str]:
-    # Very short values would redact ordinary words of the message; they say little anyway.
-    if isinstance(parameters, str):
-        return {parameters} if len(parameters) > 2 else set()
-    if isinstance(parameters, dict):
-        parameters = list(parameters.values())
-    if not isinstance(parameters, list | tuple):
-        return set()
-    return set().union(*(_string_values(item) for item in parameters))
+def _redact_on_error(context: ExceptionContext) -> None:
+    for error in (context.sqlalchemy_exception, context.original_exception):
+        if error is not None:
+            redact_exception(error, statement=context.statement)
 
 
-def _redact_text(arg: object, values: list[str]) -> object:
-    if not isinstance(arg, str):
-        return arg
-    for value in values:
-        arg = arg.replace(value, "***")
-    return arg
+# --- messages ------------------------------------------------------------------------
+
+_QUOTES = "'\"`"
+_MASKED = f"'{HIDDEN}'"
+_TYPE_NAMES = frozenset(name for name, value in vars(builtins).items() if isinstance(value, type))
+
+
+def redact_quoted(
+    text: str, *, quotes: str = _QUOTES, keep: Callable[[str], bool] | None = None
+) -> str:
+    """Mask every quoted stretch of ``text`` unless ``keep`` accepts what it holds.
+
+    A stretch runs from a quote to the last quote of the same kind, so a value that
+    holds that quote itself is masked whole rather than split into pieces; text
+    outside quotes is the message's own wording and stays. A masked stretch always
+    reads ``'***'``: which quote a ``repr`` chose would tell what the value held.
+    """
+    pieces: list[str] = []
+    position = 0
+    while True:
+        start = min((i for i in (text.find(q, position) for q in quotes) if i >= 0), default=-1)
+        if start < 0:
+            pieces.append(text[position:])
+            return "".join(pieces)
+        mark = text[start]
+        end = text.rfind(mark)
+        pieces.append(text[position:start])
+        if end == start:  # an unmatched quote: what follows it may be a value
+            pieces.append(_MASKED)
+            return "".join(pieces)
+        inside = text[start + 1 : end]
+        pieces.append(text[start : end + 1] if keep and keep(inside) else _MASKED)
+        position = end + 1
+
+
+def _in_statement(statement: str | None) -> Callable[[str], bool]:
+    """Quoted text that is part of the statement's SQL (a syntax error's excerpt) says
+    nothing that the SQL shown beside it does not."""
+    return lambda inside: bool(statement) and bool(inside) and inside in str(statement)
+
+
+# PostgreSQL's SQLSTATE classes whose primary message quotes only names (relations,
+# constraints, columns, roles, SQL tokens); their data is in DETAIL, dropped anyway.
+# Data exceptions (22), RAISE (P0) and anything unlisted quote values.
+_PG_NAMES_ONLY_CLASSES = frozenset(
+    {"08", "0A", "0P", "21", "23", "25", "28", "3B", "3D", "3F", "40", "42", "53", "54", "55", "57"}
+)
+# asyncpg's own message for a value it cannot encode: "invalid input for query
+# argument $1: <the value's repr> (<why>)".
+_ASYNCPG_ARGUMENT = re.compile(
+    r"^((?:invalid input for )?query argument \$\d+"
+    r"(?: in element #\d+ of executemany\(\) sequence)?)"
+)
+# Fields of a PostgreSQL error that hold data (the failing key, row or input) or
+# the text of other sessions' queries (a deadlock's DETAIL).
+_PG_DATA_FIELDS = ("detail", "hint", "context")
+
+
+def _redact_postgres(text: str, sqlstate: str | None) -> str:
+    argument = _ASYNCPG_ARGUMENT.match(text)
+    if argument:
+        return f"{argument.group(1)}: {HIDDEN}"
+    if sqlstate is not None and sqlstate[:2] in _PG_NAMES_ONLY_CLASSES:
+        return text
+    return redact_quoted(text)
+
+
+# MySQL/MariaDB error codes whose message quotes only names (tables, columns,
+# constraints, users and hosts), or nothing at all.
+_MYSQL_NAMES_ONLY_CODES = frozenset(
+    {
+        *(1044, 1045, 1046, 1048, 1049, 1050, 1051, 1054, 1091, 1142, 1146),  # names
+        *(1040, 1203, 1205, 1213, 1290, 1317, 1792, 1927, 1969, 3024),  # state, limits
+        *(1216, 1217, 1364, 1406, 1264, 1265, 1451, 1452, 3819, 4025),  # constraints
+        *(2002, 2003, 2006, 2013, 2014, 2055),  # the client's connection errors
+    }
+)
+_MYSQL_SYNTAX_ERROR = 1064
+_MYSQL_DUPLICATE_ENTRY = re.compile(r"^(Duplicate entry )'.*'( for key '[^']*')$", re.DOTALL)
+
+
+def _redact_mysql(code: object, text: str, statement: str | None) -> str:
+    if code in _MYSQL_NAMES_ONLY_CODES:
+        return text
+    # The value may hold quotes, the key name never does: anchor on the end.
+    duplicate = _MYSQL_DUPLICATE_ENTRY.match(text)
+    if duplicate:
+        return f"{duplicate.group(1)}'{HIDDEN}'{duplicate.group(2)}"
+    # The client interpolates values into the SQL, so a syntax error's excerpt may hold
+    # one; it is kept only when it is a piece of the statement as written.
+    keep = _in_statement(statement) if code == _MYSQL_SYNTAX_ERROR else None
+    # Backquotes hold identifiers; values are in single or double quotes.
+    return redact_quoted(text, quotes="'\"", keep=keep)
+
+
+# --- exceptions ----------------------------------------------------------------------
+
+
+def redact_exception(error: BaseException, *, statement: str | None = None) -> None:
+    """Take data out of ``error`` and everything chained to it, in place.
+
+    Visits what ``logging`` prints with ``exc_info`` (the ``__cause__`` and
+    ``__context__`` chain) and what SQLAlchemy keeps (``.orig``, ``.params``).
+    SQLAlchemy's own message was built from the driver's text when it was raised,
+    so it is rebuilt from the redacted driver error.
+    """
+    chain = list(_chain(error))
+    before = {id(item): _text_of(item) for item in chain}
+    try:
+        for item in chain:
+            if not isinstance(item, StatementError):
+                _redact_one(item, statement)
+        for item in chain:
+            if isinstance(item, StatementError):
+                _redact_statement_error(item, before, statement)
+    except Exception:
+        # Raising here would replace the database's error with this one: hide
+        # every text instead, keeping codes (drivers' classifiers read them).
+        for item in chain:
+            _hide_all_text(item)
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        item = pending.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        orig = getattr(item, "orig", None)
+        pending.extend((item.__cause__, item.__context__))
+        if isinstance(orig, BaseException):
+            pending.append(orig)
+
+
+def _text_of(error: BaseException) -> str | None:
+    try:
+        return str(error)
+    except Exception:
+        return None
+
+
+def _redact_one(error: BaseException, statement: str | None) -> None:
+    if not isinstance(error, Exception):
+        return  # cancellation and exit: nothing from a database in them
+    module = type(error).__module__
+    if "asyncpg" in module:
+        sqlstate = getattr(error, "sqlstate", None)
+        for field in _PG_DATA_FIELDS:
+            if getattr(error, field, None) is not None:
+                setattr(error, field, None)
+        if isinstance(getattr(error, "message", None), str):
+            error.message = _redact_postgres(error.message, sqlstate)  # type: ignore[attr-defined]
+        _replace_args(error, lambda text: _redact_postgres(text, sqlstate))
+    elif module.startswith("asyncmy"):
+        code = error.args[0] if error.args else None
+        _replace_args(error, lambda text: _redact_mysql(code, text, statement))
+    elif module.startswith("sqlite3"):
+        _replace_args(error, lambda text: redact_quoted(text, keep=_in_statement(statement)))
+    elif module.startswith(("sqlalchemy", "fastapi_asyncdb")):
+        return  # their own words, and StatementError is rebuilt apart
+    elif not isinstance(error, OSError):  # an OSError's text is its errno and address
+        # An encoder's complaint about a value (asyncpg's TypeError, ValueError...).
+        _replace_args(error, lambda text: redact_quoted(text, keep=_TYPE_NAMES.__contains__))
+
+
+def _hide_all_text(error: BaseException) -> None:
+    _replace_args(error, lambda _text: HIDDEN)
+    for field in _PG_DATA_FIELDS:
+        if isinstance(getattr(error, field, None), str):
+            setattr(error, field, None)
+    if isinstance(error, StatementError) and error.params:
+        error.params = HIDDEN
+
+
+def _replace_args(error: BaseException, redact: Callable[[str], str]) -> None:
+    args = tuple(redact(arg) if isinstance(arg, str) else arg for arg in error.args)
+    if args != error.args:
+        error.args = args
+
+
+def _redact_statement_error(
+    error: StatementError, before: Mapping[int, str | None], statement: str | None
+) -> None:
+    if error.params:
+        error.params = _masked(error.params)
+    if not error.args or not isinstance(error.args[0], str):
+        return
+    message = error.args[0]
+    orig = error.orig
+    old = before.get(id(orig)) if orig is not None else None
+    new = _text_of(orig) if orig is not None else None
+    if old and new is not None and old in message:
+        message = message.replace(old, new)
+    else:
+        message = redact_quoted(message, keep=_in_statement(statement or error.statement))
+    error.args = (message, *error.args[1:])
+
+
+def _masked(params: Any) -> Any:
+    """The parameters' shape with every value hidden: names stay, values go."""
+    if isinstance(params, Mapping):
+        return {key: HIDDEN for key in params}
+    if isinstance(params, list | tuple):
+        return type(params)(
+            _masked(item) if isinstance(item, Mapping | list | tuple) else HIDDEN for item in params
+        )
+    return HIDDEN
+
+
+def redact_connect_error(error: BaseException, connect_arguments: Mapping[str, Any]) -> None:
+    """Take credentials out of a failed connect's error and its chain, in place.
+
+    Drivers may echo a DSN (``user:password@host``) or a connect argument; the
+    password and every secret-looking argument (``sslpassword``, ``token``...) are
+    masked wherever they appear, in clear or percent-encoded, and any DSN's password
+    by its place.
+    """
+    secrets = {
+        str(value)
+        for key, value in connect_arguments.items()
+        if (key == "password" or is_secret_query_key(key)) and value and len(str(value)) > 2
+    }
+    encoded = {quote(s, safe="", errors="surrogatepass") for s in secrets}
+    variants = sorted(secrets | encoded, key=len, reverse=True)
+
+    def redact(text: str) -> str:
+        for secret in variants:
+            text = text.replace(secret, HIDDEN)
+        text = _DSN_PASSWORD.sub(rf"\1{HIDDEN}@", text)
+        return _SECRET_ASSIGNMENT.sub(rf"\1{HIDDEN}", text)
+
+    for item in _chain(error):
+        if isinstance(item, Exception) and not isinstance(item, OSError):
+            try:
+                _replace_args(item, redact)
+            except Exception:
+                _hide_all_text(item)
+
+
+_DSN_PASSWORD = re.compile(r"(\w[\w+.-]*://[^:/@\s]*:)[^@\s]*@")
+_SECRET_ASSIGNMENT = re.compile(
+    r"(\b\w*(?:pass|pwd|secret|token|key|auth|credential)\w*\s*=\s*)[^\s&,;)]+", re.IGNORECASE
+)
+
+
+# --- logs ----------------------------------------------------------------------------
+
+
+class _Hidden:
+    def __init__(self, what: str) -> None:
+        self._what = what
+
+    def __repr__(self) -> str:
+        return f"<{self._what} hidden: hide_parameters>"
+
+    __str__ = __repr__
+
+
+_ROW_HIDDEN = _Hidden("values")
+
+
+class _SQLAlchemyRowFilter(logging.Filter):
+    """SQLAlchemy logs each result row at DEBUG (even without ``echo``, once its logger
+    is at DEBUG); ``hide_parameters`` hides the parameters only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.endswith("Row %r"):
+            record.args = (_ROW_HIDDEN,)
+        return True
+
+
+class _AiosqliteCallFilter(logging.Filter):
+    """aiosqlite logs each call to its thread, arguments and all, at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(_describe(arg) for arg in record.args)
+        return True
+
+
+def _describe(arg: object) -> object:
+    if isinstance(arg, BaseException):
+        return f"{type(arg).__name__}: {redact_quoted(str(arg))}"
+    function = getattr(arg, "func", arg)  # a functools.partial holds the arguments
+    return getattr(function, "__qualname__", None) or type(function).__name__
+
+
+class _QuotedValueFilter(logging.Filter):
+    """asyncmy logs the server's warnings, which quote values ("Truncated incorrect
+    INTEGER value: '...'"), at WARNING."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact_quoted(record.getMessage(), quotes="'\"")
+        record.args = ()
+        return True
+
+
+# Which logger each filter guards. The loggers are shared by every engine of the
+# process and their records do not say which engine wrote them: once an engine that
+# hides parameters exists, rows and driver calls are hidden for all.
+_LOG_FILTERS: dict[str, logging.Filter] = {
+    "sqlalchemy.engine.Engine": _SQLAlchemyRowFilter(),
+    "aiosqlite": _AiosqliteCallFilter(),
+    "asyncmy": _QuotedValueFilter(),
+}
+
+
+def install_log_filters() -> None:
+    """Hide values in the shared loggers of SQLAlchemy, aiosqlite and asyncmy."""
+    for name, log_filter in _LOG_FILTERS.items():
+        logging.getLogger(name).addFilter(log_filter)  # adding it twice keeps one
+
+
+def remove_log_filters() -> None:
+    """Undo what engines with ``hide_parameters`` did to the shared loggers (for tests)."""
+    for name, log_filter in _LOG_FILTERS.items():
+        logging.getLogger(name).removeFilter(log_filter)
