@@ -140,7 +140,9 @@ class Breaker:
     async def _probe_until_up(self) -> None:
         task = asyncio.current_task()
         assert task is not None
-        while True:
+        # close() sets _closed before it cancels us: a probe that swallows the
+        # cancellation (asyncio.wait_for in some drivers, on Python 3.11) still ends here.
+        while not self._closed:
             try:
                 await self._probe()
             except asyncio.CancelledError:
@@ -153,6 +155,8 @@ class Breaker:
             else:
                 self.is_open = False
                 logger.warning("database reachable again")
+                return
+            if self._closed:
                 return
             await asyncio.sleep(self._probe_interval)
 

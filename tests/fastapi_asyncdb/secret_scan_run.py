@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from fastapi_asyncdb import Database, Prepared, ReadSessionDep, SessionDep
+from fastapi_asyncdb import Database, Prepared, ReadSessionDep, SessionDep, install
 
 from .proxy import forwarder_for
 from .secret_scan import Evidence, capturing_logs, find_leaks, new_secret
@@ -294,7 +294,7 @@ class _Run:
 
     def _app(self) -> FastAPI:
         app = FastAPI()
-        self.database.install(app)
+        install(app, self.database)
         return app
 
     def _client(self, app: FastAPI) -> httpx.AsyncClient:
