@@ -16,6 +16,13 @@ ASYNCPG_DSN: Final = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{BENCH_DB}"
 SQLALCHEMY_URL: Final = f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{BENCH_DB}"
 BOOTSTRAP_DSN: Final = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{BOOTSTRAP_DB}"
 
+# The timed endpoints by name: TechEmpower's database tests, 20 rows where a count is asked.
+ENDPOINTS: Final = {
+    "db": "/db",
+    "queries": "/queries?queries=20",
+    "fortunes": "/fortunes",
+    "updates": "/updates?queries=20",
+}
 WORLD_ROWS: Final = 10_000
 MAX_QUERIES: Final = 500
 DEFAULT_POOL: Final = 32

@@ -1,4 +1,13 @@
-"""The three contenders: which app module, which port, which environment."""
+"""The contenders: which app module, which port, which environment.
+
+| name | app | what it is |
+|---|---|---|
+| asyncpg | apps/asyncpg_app.py | raw SQL on an asyncpg pool: the physical limit |
+| recipe | apps/recipe_app.py | hand-written SQLAlchemy, the usual recipe: the floor |
+| default | apps/default_app.py | fastapi-asyncdb the default way (ORM, sessions) |
+| fast | apps/fast_app.py | fastapi-asyncdb the fast way (``Prepared``, ``run_statement``) |
+| traced | apps/traced_app.py | the fast way with every statement traced |
+"""
 
 from __future__ import annotations
 
@@ -28,26 +37,28 @@ class Contender:
         return f"http://127.0.0.1:{self.port}"
 
 
-def _pool_env(pool: int) -> dict[str, dict[str, str]]:
+def _pool_env(name: str, pool: int) -> dict[str, str]:
     size = str(pool)
+    if name == "asyncpg":
+        return {"POOL": size}
+    if name == "recipe":
+        return {"POOL": size, "POOL_OVERFLOW": "0"}
+    # fastapi-asyncdb: reads and writes each get the same count as the others' single
+    # pool, no overflow.
     return {
-        "asyncpg": {"POOL": size},
-        "recipe": {"POOL": size, "POOL_OVERFLOW": "0"},
-        # Reads and writes each get the same count as the others' single pool, no overflow.
-        "asyncdb": {
-            "DB_POOL_SIZE": size,
-            "DB_MAX_OVERFLOW": "0",
-            "DB_READ_POOL_SIZE": size,
-            "DB_READ_MAX_OVERFLOW": "0",
-        },
+        "DB_POOL_SIZE": size,
+        "DB_MAX_OVERFLOW": "0",
+        "DB_READ_POOL_SIZE": size,
+        "DB_READ_MAX_OVERFLOW": "0",
     }
 
 
 _APPS: Final = {
-    "asyncpg": ("bench.apps.asyncpg_app:app", PORT_BASE),
-    "recipe": ("bench.apps.recipe_app:app", PORT_BASE + 1),
-    "asyncdb": ("bench.apps.asyncdb_app:app", PORT_BASE + 2),
+    name: (f"bench.apps.{name}_app:app", PORT_BASE + offset)
+    for offset, name in enumerate(("asyncpg", "recipe", "default", "fast", "traced"))
 }
+# Those that run fastapi-asyncdb (and read its DB_ settings).
+LIBRARY_CONTENDERS: Final = ("default", "fast", "traced")
 ALL_CONTENDERS: Final = tuple(_APPS)
 
 
@@ -56,10 +67,10 @@ def contender(name: str, pool: int, extra_env: dict[str, str] | None = None) -> 
     application_name = APP_NAME_PREFIX + name
     env = {
         "DATABASE_URL": SQLALCHEMY_URL,
-        # fastapi-asyncdb reads DB_APPLICATION_NAME; the other two apps read BENCH_APP_NAME.
+        # fastapi-asyncdb reads DB_APPLICATION_NAME; the other apps read BENCH_APP_NAME.
         "DB_APPLICATION_NAME": application_name,
         "BENCH_APP_NAME": application_name,
-        **_pool_env(pool)[name],
+        **_pool_env(name, pool),
         **(extra_env or {}),
     }
     return Contender(name=name, app=app, port=port, env=env, application_name=application_name)

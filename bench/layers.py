@@ -4,10 +4,11 @@ Each layer adds one piece on top of the previous one, reading one random `world`
 raw asyncpg, the SQLAlchemy engine with a text statement, Core `select()`, the ORM's
 `session.get` in an autocommit session, and the same in the recipe's transaction
 (BEGIN + SELECT + ROLLBACK); then fastapi-asyncdb's own read paths, each a whole unit
-of work (gate, warm connection, statement, return), ``Prepared`` among them. Then one
-write of 20 rows (the work of `/updates`): asyncpg's `executemany` alone and in a
-transaction, the library's session transaction and `run_statement`. CPU is
-`time.process_time()`, so waiting on PostgreSQL is not counted; one query at a time.
+of work (gate, warm connection, statement, return), ``Prepared`` among them, with and
+without statement tracing (``bench.apps.tracing``). Then one write of 20 rows (the work
+of `/updates`): asyncpg's `executemany` alone and in a transaction, the library's
+session transaction and `run_statement`. CPU is `time.process_time()`, so waiting on
+PostgreSQL is not counted; one query at a time.
 
 Run: .venv/bin/python -m bench.layers [--reads 3000]
 """
@@ -25,6 +26,7 @@ from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from bench.apps.models import World
+from bench.apps.tracing import trace_statements
 from bench.config import SQLALCHEMY_URL, WORLD_ROWS
 from bench.pg import connect
 from fastapi_asyncdb import Database, Prepared
@@ -45,7 +47,11 @@ async def _cpu_per_read(read: Read, reads: int) -> float:
 
 
 async def _layers(
-    raw: asyncpg.Connection, engine: AsyncEngine, autocommit: AsyncEngine, database: Database
+    raw: asyncpg.Connection,
+    engine: AsyncEngine,
+    autocommit: AsyncEngine,
+    database: Database,
+    traced: Database,
 ) -> dict[str, Read]:
     core_conn = await autocommit.connect()
     sessions = async_sessionmaker(autocommit, expire_on_commit=False)
@@ -81,6 +87,10 @@ async def _layers(
         async with database.read_connection() as connection:
             return await prepared_world_by_id.one(connection, {"id": row_id})
 
+    async def library_prepared_traced(row_id: int) -> object:
+        async with traced.read_connection() as connection:
+            return await prepared_world_by_id.one(connection, {"id": row_id})
+
     async def library_read_session(row_id: int) -> object:
         async with database.read_session() as session:
             return await session.get(World, row_id)
@@ -93,6 +103,7 @@ async def _layers(
         "ORM session.get, new session (recipe: BEGIN/ROLLBACK)": orm_get_recipe,
         "fastapi-asyncdb read_connection() + Core select built once": library_read_connection,
         "fastapi-asyncdb read_connection() + Prepared": library_prepared,
+        "fastapi-asyncdb read_connection() + Prepared, statements traced": library_prepared_traced,
         "fastapi-asyncdb read_session() + session.get": library_read_session,
     }
 
@@ -147,8 +158,12 @@ async def measure(reads: int) -> dict[str, float]:
     )
     raw = await connect()
     try:
-        async with Database(url=SQLALCHEMY_URL, pool_size=2, max_overflow=0) as database:
-            layers = await _layers(raw, engine, autocommit, database)
+        async with (
+            Database(url=SQLALCHEMY_URL, pool_size=2, max_overflow=0) as database,
+            Database(url=SQLALCHEMY_URL, pool_size=2, max_overflow=0) as traced,
+        ):
+            trace_statements(traced.read_engine.sync_engine)
+            layers = await _layers(raw, engine, autocommit, database, traced)
             results = {name: await _cpu_per_read(read, reads) for name, read in layers.items()}
             writes = _write_layers(raw, database)
             # Fewer: a write costs about ten reads. Keyed apart from the reads.

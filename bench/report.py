@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench.pg import connect
+from bench.targets import Verdict, judge
 from bench.wrk import WrkResult
 
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
@@ -119,6 +120,45 @@ def markdown_table(rows: list[SummaryRow]) -> str:
     return "\n".join(lines)
 
 
+def target_verdicts(rows: list[SummaryRow]) -> list[Verdict]:
+    return judge(
+        {(row.endpoint, row.connections, row.contender): row.requests_per_second for row in rows}
+    )
+
+
+_TARGET_HEADERS: Final = ("contender", "vs", "endpoint", "conns", "ratio", "at least", "outcome")
+
+
+def _target_cells(verdict: Verdict) -> list[str]:
+    target = verdict.target
+    return [
+        target.contender, target.baseline, target.endpoint, str(verdict.connections),
+        _ratio(verdict.ratio), f"{target.at_least:.2f}", verdict.outcome,
+    ]  # fmt: skip
+
+
+def targets_summary(verdicts: list[Verdict]) -> str:
+    outcomes = [verdict.outcome for verdict in verdicts]
+    return ", ".join(
+        f"{outcomes.count(outcome)} {outcome}" for outcome in ("met", "missed", "not measured")
+    )
+
+
+def targets_markdown(verdicts: list[Verdict]) -> str:
+    lines = ["| " + " | ".join(_TARGET_HEADERS) + " |", "|" + "---|" * len(_TARGET_HEADERS)]
+    lines += ["| " + " | ".join(_target_cells(verdict)) + " |" for verdict in verdicts]
+    return "\n".join(lines)
+
+
+def targets_text(verdicts: list[Verdict]) -> str:
+    measured = [verdict for verdict in verdicts if verdict.ratio is not None]
+    return "\n".join(
+        f"{v.target.contender} vs {v.target.baseline} {v.target.endpoint} c={v.connections}: "
+        f"{_ratio(v.ratio)} (at least {v.target.at_least:.2f}) {v.outcome}"
+        for v in measured
+    )
+
+
 def _version(package: str) -> str:
     try:
         return metadata.version(package)
@@ -167,6 +207,7 @@ def machine_info() -> dict[str, Any]:
         "uvicorn": _version("uvicorn"),
         "uvloop": _version("uvloop"),
         "fastapi-asyncdb": _version("fastapi-asyncdb"),
+        "opentelemetry-api": _version("opentelemetry-api"),
         "postgresql": asyncio.run(_postgres_version()),
         "wrk": _wrk_version(),
     }
@@ -186,10 +227,12 @@ def write_results(
     excluded = "\n".join(
         f"- **{name}** not timed: " + "; ".join(problems[:5]) for name, problems in failures.items()
     )
+    verdicts = target_verdicts(rows)
     markdown_path.write_text(
         f"# Benchmark results\n\n{facts}\n\n{excluded}\n\n{markdown_table(rows)}\n\n"
         "Medians over rounds; non-2xx and socket errors are summed over rounds. "
-        "Ratios are req/s of the row's contender over the baseline's, same run.\n",
+        "Ratios are req/s of the row's contender over the baseline's, same run.\n\n"
+        f"## Targets ({targets_summary(verdicts)})\n\n{targets_markdown(verdicts)}\n",
         encoding="utf-8",
     )
     payload = {
@@ -197,6 +240,15 @@ def write_results(
         "settings": settings,
         "failures": failures,
         "summary": [asdict(row) for row in rows],
+        "targets": [
+            {
+                **asdict(verdict.target),
+                "connections": verdict.connections,
+                "ratio": verdict.ratio,
+                "outcome": verdict.outcome,
+            }
+            for verdict in verdicts
+        ],
         "cells": [asdict(cell) for cell in cells],
     }
     json_path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -2,8 +2,9 @@
 
 Full run:  .venv/bin/python -m bench.run
 Smoke:     .venv/bin/python -m bench.run --smoke
-Each cell starts a fresh server: all three cannot stay up together, their pools
-(32 + 32 + 2 x 32) would exceed PostgreSQL's max_connections of 100.
+Each cell starts a fresh server: the contenders cannot stay up together, their pools
+(32 + 32 + 3 x 2 x 32) would exceed PostgreSQL's max_connections of 100.
+docs/benchmark.md describes the method and the targets.
 """
 
 from __future__ import annotations
@@ -15,21 +16,24 @@ import sys
 import time
 from typing import Final
 
-from bench.config import DEFAULT_POOL
+from bench.config import DEFAULT_POOL, ENDPOINTS
 from bench.contenders import ALL_CONTENDERS, Contender, contender
 from bench.pg import DatabaseWatch
-from bench.report import Cell, machine_info, summarise, text_table, write_results
+from bench.report import (
+    Cell,
+    machine_info,
+    summarise,
+    target_verdicts,
+    targets_summary,
+    targets_text,
+    text_table,
+    write_results,
+)
 from bench.schema import prepare
 from bench.server import Server, ServerFailedError, cpu_seconds
 from bench.verify import verify
 from bench.wrk import WrkError, run_wrk
 
-ENDPOINTS: Final = {
-    "db": "/db",
-    "queries": "/queries?queries=20",
-    "fortunes": "/fortunes",
-    "updates": "/updates?queries=20",
-}
 SMOKE_DURATION_S: Final = 2
 SMOKE_WARMUP_S: Final = 1
 # Other sessions' fault tests may restart or freeze PostgreSQL; a cell that saw it is
@@ -151,7 +155,7 @@ def _measure_once(
 def time_all(
     timed: list[Contender], args: argparse.Namespace
 ) -> tuple[list[Cell], dict[str, list[str]]]:
-    """Every endpoint x connections x round, contenders alternated (A B C, A B C) so that
+    """Every endpoint x connections x round, contenders alternated (A B C D E, A B C D E) so that
     the machine's drift hits every contender alike. Returns the cells and the failures."""
     cells: list[Cell] = []
     broken: dict[str, list[str]] = {}
@@ -204,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     all_failures = {**failures, **broken}
     markdown_path, json_path = write_results(info, settings, rows, cells, all_failures, args.output)
     print(text_table(rows), flush=True)
+    verdicts = target_verdicts(rows)
+    print(targets_text(verdicts), flush=True)
+    say(f"targets: {targets_summary(verdicts)}")
     say(f"wrote {markdown_path} and {json_path} in {settings['elapsed_s']} s")
     if all_failures:
         say("FAILED: " + ", ".join(all_failures))

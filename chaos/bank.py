@@ -20,7 +20,8 @@ from typing import Any
 import httpx
 
 RETRYABLE_STATUS = frozenset({503})
-# Error label of an attempt the client cut short on purpose (scenario 6): not a service delay.
+# Error label of an attempt the client cut short on purpose (the disconnects scenario): not
+# a delay of the service's.
 ABANDONED = "abandoned"
 
 

@@ -16,20 +16,54 @@ import asyncpg
 
 from chaos.proxy import FaultProxy, ProxyMode
 
-PG_VERSION = "15"
-PG_CLUSTER = "main"
-PG_DATA = Path(f"/var/lib/postgresql/{PG_VERSION}/{PG_CLUSTER}")
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+# "VERSION/NAME" of the Debian cluster behind PG_ADMIN_DSN, where the server's own
+# cluster_name does not say it.
+CLUSTER_VARIABLE = "CHAOS_PG_CLUSTER"
 PG_CTL_TIMEOUT_S = 60.0
 MIN_GAP_S = 2.0
 
 
+@dataclass(frozen=True)
+class Cluster:
+    """The local PostgreSQL cluster that the faults stop, start and freeze."""
+
+    version: str
+    name: str
+    data_directory: Path
+
+
+_cluster: Cluster | None = None
+
+
+async def discover_cluster() -> Cluster:
+    """Asks the running server which cluster it is and where its data lives, once: while it
+    is stopped or frozen nobody can be asked, and the faults must still find it then."""
+    global _cluster
+    if _cluster is None:
+        connection = await asyncpg.connect(PG_ADMIN_DSN, timeout=10)
+        try:
+            cluster_name = str(await connection.fetchval("SHOW cluster_name"))
+            data_directory = str(await connection.fetchval("SHOW data_directory"))
+        finally:
+            await connection.close()
+        version, _, name = os.environ.get(CLUSTER_VARIABLE, cluster_name).partition("/")
+        if not version or not name:
+            raise RuntimeError(
+                f"cannot tell the cluster from cluster_name {cluster_name!r}: "
+                f"set {CLUSTER_VARIABLE}=VERSION/NAME as pg_lsclusters shows it"
+            )
+        _cluster = Cluster(version, name, Path(data_directory))
+    return _cluster
+
+
 async def _pg_ctlcluster(*args: str) -> None:
+    cluster = await discover_cluster()
     process = await asyncio.create_subprocess_exec(
         "pg_ctlcluster",
         "--skip-systemctl-redirect",
-        PG_VERSION,
-        PG_CLUSTER,
+        cluster.version,
+        cluster.name,
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -52,7 +86,9 @@ async def pg_start() -> None:
 
 
 def postmaster_pid() -> int | None:
-    pid_file = PG_DATA / "postmaster.pid"
+    if _cluster is None:
+        return None  # never discovered, so never faulted
+    pid_file = _cluster.data_directory / "postmaster.pid"
     try:
         return int(pid_file.read_text().splitlines()[0])
     except (OSError, ValueError, IndexError):
@@ -82,6 +118,7 @@ def _signal_postgres(sig: signal.Signals) -> int:
 async def pg_freeze(seconds: float) -> None:
     """SIGSTOP the postmaster and every backend: the server keeps its sockets open but answers
     nothing, which is the closest local stand-in for a hung database host."""
+    await discover_cluster()
     try:
         _signal_postgres(signal.SIGSTOP)
         await asyncio.sleep(seconds)
@@ -99,7 +136,10 @@ async def pg_is_up(timeout_s: float = 2.0) -> bool:
 
 
 async def ensure_postgres_running() -> None:
-    """Leave the shared cluster usable whatever happened: thaw, then start if it is down."""
+    """Leave the cluster usable whatever happened: thaw, then start if it is down. A cluster
+    never discovered was never stopped or frozen by us: it is left alone."""
+    if _cluster is None:
+        return
     _signal_postgres(signal.SIGCONT)
     if await pg_is_up():
         return
@@ -227,7 +267,3 @@ def proxy_cut(proxy: FaultProxy) -> Callable[[], Awaitable[None]]:
         proxy.cut_all()
 
     return action
-
-
-def restart() -> Callable[[], Awaitable[None]]:
-    return pg_restart_fast

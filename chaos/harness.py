@@ -21,6 +21,8 @@ from chaos.service import DATABASE_NAME, DatabaseTarget, ServiceProcess, service
 
 LEDGER_MODULE = "ledger"
 GC_WARNING = "garbage collector is trying to clean up"
+# The library's readiness probe keeps a connection outside the pools.
+PROBE_CONNECTIONS = 1
 
 
 @dataclass(frozen=True)
@@ -37,13 +39,21 @@ class ServiceSettings:
 
     @property
     def deadline_s(self) -> float:
-        """RELIABILITY.md: acquire timeout + connect timeout + 2 s."""
+        """The longest an HTTP attempt may take while the database merely restarts or is
+        down: a wait for a connection, a connection attempt, and 2 s for the rest."""
         return self.pool_timeout + self.connect_timeout + 2.0
 
     @property
+    def hung_deadline_s(self) -> float:
+        """The same while the database hangs: a statement sent on a connection that no longer
+        answers ends at the command timeout, then a new connection is tried."""
+        return self.command_timeout + self.connect_timeout + 2.0
+
+    @property
     def max_connections(self) -> int:
-        # fastapi-asyncdb keeps two pools of this size: the primary and the read-only one.
-        return 2 * (self.pool_size + self.max_overflow)
+        # fastapi-asyncdb keeps two pools of this size, the primary and the read-only one,
+        # and its health probe has one connection of its own.
+        return 2 * (self.pool_size + self.max_overflow) + PROBE_CONNECTIONS
 
     def env(self, url: str) -> dict[str, str]:
         return service_env(
@@ -69,7 +79,7 @@ class ScenarioResult:
     warnings: list[str] = field(default_factory=list)
     recoveries: list[tuple[str, float | None]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    # Scenario 8 passes when the checker *does* find a violation.
+    # The broken-checker scenario passes when the checker *does* find a violation.
     expect_violations: bool = False
 
     @property

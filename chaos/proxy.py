@@ -27,11 +27,11 @@ class ProxyMode(enum.Enum):
     LATENCY = "latency"
     BLACKHOLE = "blackhole"
     # Holds only what the service sends: each session's current statement completes and the
-    # next one never arrives, so the server sees "idle in transaction" (scenario 9).
+    # next one never arrives, so the server sees "idle in transaction" (the timeouts scenario).
     STALL_UPSTREAM = "stall_upstream"
     REFUSE = "refuse"
     # Drops the client's COMMIT and cuts that connection: the transaction can never commit,
-    # so the service must not report success (RELIABILITY.md scenario 7).
+    # so the service must not report success (the commit-cut scenario).
     CUT_ON_COMMIT = "cut_on_commit"
 
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fastapi_asyncdb import Database, install
@@ -40,7 +41,9 @@ def create_app(
                 await upgrade(db)
             yield
 
-    app = FastAPI(title="ledger", version="0.1.0", lifespan=lifespan)
+    # /docs and /redoc with their scripts served from a package, not a CDN: they work
+    # where the service has no internet access.
+    app = FastAPIOffline(title="ledger", version="0.1.0", lifespan=lifespan)
     install(app, db)
     app.include_router(accounts.router)
     app.include_router(transfers.router)

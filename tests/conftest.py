@@ -23,6 +23,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+# Servers the tests start themselves: PgBouncer, PostgreSQL and MariaDB with TLS.
+pytest_plugins = ["tests.servers.plugin"]
+
 SERVER_URLS = {
     "postgresql": os.environ.get(
         "TEST_POSTGRESQL_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"

@@ -1,4 +1,4 @@
-"""Contender 1, the physical limit: the endpoints written straight on an asyncpg pool.
+"""The physical limit: the endpoints written straight on an asyncpg pool.
 
 Raw SQL, one pool opened in the lifespan, orjson bytes returned as they are.
 Settings: DATABASE_URL (SQLAlchemy form accepted), POOL (connections, default 32).

@@ -1,4 +1,4 @@
-"""The ORM mapping shared by the SQLAlchemy contenders (recipe and fastapi-asyncdb)."""
+"""The ORM mapping shared by the SQLAlchemy contenders (the recipe and fastapi-asyncdb's)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Contender 2: the twenty-line recipe, as users have it before fastapi-asyncdb.
+"""The hand-written SQLAlchemy floor: the usual twenty-line recipe, as users have it
+before fastapi-asyncdb.
 
 Module-level engine and sessionmaker, a yield dependency handing out an AsyncSession,
 ORM `session.get` for reads, attribute changes plus `commit()` for writes, plain dicts out.

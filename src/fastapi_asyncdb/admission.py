@@ -3,8 +3,8 @@
 Two parts, both cheap on the hot path:
 
 - ``Gate``: a FIFO limit equal to the pool's capacity. SQLAlchemy's async pool
-  burns CPU when many tasks wait on it; waiting on an ``asyncio.Semaphore`` costs
-  nothing, and the wait ends in ``DatabaseUnavailableError`` at the acquire timeout.
+  burns CPU when many tasks wait on it; waiting on a future costs nothing, and the
+  wait ends in ``DatabaseUnavailableError`` at the acquire timeout.
 - ``Breaker``: once a new connection cannot be made, the database is taken as
   down; requests fail fast instead of each waiting out a connect timeout, while one
   background probe watches for the database to come back.
@@ -13,82 +13,97 @@ Two parts, both cheap on the hot path:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from .errors import DatabaseUnavailableError
 
 __all__ = ["Breaker", "Gate"]
 
-logger = logging.getLogger("fastapi_asyncdb")
+logger = logging.getLogger(__name__)
 
 
 class Gate:
     """At most ``capacity`` units of work at once; the rest wait in arrival order.
 
-    Every operation is O(1), however many wait: a freed slot goes straight to the
-    oldest live waiter, and waiters that timed out or were cancelled are skipped when
-    they reach the front. (``asyncio.Semaphore`` scans all its waiters on every
-    acquire, which costs more than the pool it guards once hundreds queue.)
+    One rule keeps it fair and work-conserving under any interleaving: ``leave()``
+    hands its slot to the oldest waiter whose turn is still pending, and frees it
+    only when there is none. So a free slot means nobody waits, and ``enter()`` may
+    take it without looking at the queue. Nothing else (a counter of waiters that a
+    cancelled task updates only when it next runs) decides who gets in.
+
+    ``enter`` and ``leave`` cost O(1) however many wait (``asyncio.Semaphore`` scans
+    all its waiters on every acquire); ``waiting`` counts when asked.
     """
 
     def __init__(self, capacity: int, *, timeout: float, retry_after: float) -> None:
+        if capacity < 1:
+            raise ValueError("a gate needs a capacity of at least 1")
         self.capacity = capacity
         self._timeout = timeout
         self._retry_after = retry_after
         self._free = capacity
-        self._queue: deque[asyncio.Future[None]] = deque()
-        self._waiting = 0
+        # The turns of the waiters still inside enter(), oldest first. A turn is
+        # pending until it is granted (True), expires (False) or its task is
+        # cancelled; a waiter removes its own turn when it leaves enter(), so the
+        # turns of waiters that gave up are not kept until the next leave().
+        self._turns: OrderedDict[asyncio.Future[bool], None] = OrderedDict()
 
     @property
     def in_use(self) -> int:
+        """Slots taken, counting those granted to waiters that have not resumed yet."""
         return self.capacity - self._free
 
     @property
     def waiting(self) -> int:
-        return self._waiting
+        """Waiters that can still be granted a slot: not timed out, cancelled or granted."""
+        return sum(not turn.done() for turn in self._turns)
 
     async def enter(self) -> None:
-        if self._free and not self._waiting:
+        if self._free:
             self._free -= 1
             return
         loop = asyncio.get_running_loop()
-        turn: asyncio.Future[None] = loop.create_future()
-        self._queue.append(turn)
-        self._waiting += 1
+        turn: asyncio.Future[bool] = loop.create_future()
+        self._turns[turn] = None
         deadline = loop.call_later(self._timeout, self._expire, turn)
         try:
-            await turn
+            granted = await turn
         except BaseException:
-            if turn.done() and not turn.cancelled() and turn.exception() is None:
+            if turn.done() and not turn.cancelled() and turn.result():
                 self.leave()  # granted a slot just as we were cancelled: pass it on
             raise
         finally:
-            self._waiting -= 1
             deadline.cancel()
-
-    def _expire(self, turn: asyncio.Future[None]) -> None:
-        if not turn.done():
-            turn.set_exception(
-                DatabaseUnavailableError(
-                    f"no database connection became free within {self._timeout:g} s",
-                    retry_after=self._retry_after,
-                )
+            self._turns.pop(turn, None)
+        if not granted:
+            raise DatabaseUnavailableError(
+                f"no database connection became free within {self._timeout:g} s",
+                retry_after=self._retry_after,
             )
 
+    def _expire(self, turn: asyncio.Future[bool]) -> None:
+        if not turn.done():
+            turn.set_result(False)
+
     def leave(self) -> None:
-        while self._queue:
-            turn = self._queue.popleft()
+        turns = self._turns
+        while turns:
+            turn, _ = turns.popitem(last=False)
             if not turn.done():
-                turn.set_result(None)
+                turn.set_result(True)
                 return
         self._free += 1
 
 
 class Breaker:
-    """Fails fast while the database cannot be reached; a single probe closes it again."""
+    """Fails fast while the database cannot be reached; a single probe closes it again.
+
+    ``close()`` is final: it stops the probe, and a connection failure reported
+    while or after it runs (by units of work still finishing at shutdown) starts
+    none, so no task outlives the breaker.
+    """
 
     def __init__(
         self,
@@ -101,6 +116,7 @@ class Breaker:
         self._retry_after = retry_after
         self._probe_interval = probe_interval
         self._probe_task: asyncio.Task[None] | None = None
+        self._closed = False
         self.is_open = False
 
     def check(self) -> None:
@@ -111,7 +127,7 @@ class Breaker:
 
     def trip(self, cause: BaseException) -> None:
         """Open the breaker; safe to call from any code running on the event loop."""
-        if self.is_open:
+        if self.is_open or self._closed:
             return
         self.is_open = True
         # The type only: driver messages name hosts and users.
@@ -122,20 +138,31 @@ class Breaker:
         self._probe_task = asyncio.get_running_loop().create_task(self._probe_until_up())
 
     async def _probe_until_up(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
         while True:
             try:
                 await self._probe()
+            except asyncio.CancelledError:
+                if task.cancelling():
+                    raise  # close() stops us
+                # Cancelled inside the probe, not by close(): a failed probe like any
+                # other. Ending here would leave the breaker open with nobody probing.
             except Exception:
-                await asyncio.sleep(self._probe_interval)
+                pass
             else:
                 self.is_open = False
                 logger.warning("database reachable again")
                 return
+            await asyncio.sleep(self._probe_interval)
 
     async def close(self) -> None:
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe_task
-            self._probe_task = None
+        self._closed = True
         self.is_open = False
+        # The task stays known until it has ended, so that a second close() waits too.
+        task = self._probe_task
+        if task is not None and not task.done():
+            task.cancel()
+            # wait() rather than awaiting the task: a cancellation of close() itself
+            # must reach our caller, not be taken for the probe's.
+            await asyncio.wait((task,))

@@ -115,7 +115,9 @@ class WarmConnections:
 
     @property
     def idle(self) -> int:
-        return len(self._idle) + _pooled_idle(self._engine)
+        # Exact: a read connection that is not kept warm is closed outright, never left
+        # idle in the pool.
+        return len(self._idle)
 
     async def take(self) -> AsyncConnection:
         while self._idle:
@@ -140,15 +142,10 @@ class WarmConnections:
             or sync_connection is None
             or connection.invalidated
             or _execution_options(connection) is not warm.options
+            # Overflow: more than ``keep`` would stay open while idle.
+            or len(self._idle) >= self._keep
         ):
-            await _close(connection, self._closing)
-            return
-        if len(self._idle) >= self._keep:
-            # Overflow: really close it. Closed the usual way it would wait in the pool's
-            # queue, and more than ``keep`` connections would stay open while idle; the
-            # pool keeps its slot and opens a new connection there when one is needed.
-            sync_connection.detach()
-            await _close(connection, self._closing)
+            await self._discard(connection)
             return
         if sync_connection.in_transaction():
             # The autobegun transaction of an autocommit connection. Ending it sends
@@ -158,7 +155,7 @@ class WarmConnections:
             try:
                 sync_connection.rollback()
             except Exception:
-                await _close(connection, self._closing)
+                await self._discard(connection)
                 return
         self._health.mark_idle(_connection_info(connection))
         self._idle.append(warm)
@@ -167,9 +164,20 @@ class WarmConnections:
         self._closed = True
         idle, self._idle = self._idle, []
         for warm in idle:
-            await _close(warm.connection, self._closing)
+            await self._discard(warm.connection)
         if self._closing:
             await asyncio.wait(self._closing)
+
+    async def _discard(self, connection: AsyncConnection, *, invalidate: bool = False) -> None:
+        """Close the driver connection itself; its pool slot opens a new one when needed.
+
+        Returned to the pool instead, it would wait there idle: more than ``keep``
+        connections would stay open, and none of them would be counted.
+        """
+        sync_connection = connection.sync_connection
+        if not invalidate and sync_connection is not None and not connection.invalidated:
+            sync_connection.detach()
+        await _close(connection, self._closing, invalidate=invalidate)
 
     async def _passes(self, connection: AsyncConnection) -> bool:
         """Apply the health check; a connection that fails it is discarded."""
@@ -178,7 +186,7 @@ class WarmConnections:
         except BaseException as error:
             if isinstance(error, StaleConnectionError):
                 logger.info("replacing a read connection: %s", error)
-            await _close(connection, self._closing, invalidate=True)
+            await self._discard(connection, invalidate=True)
             if not isinstance(error, StaleConnectionError):
                 raise
             return False

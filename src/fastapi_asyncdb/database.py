@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import UpdateBase
+from sqlalchemy import MetaData, UpdateBase
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from . import backends
@@ -121,6 +121,15 @@ class Database:
     @property
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
         return self._started(self._primary).sessionmaker
+
+    async def create_all(self, metadata: MetaData) -> None:
+        """Create the tables of ``metadata`` that do not exist yet.
+
+        For demos and tests: a real app's schema comes from its migrations
+        (``migrate``), which also change tables that exist already.
+        """
+        async with self._started(self._primary).engine.begin() as connection:
+            await connection.run_sync(metadata.create_all)
 
     def classify(self, error: BaseException) -> ErrorKind:
         """What kind of failure ``error`` is, whatever the backend said."""

@@ -167,6 +167,46 @@ async def test_after_a_burst_only_the_pool_size_stays_open(database_url: str) ->
     assert busy == 3
     assert sorted(alive) == [0, 0, 1]
     assert after["checked_out"] == 0
+    # Counted, not estimated: one connection kept warm, and the server holds just that one.
+    assert after["idle"] == sum(alive) == 1
+
+
+@pytest.mark.backends("postgresql", "mysql")
+async def test_idle_counts_exactly_the_read_connections_the_server_still_holds(
+    database_url: str,
+) -> None:
+    async with Database(url=database_url, read_pool_size=3) as database:
+        backend = database.backend.name
+        all_holding = asyncio.Event()
+        release = asyncio.Event()
+        session_ids: list[int] = []
+
+        async def hold(change_options: bool) -> None:
+            # Each in its own task: reads nested in one task would share one connection.
+            async with database.read_connection() as connection:
+                sql = text(SESSION_ID_SQL[backend])
+                session_ids.append(int((await connection.execute(sql)).scalar_one()))
+                if change_options:
+                    await connection.execution_options(logging_token="changed")
+                if len(session_ids) == 3:
+                    all_holding.set()
+                await release.wait()
+
+        holders = [asyncio.create_task(hold(change_options=i == 0)) for i in range(3)]
+        await all_holding.wait()
+        release.set()
+        await asyncio.gather(*holders)
+        await asyncio.sleep(0.2)  # the server forgets closed sessions within milliseconds
+        async with database.engine.connect() as counter:
+            alive = [
+                (await counter.execute(text(SESSION_ALIVE_SQL[backend]), {"id": i})).scalar_one()
+                for i in session_ids
+            ]
+        status = database.pool_status()["read"]
+    assert status["checked_out"] == 0
+    # The one whose options changed was closed on the server; the count says so exactly.
+    assert sorted(alive) == [0, 1, 1]
+    assert status["idle"] == 2
 
 
 async def test_stop_closes_warm_connections(database_url: str) -> None:

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import Dialect
 
 from ..errors import ConfigurationError
-from .base import Backend
+from .base import Backend, ServerFacts
 
 if TYPE_CHECKING:
     from ..settings import DatabaseSettings
 
-__all__ = ["Backend", "backend_class_for_dialect", "resolve"]
+__all__ = ["Backend", "ServerFacts", "backend_class_for_dialect", "resolve"]
 
 
 @cache

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import TextClause
-from sqlalchemy.engine import URL, Dialect, Engine
+from sqlalchemy.engine import URL, Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
@@ -30,9 +31,35 @@ if TYPE_CHECKING:
 
     from ..settings import DatabaseSettings
 
-__all__ = ["Backend", "driver_error", "milliseconds", "poll_migration_lock"]
+__all__ = [
+    "Backend",
+    "ServerFacts",
+    "driver_error",
+    "milliseconds",
+    "poll_migration_lock",
+]
 
 MIGRATION_LOCK_POLL_INTERVAL = 0.2
+
+
+@dataclass
+class ServerFacts:
+    """What the server says about itself and about this connection, for the doctor."""
+
+    product: str
+    """Server name and version, e.g. ``PostgreSQL 15.4``."""
+    tls: bool | None = None
+    """Whether this connection is encrypted; None where that does not apply."""
+    tls_detail: str = ""
+    timeouts: dict[str, float | None] = field(default_factory=dict)
+    """The limits in force on this connection, in seconds, by setting name; None: off."""
+    max_connections: int | None = None
+    reserved_connections: int = 0
+    connections_in_use: int | None = None
+    superuser: bool | None = None
+    owns_schema: bool | None = None
+    pooler: str | None = None
+    """A pooler or proxy seen between the client and the server, described."""
 
 
 class Backend:
@@ -83,6 +110,12 @@ class Backend:
         the dialect's own ping, bounded by the driver's command timeout.
         """
         dialect.do_ping(dbapi_connection)
+
+    def describe_server(self, connection: Connection) -> ServerFacts:
+        """Ask the server about itself (for ``fastapi-asyncdb doctor``); run in ``run_sync``."""
+        return ServerFacts(
+            product=f"{connection.dialect.name} {connection.dialect.server_version_info}"
+        )
 
     def classify(self, error: BaseException) -> ErrorKind:
         """The kind of a failure: the library's own errors, SQLAlchemy's, the driver's."""

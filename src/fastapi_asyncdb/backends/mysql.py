@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from ..errors import ErrorKind
-from .base import Backend, milliseconds, poll_migration_lock
+from .base import Backend, ServerFacts, milliseconds, poll_migration_lock
 
 __all__ = ["MySQL"]
 
@@ -71,6 +71,32 @@ class MySQL(Backend):
             if assignments:
                 cursor.execute("SET " + ", ".join(assignments))
             cursor.close()
+
+    def describe_server(self, connection: Connection) -> ServerFacts:
+        def scalar(sql: str) -> Any:
+            return connection.execute(text(sql)).scalar()
+
+        version = str(scalar("SELECT VERSION()"))
+        is_mariadb = "mariadb" in version.lower()
+        product = "MariaDB" if is_mariadb else "MySQL"
+        facts = ServerFacts(product=f"{product} {version.split('-')[0]}")
+        cipher = connection.execute(text("SHOW SESSION STATUS LIKE 'Ssl_cipher'")).one_or_none()
+        facts.tls = bool(cipher and cipher[1])
+        facts.tls_detail = str(cipher[1]) if cipher and cipher[1] else ""
+        if is_mariadb:
+            statement = float(scalar("SELECT @@max_statement_time"))
+            idle = float(scalar("SELECT @@idle_transaction_timeout"))
+            facts.timeouts["idle_in_transaction_timeout"] = idle or None
+        else:
+            statement = float(scalar("SELECT @@max_execution_time")) / 1000
+        facts.timeouts["statement_timeout"] = statement or None
+        facts.max_connections = int(scalar("SELECT @@max_connections"))
+        facts.connections_in_use = int(
+            connection.execute(text("SHOW STATUS LIKE 'Threads_connected'")).one()[1]
+        )
+        grants = " ".join(str(row[0]) for row in connection.execute(text("SHOW GRANTS")))
+        facts.superuser = "ALL PRIVILEGES ON *.*" in grants or " SUPER" in grants
+        return facts
 
     def classify_driver_error(self, error: BaseException) -> ErrorKind | None:
         args = getattr(error, "args", ())

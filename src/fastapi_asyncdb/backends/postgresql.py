@@ -7,12 +7,12 @@ import hashlib
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import _compat
 from ..errors import ErrorKind
-from .base import Backend, milliseconds, poll_migration_lock
+from .base import Backend, ServerFacts, milliseconds, poll_migration_lock
 
 __all__ = ["PostgreSQL"]
 
@@ -29,6 +29,33 @@ _KINDS_BY_SQLSTATE = {
     "57P02": ErrorKind.UNAVAILABLE,  # crash_shutdown
     "57P03": ErrorKind.UNAVAILABLE,  # cannot_connect_now (starting up, recovering)
 }
+
+
+# Server-side limits, by server name -> setting name.
+_TIMEOUT_SETTINGS = {
+    "statement_timeout": "statement_timeout",
+    "idle_in_transaction_session_timeout": "idle_in_transaction_timeout",
+    "client_connection_check_interval": "client_connection_check_interval",
+    "lock_timeout": "lock_timeout",
+}
+
+
+def _pooler(connection: Connection) -> str | None:
+    """A transaction pooler hands each transaction its own server session; a proxy or
+    pooler of any kind listens on a port other than the server's."""
+    if connection.in_transaction():
+        connection.commit()
+    pids = set()
+    for _ in range(3):
+        with connection.begin():
+            pids.add(connection.execute(text("SELECT pg_backend_pid()")).scalar())
+    if len(pids) > 1:
+        return "a transaction pooler (each transaction met another server session)"
+    server_port = connection.execute(text("SELECT inet_server_port()")).scalar()
+    client_port = connection.engine.url.port or 5432
+    if server_port is not None and int(server_port) != client_port:
+        return f"a proxy or pooler (port {client_port} leads to the server's port {server_port})"
+    return None
 
 
 class PostgreSQL(Backend):
@@ -69,6 +96,39 @@ class PostgreSQL(Backend):
             # gone; this one is known dead.
             driver_connection.terminate()
             raise
+
+    def describe_server(self, connection: Connection) -> ServerFacts:
+        def scalar(sql: str) -> Any:
+            return connection.execute(text(sql)).scalar()
+
+        pooler = _pooler(connection)  # first: it needs transactions of its own
+        facts = ServerFacts(product="PostgreSQL " + str(scalar("SHOW server_version")).split()[0])
+        facts.pooler = pooler
+        tls = connection.execute(
+            text("SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        ).one_or_none()
+        facts.tls = bool(tls and tls.ssl)
+        facts.tls_detail = f"{tls.version} {tls.cipher}" if tls and tls.ssl else ""
+        rows = connection.execute(
+            text("SELECT name, setting FROM pg_settings WHERE name = ANY(:names)"),
+            {"names": list(_TIMEOUT_SETTINGS)},
+        )
+        for name, setting in rows:
+            milliseconds_set = int(setting)
+            facts.timeouts[_TIMEOUT_SETTINGS[name]] = (
+                milliseconds_set / 1000 if milliseconds_set else None
+            )
+        facts.max_connections = int(scalar("SHOW max_connections"))
+        facts.reserved_connections = int(scalar("SHOW superuser_reserved_connections"))
+        facts.connections_in_use = int(scalar("SELECT count(*) FROM pg_stat_activity"))
+        facts.superuser = bool(scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
+        facts.owns_schema = bool(
+            scalar(
+                "SELECT pg_has_role(current_user, nspowner, 'USAGE') "
+                "FROM pg_namespace WHERE nspname = current_schema()"
+            )
+        )
+        return facts
 
     def classify_driver_error(self, error: BaseException) -> ErrorKind | None:
         sqlstate = getattr(error, "sqlstate", None)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
 from ..errors import ErrorKind
-from .base import Backend, milliseconds
+from .base import Backend, ServerFacts, milliseconds
 
 __all__ = ["SQLite"]
 
@@ -73,13 +73,21 @@ class SQLite(Backend):
             # then write would deadlock on upgrade and one would fail with "locked".
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
-        @event.listens_for(engine, "checkin")
-        def _end_failed_commit(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        @event.listens_for(engine, "reset")
+        def _end_failed_commit(
+            dbapi_connection: Any, _record: ConnectionPoolEntry, state: PoolResetState
+        ) -> None:
             # A COMMIT refused by a deferred constraint leaves SQLite's transaction open,
             # and SQLAlchemy, taking the commit as the end, resets nothing; the next
-            # BEGIN would fail. ROLLBACK with no transaction open is a no-op.
-            if dbapi_connection is not None:
+            # BEGIN would fail. ROLLBACK with no transaction open is a no-op. In the
+            # pool's reset, a cancellation still gives the connection back to the pool.
+            if state.transaction_was_reset and state.asyncio_safe and dbapi_connection:
                 dbapi_connection.rollback()
+
+    def describe_server(self, connection: Connection) -> ServerFacts:
+        version = connection.execute(text("SELECT sqlite_version()")).scalar()
+        journal = connection.execute(text("PRAGMA journal_mode")).scalar()
+        return ServerFacts(product=f"SQLite {version} (journal {journal})")
 
     def classify_driver_error(self, error: BaseException) -> ErrorKind | None:
         message = str(error)

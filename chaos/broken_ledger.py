@@ -1,10 +1,10 @@
 """The ledger with its transfer route swapped for a wrong one, to prove the checker can fail
-(RELIABILITY.md scenario 8).
+(the broken-checker scenario).
 
 Everything else is the real service (models, migrations, sessions, error mapping); only
 ``POST /transfers`` differs: it reads both balances, computes the new ones in Python and writes
 them back with ``UPDATE ... SET balance = <value>`` without any lock, so concurrent transfers
-overwrite each other (lost updates). Run: ``python -m chaos.broken`` with the ledger's env.
+overwrite each other (lost updates). Run: ``python -m chaos.broken_ledger`` with the ledger's env.
 """
 
 from __future__ import annotations

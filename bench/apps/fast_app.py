@@ -1,9 +1,9 @@
-"""Contender 3: the endpoints written the way fastapi-asyncdb's README tells users to.
+"""The fast way: the endpoints as fastapi-asyncdb's performance guide writes them.
 
 Default settings, from the environment (DATABASE_URL, DB_POOL_SIZE, DB_READ_POOL_SIZE, ...).
-Hot statements are built once as ``Prepared`` and run on the read connection, as the
-README's performance guide says; the one-statement write of ``/updates`` is a unit of
-work of its own (``Database.run_statement``), committed before the response.
+Hot statements are built once as ``Prepared`` and run on the read connection; the
+one-statement write of ``/updates`` is a unit of work of its own
+(``Database.run_statement``), committed before the response.
 """
 
 from __future__ import annotations

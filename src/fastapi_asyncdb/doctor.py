@@ -1,0 +1,249 @@
+"""``fastapi-asyncdb doctor``: the settings the app would run with, checked against the server.
+
+Each check gives a finding: ok, a warning (works, but should change) or an error (will
+fail, or is unsafe); the report says what to change. Nothing is written to the database.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from . import _compat
+from .backends import ServerFacts
+from .database import Database
+from .errors import DatabaseError
+
+__all__ = ["Finding", "examine", "render"]
+
+Level = Literal["ok", "warning", "error"]
+
+_PINGS = 5
+# Share of the server's connection budget above which the doctor warns.
+_BUDGET_WARNING = 0.8
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: Level
+    check: str
+    message: str
+    advice: str = ""
+
+
+async def examine(database: Database, *, workers: int) -> list[Finding]:
+    """Start ``database``, look at the server through it, stop it; the findings in order."""
+    findings: list[Finding] = []
+    try:
+        started = time.monotonic()
+        try:
+            await database.start()
+            connection = await database.engine.connect()
+        except Exception as error:
+            reason = str(error) if isinstance(error, DatabaseError) else type(error).__name__
+            findings.append(
+                Finding(
+                    "error",
+                    "reachable",
+                    f"{database.settings.masked_url}: {reason}",
+                    "check DATABASE_URL, that the server runs and accepts this client, "
+                    "and DB_CONNECT_TIMEOUT",
+                )
+            )
+            return findings
+        try:
+            connect_seconds = time.monotonic() - started
+            latencies = [await _ping(connection) for _ in range(_PINGS)]
+            facts = await connection.run_sync(database.backend.describe_server)
+            fast_path = await connection.run_sync(_fast_path_status, database)
+        finally:
+            await connection.close()
+    finally:
+        if database.is_started:
+            await database.stop()
+    findings.append(
+        Finding(
+            "ok",
+            "reachable",
+            f"connected in {connect_seconds * 1000:.0f} ms; "
+            f"round trip {statistics.median(latencies) * 1000:.1f} ms (median of {_PINGS})",
+        )
+    )
+    findings.append(Finding("ok", "server", facts.product))
+    for check in (_tls, _timeouts, _connection_budget, _pooler, _privileges):
+        findings.extend(check(database, facts, workers))
+    findings.append(fast_path)
+    return findings
+
+
+def render(findings: list[Finding]) -> str:
+    marks = {"ok": "ok  ", "warning": "WARN", "error": "FAIL"}
+    lines = []
+    for finding in findings:
+        lines.append(f"[{marks[finding.level]}] {finding.check}: {finding.message}")
+        if finding.advice:
+            lines.append(f"       -> {finding.advice}")
+    errors = sum(finding.level == "error" for finding in findings)
+    warnings = sum(finding.level == "warning" for finding in findings)
+    lines.append(f"{errors} error(s), {warnings} warning(s)")
+    return "\n".join(lines)
+
+
+async def _ping(connection: AsyncConnection) -> float:
+    started = time.monotonic()
+    await connection.execute(text("SELECT 1"))
+    return time.monotonic() - started
+
+
+def _fast_path_status(connection: Connection, database: Database) -> Finding:
+    backend = database.backend
+    if not backend.fast_path:
+        return Finding(
+            "ok", "fast path", f"not available on {backend.name}: SQLAlchemy runs every statement"
+        )
+    if not _compat.error_path_available(connection):
+        return Finding(
+            "warning",
+            "fast path",
+            "off: this SQLAlchemy version lacks what the fast path borrows",
+            "use the SQLAlchemy versions fastapi-asyncdb declares",
+        )
+    if _compat.has_execution_listeners(connection):
+        return Finding(
+            "warning",
+            "fast path",
+            "off: listeners on the engine's execution events make SQLAlchemy run every statement",
+            "remove the listeners, or accept the cost",
+        )
+    return Finding("ok", "fast path", "Prepared and run_statement run on the driver directly")
+
+
+def _is_local(database: Database) -> bool:
+    host = database.settings.sqlalchemy_url.host
+    if host in (None, "", "localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _tls(database: Database, facts: ServerFacts, _workers: int) -> list[Finding]:
+    if facts.tls is None:
+        return []
+    if facts.tls:
+        return [Finding("ok", "tls", f"encrypted ({facts.tls_detail})")]
+    if _is_local(database):
+        return [Finding("ok", "tls", "not encrypted; the server is on this machine")]
+    return [
+        Finding(
+            "warning",
+            "tls",
+            "the connection to a remote server is not encrypted",
+            "turn TLS on with certificate verification (verify-full)",
+        )
+    ]
+
+
+def _timeouts(database: Database, facts: ServerFacts, _workers: int) -> list[Finding]:
+    settings = database.settings
+    findings = []
+    for name, in_force in facts.timeouts.items():
+        wanted: float | None = getattr(settings, name, None)
+        variable = f"DB_{name.upper()}"
+        if wanted is None:
+            continue
+        if in_force is None:
+            findings.append(
+                Finding(
+                    "error",
+                    "timeouts",
+                    f"{name} is off on the server, though {variable}={wanted:g}",
+                    "a pooler that drops startup parameters (PgBouncer) does this; "
+                    "see the PgBouncer section of the docs",
+                )
+            )
+        elif abs(in_force - wanted) > 0.001:
+            findings.append(
+                Finding(
+                    "warning",
+                    "timeouts",
+                    f"{name} is {in_force:g} s on the server, {variable}={wanted:g}",
+                )
+            )
+        else:
+            findings.append(Finding("ok", "timeouts", f"{name} {in_force:g} s in force"))
+    return findings
+
+
+def _connection_budget(database: Database, facts: ServerFacts, workers: int) -> list[Finding]:
+    if facts.max_connections is None:
+        return []
+    settings = database.settings
+    per_process = (
+        settings.pool_size
+        + settings.max_overflow
+        + settings.effective_read_pool_size
+        + settings.effective_read_max_overflow
+        + 1  # the probe's connection
+    )
+    needed = workers * per_process
+    budget = facts.max_connections - facts.reserved_connections
+    arithmetic = (
+        f"{workers} worker(s) x {per_process} connections "
+        f"(pool {settings.pool_size}+{settings.max_overflow}, read pool "
+        f"{settings.effective_read_pool_size}+{settings.effective_read_max_overflow}, probe 1) "
+        f"= {needed}; the server allows {facts.max_connections} - "
+        f"{facts.reserved_connections} reserved = {budget}"
+    )
+    if needed > budget:
+        return [
+            Finding(
+                "error",
+                "connections",
+                arithmetic,
+                "lower DB_POOL_SIZE/DB_MAX_OVERFLOW/DB_READ_*, run fewer workers, "
+                "or raise the server's max_connections",
+            )
+        ]
+    if needed > budget * _BUDGET_WARNING:
+        return [Finding("warning", "connections", arithmetic, "little room for other clients")]
+    return [Finding("ok", "connections", arithmetic)]
+
+
+def _pooler(_database: Database, facts: ServerFacts, _workers: int) -> list[Finding]:
+    if facts.pooler is None:
+        return []
+    return [Finding("warning", "pooler", f"detected {facts.pooler}")]
+
+
+def _privileges(_database: Database, facts: ServerFacts, _workers: int) -> list[Finding]:
+    findings = []
+    if facts.superuser:
+        findings.append(
+            Finding(
+                "warning",
+                "privileges",
+                "the app connects as a superuser: a bug or an injection can do anything",
+                "connect as a role with only the privileges the app needs",
+            )
+        )
+    if facts.owns_schema:
+        findings.append(
+            Finding(
+                "warning",
+                "privileges",
+                "the app's role owns its schema: it can drop and alter tables",
+                "run migrations as the owner, and the app as a role with data privileges only",
+            )
+        )
+    if not findings and facts.superuser is not None:
+        findings.append(Finding("ok", "privileges", "not a superuser"))
+    return findings
