@@ -30,7 +30,7 @@ from .fastapi.dependencies import STATE_KEY
 from .redaction import is_secret_query_key
 from .settings import DatabaseSettings
 
-__all__ = ["SUBCOMMANDS", "Subcommand", "load_database", "main"]
+__all__ = ["SUBCOMMANDS", "Subcommand", "build_parser", "load_database", "main", "run_command"]
 
 PROGRAM = "fastapi-asyncdb"
 EXIT_FAILED = 1
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("alembic.runtime.migration", "fastapi_asyncdb.migrations"):
         logging.getLogger(name).setLevel(logging.INFO)
     try:
-        return asyncio.run(_run(args))
+        return asyncio.run(run_command(args))
     except KeyboardInterrupt:
         return 130
 
@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run(args: argparse.Namespace) -> int:
+async def run_command(args: argparse.Namespace) -> int:
+    """Run the subcommand ``build_parser()`` parsed; expected failures print one line."""
     label = f"{PROGRAM} {args.command}"
     settings: DatabaseSettings | None = None
     try:
@@ -107,6 +108,9 @@ async def _run(args: argparse.Namespace) -> int:
     except SQLAlchemyError as error:
         # A migration the database refused, say; hide_parameters keeps values out.
         _fail(label, f"the database refused: {error}", settings)
+    except OSError as error:
+        # The SQLite file's folder cannot be made, stdout was closed early...
+        _fail(label, f"{type(error).__name__}: {error}", settings)
     return EXIT_FAILED
 
 

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import os
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
+from urllib.parse import quote, quote_plus
 
 import pytest
-from sqlalchemy.engine import make_url
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy.engine import URL, make_url
 
 from fastapi_asyncdb import Database
+from fastapi_asyncdb.cli import build_parser, run_command
 from fastapi_asyncdb.migrations import migration_lock
 
 from .migration_project import (
@@ -28,6 +35,7 @@ pytestmark = pytest.mark.usefixtures("clean_environment")
 REVISIONS = 3
 COMMAND = str(Path(sys.executable).with_name("fastapi-asyncdb"))
 UNREACHABLE = "postgresql+asyncpg://someone:pw-3f9a1c@127.0.0.1:1/nowhere"
+LEDGER_INI = Path(__file__).resolve().parents[2] / "ledger" / "migrations" / "alembic.ini"
 
 
 @dataclass
@@ -212,6 +220,28 @@ async def test_password_of_the_database_url_never_appears_in_the_output(
     assert secret not in ran.output
     assert ":***@" in ran.output
     assert "Traceback" not in ran.output
+
+
+@settings(max_examples=40, deadline=None)
+@given(password=st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=8))
+def test_no_password_reaches_the_output_of_a_failed_command(password: str) -> None:
+    url = URL.create("postgresql+asyncpg", "someone", password, "127.0.0.1", 1, "nowhere")
+    stdout, stderr = io.StringIO(), io.StringIO()
+    environment = {"DATABASE_URL": url.render_as_string(hide_password=False)}
+    args = build_parser().parse_args(["migrate", "--config", str(LEDGER_INI)])
+    with (
+        mock.patch.dict(os.environ, environment),
+        contextlib.redirect_stdout(stdout),
+        contextlib.redirect_stderr(stderr),
+    ):
+        status = asyncio.run(run_command(args))
+
+    output = stdout.getvalue() + stderr.getvalue()
+    assert status == 1
+    assert "cannot connect to the database" in output
+    assert "someone:***@127.0.0.1:1/nowhere" in output
+    for form in (password, quote(password, safe=""), quote_plus(password)):
+        assert form not in output
 
 
 async def test_sql_writes_the_upgrade_to_stdout_without_connecting(project: Path) -> None:
