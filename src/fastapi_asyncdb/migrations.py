@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
+    from .database import Database
+
 __all__ = [
     "DEFAULT_LOCK_TIMEOUT",
     "MigrationError",
@@ -389,7 +391,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    database = args.database
+    database: Database = args.database  # constructed by cli.py, not started
     config = alembic_config(args.config)
     where = database.settings.masked_url
     if args.sql:
