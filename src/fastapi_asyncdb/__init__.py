@@ -30,6 +30,7 @@ from .fastapi import (
     install,
     problem_response,
 )
+from .pagination import KeysetPage, OffsetPage, keyset_page, offset_page
 from .prepared import Prepared
 from .retry import Retry
 from .settings import DatabaseSettings
@@ -45,7 +46,9 @@ __all__ = [
     "DatabaseUnavailableError",
     "ErrorAnswer",
     "ErrorKind",
+    "KeysetPage",
     "NestedUnitOfWorkError",
+    "OffsetPage",
     "Prepared",
     "Problem",
     "ReadConnectionDep",
@@ -58,5 +61,7 @@ __all__ = [
     "get_read_session",
     "get_session",
     "install",
+    "keyset_page",
+    "offset_page",
     "problem_response",
 ]

@@ -40,11 +40,24 @@ class Database:
     ``start()`` (or the ``lifespan``) creates the engines, ``stop()`` disposes them.
     """
 
-    def __init__(self, settings: DatabaseSettings | None = None, /, **overrides: Any) -> None:
+    def __init__(
+        self,
+        settings: DatabaseSettings | None = None,
+        /,
+        *,
+        session_class: type[AsyncSession] = AsyncSession,
+        **overrides: Any,
+    ) -> None:
+        """Settings as a ``DatabaseSettings`` or as keywords (the rest from the environment).
+
+        ``session_class``: the ``AsyncSession`` subclass units of work get, e.g.
+        SQLModel's (``sqlmodel.ext.asyncio.session.AsyncSession``).
+        """
         if settings is not None and overrides:
             raise TypeError("pass either a DatabaseSettings or keyword settings, not both")
         self.settings = settings if settings is not None else DatabaseSettings(**overrides)
         self.backend = backends.resolve(self.settings)
+        self.session_class = session_class
         self._primary: Role | None = None
         self._reader: Role | None = None
         self._probe: Probe | None = None
@@ -80,8 +93,18 @@ class Database:
         self.backend.prepare()
         probe = Probe(self.settings, self.backend)
         self._probe = probe
-        self._primary = Role("primary", self.settings, self.backend, read_only=False, probe=probe)
-        self._reader = Role("read", self.settings, self.backend, read_only=True, probe=probe)
+        roles = {"primary": False, "read": True}
+        self._primary, self._reader = (
+            Role(
+                name,
+                self.settings,
+                self.backend,
+                read_only=read_only,
+                probe=probe,
+                session_class=self.session_class,
+            )
+            for name, read_only in roles.items()
+        )
 
     async def stop(self) -> None:
         roles = [role for role in (self._primary, self._reader) if role is not None]
@@ -188,7 +211,13 @@ class Database:
         in the same transaction; anything else belongs in ``SessionDep`` or
         ``transaction()``.
         """
-        async with self._started(self._primary).connection() as connection:
+        role = self._started(self._primary)
+        async with role.connection() as connection:
+            if role.isolated:
+                # In a test's transaction (isolated()): a savepoint is the statement's own.
+                async with connection.begin_nested():
+                    await connection.execute(statement, parameters)
+                return
             await run_statement(connection, statement, parameters)
 
     @asynccontextmanager

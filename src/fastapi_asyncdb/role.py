@@ -37,6 +37,7 @@ class Role:
         *,
         read_only: bool,
         probe: Probe,
+        session_class: type[AsyncSession] = AsyncSession,
     ) -> None:
         self.name = name
         self.read_only = read_only
@@ -46,6 +47,7 @@ class Role:
         )
         self.sessionmaker = async_sessionmaker(
             self.engine,
+            class_=session_class,
             # Objects stay readable after commit: no lazy load (MissingGreenlet) in the
             # response model.
             expire_on_commit=False,
@@ -84,8 +86,12 @@ class Role:
 
     def session(self, connection: AsyncConnection) -> AsyncSession:
         if self.isolated:
-            # The connection is in the test's transaction: the unit is a savepoint in it.
-            return self.sessionmaker(bind=connection, join_transaction_mode="create_savepoint")
+            # The connection is in the test's transaction. A write unit is a savepoint in
+            # it. A read session takes no savepoint of its own: it may outlive the
+            # request's write unit, begun after it, and ending its savepoint would end
+            # or undo the unit's.
+            mode = "rollback_only" if self.read_only else "create_savepoint"
+            return self.sessionmaker(bind=connection, join_transaction_mode=mode)
         return self.sessionmaker(bind=connection)
 
     @property
