@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import os
+import sys
 
 import uvicorn
 
-from fastapi_asyncdb import Database
+from fastapi_asyncdb import cli
 
 from .app import create_app
-from .migrate import upgrade
-
-
-async def migrate() -> None:
-    async with Database() as database:
-        await upgrade(database)
+from .migrate import ALEMBIC_INI
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,14 +24,15 @@ def main(argv: list[str] | None = None) -> None:
         help="serve (default): migrate, then run the HTTP server; migrate: migrate only",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s [%(name)s] %(message)s")
-    asyncio.run(migrate())
-    if args.command == "serve":
-        # Already migrated above, where a failure stops the process before it listens.
-        app = create_app(migrate_on_startup=False)
-        uvicorn.run(
-            app, host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "8000"))
-        )
+    # fastapi-asyncdb's own command, on the database of DATABASE_URL and DB_*.
+    status = cli.main(["migrate", "--config", str(ALEMBIC_INI)])
+    if status != 0 or args.command == "migrate":
+        sys.exit(status)
+    # Already migrated above, where a failure stops the process before it listens.
+    app = create_app(migrate_on_startup=False)
+    uvicorn.run(
+        app, host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "8000"))
+    )
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import MetaData, UpdateBase
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
@@ -19,6 +20,11 @@ from .retry import Retry, run_with_retries
 from .role import Role
 from .settings import DatabaseSettings
 from .units import TransactionUnit
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+    from .migrations import MigrationResult, MigrationStatus
 
 __all__ = ["Database"]
 
@@ -256,6 +262,38 @@ class Database:
                     role.connections, role.isolated = source, False
                 if transaction.is_active:
                     await transaction.rollback()
+
+    async def migrate(
+        self,
+        config: str | os.PathLike[str] | Config = "alembic.ini",
+        revision: str = "head",
+        *,
+        lock_timeout: float = 60.0,
+    ) -> MigrationResult:
+        """Upgrade the schema to ``revision`` with the Alembic migrations of ``config``.
+
+        Runs on the primary engine, one process at a time: concurrent callers (replicas
+        starting together) wait up to ``lock_timeout`` seconds for the database's
+        migration lock, then find the work done. ``config`` is an alembic.ini path or
+        an ``alembic.config.Config``; its ``env.py`` calls ``run_migrations`` (see
+        ``fastapi_asyncdb.migrations``). Needs ``fastapi-asyncdb[migrations]``.
+        """
+        from . import migrations
+
+        return await migrations.upgrade(
+            self.engine, self.backend, config, revision, lock_timeout=lock_timeout
+        )
+
+    async def migration_status(
+        self, config: str | os.PathLike[str] | Config = "alembic.ini"
+    ) -> MigrationStatus:
+        """The schema's revisions against the migrations' heads, read on the read path.
+
+        For a startup that must fail when the schema is behind (``is_behind``).
+        """
+        from . import migrations
+
+        return await migrations.status(self.read_engine, config)
 
     def pool_status(self) -> dict[str, dict[str, Any]]:
         """Each pool's state, without touching the database: cheap enough for metrics."""

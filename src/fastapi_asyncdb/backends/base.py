@@ -9,9 +9,12 @@ settings only.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from sqlalchemy import TextClause
 from sqlalchemy.engine import URL, Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -24,9 +27,19 @@ from ..errors import (
 )
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
     from ..settings import DatabaseSettings
 
-__all__ = ["Backend", "ServerFacts", "driver_error", "milliseconds"]
+__all__ = [
+    "Backend",
+    "ServerFacts",
+    "driver_error",
+    "milliseconds",
+    "poll_migration_lock",
+]
+
+MIGRATION_LOCK_POLL_INTERVAL = 0.2
 
 
 @dataclass
@@ -124,6 +137,22 @@ class Backend:
         """The kind of a DBAPI error by its code, or None when the code says nothing."""
         return None
 
+    async def acquire_migration_lock(
+        self, connection: AsyncConnection, name: str, *, wait: float
+    ) -> bool:
+        """Take the lock that lets one process at a time migrate the database.
+
+        ``name`` is the same in every process migrating this database. The lock belongs
+        to the connection's session until ``release_migration_lock``, or until the
+        connection closes, so a process that dies cannot keep it. Waits at most ``wait``
+        seconds (0: one attempt); False if another session still holds it then.
+        """
+        raise NotImplementedError(f"{self.name} has no migration lock")
+
+    async def release_migration_lock(self, connection: AsyncConnection, name: str) -> None:
+        """Give back the lock that ``acquire_migration_lock`` took on ``connection``."""
+        raise NotImplementedError(f"{self.name} has no migration lock")
+
 
 def driver_error(error: BaseException) -> Any:
     """The DBAPI exception inside SQLAlchemy's wrapper (or the error itself)."""
@@ -132,3 +161,32 @@ def driver_error(error: BaseException) -> Any:
 
 def milliseconds(seconds: float) -> int:
     return max(1, round(seconds * 1000))
+
+
+async def poll_migration_lock(
+    connection: AsyncConnection,
+    attempt: TextClause,
+    parameters: dict[str, Any],
+    *,
+    wait: float,
+) -> bool:
+    """Run ``attempt``, a try-lock that answers at once, until it answers true or ``wait``
+    seconds have passed.
+
+    Polling, not the server's own blocking wait: a wait in the server is one long
+    statement, which the statement timeout, the driver's command timeout and an
+    idle-in-transaction limit would each end; short attempts stay within all of them,
+    and the wait can be cancelled between two.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        taken = (await connection.execute(attempt, parameters)).scalar()
+        # The lock is the session's and outlives the transaction, which must not stay
+        # open: Alembic begins its own, and the server ends sessions idle in one.
+        await connection.commit()
+        if taken:
+            return True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        await asyncio.sleep(min(MIGRATION_LOCK_POLL_INTERVAL, remaining))

@@ -6,10 +6,11 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from ..errors import ErrorKind
-from .base import Backend, ServerFacts, milliseconds
+from .base import Backend, ServerFacts, milliseconds, poll_migration_lock
 
 __all__ = ["MySQL"]
 
@@ -101,3 +102,17 @@ class MySQL(Backend):
         args = getattr(error, "args", ())
         code = args[0] if args and isinstance(args[0], int) else None
         return None if code is None else _KINDS_BY_CODE.get(code)
+
+    async def acquire_migration_lock(
+        self, connection: AsyncConnection, name: str, *, wait: float
+    ) -> bool:
+        # A named user lock, the session's until released; GET_LOCK's own wait is 0
+        # (see poll_migration_lock). Names are server-wide, so the name says which
+        # database.
+        return await poll_migration_lock(
+            connection, text("SELECT GET_LOCK(:name, 0)"), {"name": name}, wait=wait
+        )
+
+    async def release_migration_lock(self, connection: AsyncConnection, name: str) -> None:
+        await connection.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+        await connection.commit()

@@ -3,14 +3,16 @@ and the fast path."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import _compat
 from ..errors import ErrorKind
-from .base import Backend, ServerFacts, milliseconds
+from .base import Backend, ServerFacts, milliseconds, poll_migration_lock
 
 __all__ = ["PostgreSQL"]
 
@@ -135,3 +137,27 @@ class PostgreSQL(Backend):
         if sqlstate.startswith("08"):  # connection_exception
             return ErrorKind.UNAVAILABLE
         return _KINDS_BY_SQLSTATE.get(sqlstate)
+
+    async def acquire_migration_lock(
+        self, connection: AsyncConnection, name: str, *, wait: float
+    ) -> bool:
+        # A session-level advisory lock: held across Alembic's own transactions.
+        return await poll_migration_lock(
+            connection,
+            text("SELECT pg_try_advisory_lock(CAST(:key AS BIGINT))"),
+            {"key": advisory_lock_key(name)},
+            wait=wait,
+        )
+
+    async def release_migration_lock(self, connection: AsyncConnection, name: str) -> None:
+        await connection.execute(
+            text("SELECT pg_advisory_unlock(CAST(:key AS BIGINT))"),
+            {"key": advisory_lock_key(name)},
+        )
+        await connection.commit()
+
+
+def advisory_lock_key(name: str) -> int:
+    """PostgreSQL names advisory locks by a signed 64-bit integer: the name's hash."""
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)

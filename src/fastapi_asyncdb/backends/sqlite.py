@@ -7,6 +7,8 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
 from ..errors import ErrorKind
@@ -94,3 +96,35 @@ class SQLite(Backend):
         if "readonly database" in message:
             return ErrorKind.READ_ONLY
         return None
+
+    async def acquire_migration_lock(
+        self, connection: AsyncConnection, name: str, *, wait: float
+    ) -> bool:
+        # SQLite's lock is its one write transaction: BEGIN IMMEDIATE (the primary
+        # engine's begin), kept open across the whole migration, which runs inside it
+        # and commits it. Other writers wait in SQLite's busy handler, here for
+        # ``wait`` instead of the pool timeout.
+        await _set_busy_timeout(connection, wait)
+        try:
+            await connection.begin()
+        except DBAPIError as error:
+            if self.classify(error) is not ErrorKind.BUSY:
+                raise
+            await connection.rollback()
+            await _set_busy_timeout(connection, self.settings.pool_timeout)
+            return False
+        return True
+
+    async def release_migration_lock(self, connection: AsyncConnection, name: str) -> None:
+        if connection.in_transaction():
+            await connection.rollback()
+        await _set_busy_timeout(connection, self.settings.pool_timeout)
+
+
+async def _set_busy_timeout(connection: AsyncConnection, seconds: float) -> None:
+    # Straight on the driver's connection: a statement through SQLAlchemy would begin a
+    # transaction first, and wait for the write lock with the old timeout.
+    raw = await connection.get_raw_connection()
+    assert raw.driver_connection is not None
+    cursor = await raw.driver_connection.execute(f"PRAGMA busy_timeout={round(seconds * 1000)}")
+    await cursor.close()
