@@ -1,4 +1,4 @@
-"""The ``fastapi-asyncdb`` command: ``fastapi-asyncdb migrate``, and room for more.
+"""The ``fastapi-asyncdb`` command: ``migrate`` and ``doctor``, one module each.
 
 Each subcommand is one module with ``add_arguments(parser)`` and
 ``async def run(args) -> int``, named in ``SUBCOMMANDS``. Every subcommand also gets
@@ -39,6 +39,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "migrate": (
         "fastapi_asyncdb.migrations",
         "upgrade the schema with Alembic, one process at a time",
+    ),
+    "doctor": (
+        "fastapi_asyncdb.doctor",
+        "check the settings against the live database and say what to change",
     ),
 }
 """Subcommand name: (module, one-line help)."""

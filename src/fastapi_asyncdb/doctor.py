@@ -6,7 +6,9 @@ fail, or is unsafe); the report says what to change. Nothing is written to the d
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from .backends import ServerFacts
 from .database import Database
 from .errors import DatabaseError
 
-__all__ = ["Finding", "examine", "render"]
+__all__ = ["Finding", "add_arguments", "examine", "render", "run"]
 
 Level = Literal["ok", "warning", "error"]
 
@@ -81,6 +83,23 @@ async def examine(database: Database, *, workers: int) -> list[Finding]:
         findings.extend(check(database, facts, workers))
     findings.append(fast_path)
     return findings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("WEB_CONCURRENCY", "1")),
+        metavar="N",
+        help="processes that each open the pools (default: WEB_CONCURRENCY, else 1)",
+    )
+
+
+async def run(args: argparse.Namespace) -> int:
+    """``fastapi-asyncdb doctor``: the report on stdout; exit status 1 on any error."""
+    findings = await examine(args.database, workers=args.workers)
+    print(render(findings))
+    return 1 if any(finding.level == "error" for finding in findings) else 0
 
 
 def render(findings: list[Finding]) -> str:

@@ -341,3 +341,25 @@ async def read_until(stream: asyncio.StreamReader, text: str) -> str:
         assert line, f"ended before {text!r}:\n{seen}"
         seen += line.decode()
     return seen
+
+
+async def test_doctor_reports_and_exits_zero_on_a_healthy_configuration(database_url: str) -> None:
+    ran = await run("doctor", env=environment(database_url))
+    assert ran.status == 0, ran.output
+    assert "[ok  ] reachable" in ran.stdout
+    assert ran.stdout.rstrip().splitlines()[-1].startswith("0 error(s)")
+
+
+async def test_doctor_exits_one_on_an_error_and_prints_no_password(database_url: str) -> None:
+    ran = await run("doctor", env=environment(UNREACHABLE, DB_CONNECT_TIMEOUT="1"))
+    assert ran.status == 1, ran.output
+    assert "[FAIL] reachable" in ran.stdout
+    assert "pw-3f9a1c" not in ran.output
+    assert "Traceback" not in ran.output
+
+
+@pytest.mark.backends("postgresql", "mysql")
+async def test_doctor_counts_connections_for_the_workers_it_is_told_of(database_url: str) -> None:
+    ran = await run("doctor", "--workers", "1000", env=environment(database_url))
+    assert ran.status == 1, ran.output
+    assert "1000 worker(s) x 31 connections" in ran.stdout

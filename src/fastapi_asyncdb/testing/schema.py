@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, MetaData
+from sqlalchemy import MetaData
 
 from ..database import Database
 
@@ -64,11 +64,10 @@ async def create_from_metadata(metadata: MetaData, database: Database) -> None:
 async def upgrade_with_alembic(
     database: Database, *, config_path: Path, revision: str = "head"
 ) -> None:
-    """Upgrade the database to ``revision`` on the Database's engine.
+    """Upgrade the database to ``revision`` with ``database.migrate``.
 
-    The one place that runs migrations, to become ``database.migrate(...)`` once that
-    exists. The env.py receives the connection as ``config.attributes["connection"]``;
-    its URL is also set to the test database's, so an env.py that makes its own engine
+    The env.py receives the connection as ``config.attributes["connection"]``; its URL
+    is also set to the test database's, so an env.py that makes its own engine
     migrates the test database all the same, never the one its ini file names.
     """
     from alembic.config import Config
@@ -77,12 +76,4 @@ async def upgrade_with_alembic(
     # configparser interpolates '%'.
     url = database.settings.url.get_secret_value().replace("%", "%%")
     config.set_main_option("sqlalchemy.url", url)
-    async with database.engine.begin() as connection:
-        await connection.run_sync(_upgrade, config, revision)
-
-
-def _upgrade(connection: Connection, config: Any, revision: str) -> None:
-    from alembic import command
-
-    config.attributes["connection"] = connection
-    command.upgrade(config, revision)
+    await database.migrate(config, revision)

@@ -12,11 +12,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# The drivers, imported here once: pytester forgets the modules a run imported when the
-# run ends, and an extension module imported a second time can crash the process.
+# The drivers (and Hypothesis, whose pytest plugin imports it at the end of the outer
+# run), imported here once: pytester forgets the modules a run imported when the run
+# ends, and importing them a second time can crash the process (an extension module)
+# or trip CPython 3.11's "AST constructor recursion depth mismatch" (Hypothesis).
 import aiosqlite  # noqa: F401
 import asyncmy  # noqa: F401
 import asyncpg  # noqa: F401
+import hypothesis.internal.observability  # noqa: F401
 import pytest
 import sqlalchemy.dialects.mysql.asyncmy
 import sqlalchemy.dialects.postgresql.asyncpg
