@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -10,7 +11,7 @@ from sqlalchemy import Connection, text
 
 from fastapi_asyncdb import Database
 
-__all__ = ["alembic_config", "upgrade"]
+__all__ = ["alembic_config", "downgrade", "upgrade"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -29,12 +30,19 @@ def alembic_config() -> Config:
 
 async def upgrade(database: Database, revision: str = "head") -> None:
     """Upgrade the started ``database`` to ``revision``; a no-op when already there."""
-    config = alembic_config()
     async with database.engine.connect() as connection:
-        await connection.run_sync(_upgrade, config, revision)
+        await connection.run_sync(_migrate, command.upgrade, revision)
 
 
-def _upgrade(connection: Connection, config: Config, revision: str) -> None:
+async def downgrade(database: Database, revision: str) -> None:
+    """Downgrade the started ``database`` to ``revision``, for an operator rolling back."""
+    async with database.engine.connect() as connection:
+        await connection.run_sync(_migrate, command.downgrade, revision)
+
+
+def _migrate(
+    connection: Connection, alembic_command: Callable[[Config, str], None], revision: str
+) -> None:
     # Replicas starting together would otherwise race to create the same tables.
     # SQLite needs no lock: its write transactions (BEGIN IMMEDIATE) already serialize.
     dialect = connection.dialect.name
@@ -50,8 +58,9 @@ def _upgrade(connection: Connection, config: Config, revision: str) -> None:
     # Session-level locks outlive transactions; commit so Alembic starts its own.
     connection.commit()
     try:
+        config = alembic_config()
         config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+        alembic_command(config, revision)
     finally:
         if dialect == "postgresql":
             connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": _PG_LOCK_ID})

@@ -21,7 +21,9 @@ __all__ = [
 
 # Ids are INTEGER columns: a larger number would be a driver error (500) instead of a 422.
 MAX_ID = 2**31 - 1
-# Amounts beyond 2**53 lose precision in JavaScript clients, which read JSON numbers as doubles.
+# Amounts beyond 2**53 lose precision in JavaScript clients, which read JSON numbers as
+# doubles. Every balance stays at or below it too: the API refuses a credit past it and a
+# CHECK constraint makes such a balance impossible to store.
 MAX_CENTS = 2**53 - 1
 
 AccountId = Annotated[int, Field(ge=1, le=MAX_ID)]

@@ -13,7 +13,7 @@ from fastapi_asyncdb import DatabaseDep, ReadSessionDep, Retry
 
 from .models import Account, Transfer
 from .problems import problem_responses
-from .schemas import MAX_ID, TransferCreate, TransferOut
+from .schemas import MAX_CENTS, MAX_ID, TransferCreate, TransferOut
 
 __all__ = ["router"]
 
@@ -81,10 +81,18 @@ async def _apply_transfer(
             raise
         return _replay(winner, request_hash)
 
+    # Raising rolls the request's transaction back, the claimed key with it. Both refusals
+    # are 409, not 422: the request is valid, the accounts' current state is what forbids
+    # it, and the same request (same key) succeeds once that state has changed.
     if accounts[body.from_account].balance < body.amount:
-        # Raising rolls the request's transaction back, the claimed key with it.
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"account {body.from_account} has insufficient funds"
+        )
+    if accounts[body.to_account].balance > MAX_CENTS - body.amount:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"account {body.to_account} would hold more than the maximum balance of"
+            f" {MAX_CENTS} cents",
         )
     # Relative updates in SQL: correct even if the row changed since it was read.
     await session.execute(

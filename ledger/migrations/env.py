@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from logging.config import fileConfig
+from typing import Any
 
 from alembic import context
 from sqlalchemy import Connection
@@ -16,15 +19,55 @@ target_metadata = Base.metadata
 
 
 def do_run_migrations(connection: Connection) -> None:
+    is_sqlite = connection.dialect.name == "sqlite"
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         # SQLite cannot ALTER most things; batch mode rebuilds the table instead.
-        render_as_batch=connection.dialect.name == "sqlite",
+        render_as_batch=is_sqlite,
+        # SQLite's DDL is transactional, though Alembic assumes not: one transaction for
+        # the whole upgrade, so a failure leaves no revision half applied.
+        transactional_ddl=True if is_sqlite else None,
         compare_type=True,
     )
-    with context.begin_transaction():
+    with _sqlite_foreign_keys_off(connection), context.begin_transaction():
         context.run_migrations()
+        if is_sqlite:
+            # Inside the transaction: a rebuild that lost a referenced row rolls back.
+            orphans = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+            if orphans:
+                raise RuntimeError(f"the migration broke {len(orphans)} foreign key(s)")
+
+
+@contextmanager
+def _sqlite_foreign_keys_off(connection: Connection) -> Iterator[None]:
+    """SQLite only: foreign keys unenforced while batch mode rebuilds tables.
+
+    A rebuild drops the old table, and dropping a table that other rows reference fails
+    while foreign keys are enforced, even though the copy is renamed into its place right
+    after. SQLite ignores this pragma inside a transaction, so it is set on the driver's
+    connection before Alembic begins one (SQLAlchemy's execute would begin it first).
+    """
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    if connection.in_transaction():
+        raise RuntimeError("SQLite migrations must start outside a transaction")
+    driver_connection = connection.connection.dbapi_connection
+    assert driver_connection is not None
+    _pragma(driver_connection, "PRAGMA foreign_keys=OFF")
+    try:
+        yield
+    finally:
+        _pragma(driver_connection, "PRAGMA foreign_keys=ON")
+
+
+def _pragma(driver_connection: Any, statement: str) -> None:
+    cursor = driver_connection.cursor()
+    try:
+        cursor.execute(statement)
+    finally:
+        cursor.close()
 
 
 async def run_async_migrations() -> None:

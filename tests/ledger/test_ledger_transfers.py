@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from ledger.schemas import MAX_CENTS
 from tests.ledger.ledger_api import LedgerApi
 
 
@@ -100,6 +101,20 @@ async def test_transfer_without_a_valid_idempotency_key_returns_422(
     assert await api.balances(alice, bob) == [100, 0]
 
 
+async def test_idempotency_key_of_exactly_200_printable_characters_is_accepted(
+    api: LedgerApi,
+) -> None:
+    alice, bob = await api.open_account(100), await api.open_account(0)
+    key = ("a b~!" * 40)[:200]
+
+    first = await api.transfer(key, alice, bob, 1)
+    again = await api.transfer(key, alice, bob, 1)
+
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json()
+    assert await api.balances(alice, bob) == [99, 1]
+
+
 async def test_retried_transfer_returns_the_same_transfer_and_applies_once(api: LedgerApi) -> None:
     alice, bob = await api.open_account(1000), await api.open_account(0)
 
@@ -164,3 +179,28 @@ async def test_unknown_transfer_returns_404(api: LedgerApi) -> None:
 
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_credit_up_to_exactly_the_maximum_is_applied(api: LedgerApi) -> None:
+    alice, bob = await api.open_account(10), await api.open_account(MAX_CENTS - 10)
+
+    response = await api.transfer("to-the-brim", alice, bob, 10)
+
+    assert response.status_code == 201, response.text
+    assert await api.balances(alice, bob) == [0, MAX_CENTS]
+
+
+async def test_credit_past_the_maximum_returns_409_and_changes_nothing(api: LedgerApi) -> None:
+    alice, bob = await api.open_account(MAX_CENTS), await api.open_account(MAX_CENTS)
+
+    response = await api.transfer("overflow", alice, bob, 1)
+
+    assert response.status_code == 409
+    assert response.headers["content-type"] == "application/problem+json"
+    assert f"account {bob} would hold more than the maximum" in response.json()["detail"]
+    assert await api.balances(alice, bob) == [MAX_CENTS, MAX_CENTS]
+    assert (await api.total())["total"] == 2 * MAX_CENTS
+    # Refused, the key was not consumed: once bob has room, the same request succeeds.
+    assert (await api.transfer("make-room", bob, alice, MAX_CENTS)).status_code == 409
+    assert (await api.transfer("make-room-2", bob, await api.open_account(0), 1)).status_code == 201
+    assert (await api.transfer("overflow", alice, bob, 1)).status_code == 201
