@@ -13,7 +13,14 @@ from fastapi_asyncdb import DatabaseDep, ReadSessionDep, Retry
 
 from .models import Account, Transfer
 from .problems import problem_responses
-from .schemas import MAX_CENTS, MAX_ID, TransferCreate, TransferOut
+from .schemas import (
+    IDEMPOTENCY_KEY_PATTERN,
+    MAX_CENTS,
+    MAX_ID,
+    IdempotencyKeyText,
+    TransferCreate,
+    TransferOut,
+)
 
 __all__ = ["router"]
 
@@ -21,7 +28,17 @@ router = APIRouter(prefix="/transfers", tags=["transfers"])
 
 TRANSFER_RETRY = Retry(attempts=4)
 
-IdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=200)]
+IdempotencyKey = Annotated[
+    IdempotencyKeyText,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        json_schema_extra={"pattern": IDEMPOTENCY_KEY_PATTERN},
+        description="Printable ASCII chosen by the client, unique per intended transfer;"
+        " a retry with the same key and body returns the original transfer.",
+    ),
+]
 
 
 @router.post(

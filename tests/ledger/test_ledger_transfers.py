@@ -87,13 +87,24 @@ async def test_transfer_of_a_non_positive_or_fractional_amount_returns_422(
     assert await api.balances(alice, bob) == [100, 0]
 
 
-@pytest.mark.parametrize("key", [None, "", "k" * 201])
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param(None, id="missing"),
+        pytest.param("", id="empty"),
+        pytest.param("k" * 201, id="201-characters"),
+        pytest.param("cl\u00e9", id="non-ascii"),
+        pytest.param("k\x01", id="control-character"),
+        pytest.param("k ", id="trailing-space"),
+    ],
+)
 async def test_transfer_without_a_valid_idempotency_key_returns_422(
     api: LedgerApi, key: str | None
 ) -> None:
     alice, bob = await api.open_account(100), await api.open_account(0)
     body = {"from_account": alice, "to_account": bob, "amount": 1}
-    headers = {} if key is None else {"Idempotency-Key": key}
+    # As a client sends it: UTF-8 octets.
+    headers = {} if key is None else {b"Idempotency-Key": key.encode()}
 
     response = await api.client.post("/transfers", json=body, headers=headers)
 
