@@ -9,13 +9,14 @@ from sqlalchemy import Integer, func, literal, select
 
 from fastapi_asyncdb import ReadSessionDep, SessionDep
 
+from .json_body import ExactJsonRoute
 from .models import Account
 from .problems import problem_responses
 from .schemas import MAX_ID, AccountCreate, AccountId, AccountOut, AccountPage, Total
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/accounts", tags=["accounts"])
+router = APIRouter(prefix="/accounts", tags=["accounts"], route_class=ExactJsonRoute)
 
 # Each balance is summed as its high and low 32-bit halves: SQLite's SUM is a 64-bit
 # integer that fails past 2**63, a few thousand balances near MAX_CENTS. Both partial sums

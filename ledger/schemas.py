@@ -54,6 +54,7 @@ IdempotencyKeyText = Annotated[str, AfterValidator(check_idempotency_key)]
 
 class _Request(BaseModel):
     # Strict: money is integer cents; 10.5 or "10" is a client bug, not something to coerce.
+    # (246.0 is the integer 246 in JSON's own terms; ledger.json_body reads it as one.)
     model_config = ConfigDict(strict=True, extra="forbid")
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fastapi_asyncdb import DatabaseDep, ReadSessionDep, Retry
 
+from .json_body import ExactJsonRoute
 from .models import Account, Transfer
 from .problems import problem_responses
 from .schemas import (
@@ -24,7 +25,7 @@ from .schemas import (
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/transfers", tags=["transfers"])
+router = APIRouter(prefix="/transfers", tags=["transfers"], route_class=ExactJsonRoute)
 
 TRANSFER_RETRY = Retry(attempts=4)
 

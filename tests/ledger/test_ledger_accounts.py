@@ -43,7 +43,6 @@ async def test_account_id_beyond_the_integer_column_returns_422_not_500(api: Led
     [
         pytest.param({"owner": "bob", "balance": -1}, id="negative-balance"),
         pytest.param({"owner": "bob", "balance": 10.5}, id="float-balance"),
-        pytest.param({"owner": "bob", "balance": 10.0}, id="integral-float-balance"),
         pytest.param({"owner": "bob", "balance": "10"}, id="string-balance"),
         pytest.param({"owner": "", "balance": 1}, id="empty-owner"),
         pytest.param({"owner": "  ", "balance": 1}, id="blank-owner"),
@@ -150,3 +149,17 @@ async def test_total_stays_exact_where_an_integer_sum_passes_2_63(
         listed += sum(item["balance"] for item in page["items"])
         after = page["next_after"]
     assert listed == total["total"]
+
+
+@pytest.mark.parametrize("literal", ["246", "246.0", "2.46e2", "24600e-2", "246.000"])
+async def test_an_integral_number_in_any_json_notation_is_that_integer(
+    api: LedgerApi, literal: str
+) -> None:
+    body = f'{{"owner": "x", "balance": {literal}}}'
+
+    response = await api.client.post(
+        "/accounts", content=body, headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 201, response.text
+    assert response.json()["balance"] == 246
