@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi import HTTPException, Path, Query, status
 from sqlalchemy import Integer, func, literal, select
 
 from fastapi_asyncdb import ReadSessionDep, SessionDep
 
-from .json_body import ExactJsonRoute
 from .models import Account
 from .problems import problem_responses
+from .routing import ledger_router
 from .schemas import MAX_ID, AccountCreate, AccountId, AccountOut, AccountPage, Total
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/accounts", tags=["accounts"], route_class=ExactJsonRoute)
+router = ledger_router("/accounts", "accounts")
 
 # Each balance is summed as its high and low 32-bit halves: SQLite's SUM is a 64-bit
 # integer that fails past 2**63, a few thousand balances near MAX_CENTS. Both partial sums

@@ -1,4 +1,4 @@
-"""Request bodies read as standard JSON, numbers exactly.
+"""Request bodies read as standard JSON, numbers exactly (ledger.routing uses it).
 
 JSON has one kind of number: ``246``, ``246.0`` and ``2.46e2`` are the same integer, and
 the OpenAPI's ``"type": "integer"`` accepts all three. Python's ``json`` reads the last
@@ -17,14 +17,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Coroutine
 from decimal import Decimal
 from typing import Any
 
-from fastapi import Request, Response
-from fastapi.routing import APIRoute
-
-__all__ = ["ExactJsonRoute", "loads"]
+__all__ = ["loads"]
 
 # Far beyond any field's range, and far below what would be costly to make an int of.
 _MAX_MAGNITUDE_DIGITS = 400
@@ -86,22 +82,3 @@ def loads(body: bytes) -> Any:
     except _NotStandardJsonError as error:
         raise json.JSONDecodeError(str(error), text, 0) from error
     return document
-
-
-class _ExactJsonRequest(Request):
-    async def json(self) -> Any:
-        if not hasattr(self, "_json"):
-            self._json = loads(await self.body())
-        return self._json
-
-
-class ExactJsonRoute(APIRoute):
-    """A route whose JSON body is read by ``loads``."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def read_exactly(request: Request) -> Response:
-            return await handler(_ExactJsonRequest(request.scope, request.receive))
-
-        return read_exactly

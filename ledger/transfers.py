@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Path, status
+from fastapi import Header, HTTPException, Path, status
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fastapi_asyncdb import DatabaseDep, ReadSessionDep, Retry
 
-from .json_body import ExactJsonRoute
 from .models import Account, Transfer
 from .problems import problem_responses
+from .routing import ledger_router
 from .schemas import (
     IDEMPOTENCY_KEY_PATTERN,
     MAX_CENTS,
@@ -25,7 +25,7 @@ from .schemas import (
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/transfers", tags=["transfers"], route_class=ExactJsonRoute)
+router = ledger_router("/transfers", "transfers")
 
 TRANSFER_RETRY = Retry(attempts=4)
 
