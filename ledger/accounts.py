@@ -19,7 +19,7 @@ __all__ = ["router"]
 router = ledger_router("/accounts", "accounts")
 
 # Each balance is summed as its high and low 32-bit halves: SQLite's SUM is a 64-bit
-# integer that fails past 2**63, a few thousand balances near MAX_CENTS. Both partial sums
+# integer that fails past 2**63, about a thousand balances near MAX_CENTS. Both partial sums
 # stay below 2**63 for as many accounts as there are ids, and Python adds them exactly.
 _LOW_BITS = 32
 _LOW_MASK = 2**_LOW_BITS - 1

@@ -1,4 +1,5 @@
-"""The ledger's routers: JSON bodies read by ledger.json_body, and complete Allow headers."""
+"""The ledger's routers: JSON bodies read by ledger.json_body, query parameters given once,
+and complete Allow headers."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute
@@ -23,8 +25,28 @@ class _ExactJsonRequest(Request):
         return self._json
 
 
+def _refuse_repeated_query_parameters(request: Request) -> None:
+    # FastAPI would keep the last of ?after=1&after=9 and drop the rest unseen; every
+    # query parameter of the ledger is a single value, so a repeated one is refused.
+    names = [name for name, _value in request.query_params.multi_items()]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "repeated",
+                    "loc": ("query", name),
+                    "msg": "Query parameter given more than once",
+                    "input": request.query_params.getlist(name),
+                }
+                for name in repeated
+            ]
+        )
+
+
 class LedgerRoute(APIRoute):
-    """A route whose JSON body is read by ``loads``, and whose 405 lists every method.
+    """A route whose JSON body is read by ``loads``, whose query parameters may each be
+    given once, and whose 405 lists every method.
 
     Starlette answers a method no route of a path takes with the Allow header of the
     first route it tried: ``OPTIONS /accounts`` said ``Allow: POST`` though GET is served
@@ -38,6 +60,7 @@ class LedgerRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def read_exactly(request: Request) -> Response:
+            _refuse_repeated_query_parameters(request)
             return await handler(_ExactJsonRequest(request.scope, request.receive))
 
         return read_exactly

@@ -163,3 +163,13 @@ async def test_an_integral_number_in_any_json_notation_is_that_integer(
 
     assert response.status_code == 201, response.text
     assert response.json()["balance"] == 246
+
+
+@pytest.mark.parametrize("name", ["limit", "after"])
+async def test_a_page_parameter_given_twice_returns_422(api: LedgerApi, name: str) -> None:
+    await api.open_account(balance=1)
+
+    response = await api.client.get(f"/accounts?{name}=1&{name}=2")
+
+    assert response.status_code == 422
+    assert name in response.text and "more than once" in response.text
