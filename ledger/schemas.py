@@ -18,11 +18,13 @@ __all__ = [
     "AccountId",
     "AccountOut",
     "AccountPage",
+    "Amount",
     "Cents",
     "IdempotencyKeyText",
     "Owner",
     "Total",
     "TransferCreate",
+    "TransferId",
     "TransferOut",
 ]
 
@@ -34,7 +36,9 @@ MAX_ID = 2**31 - 1
 MAX_CENTS = 2**53 - 1
 
 AccountId = Annotated[int, Field(ge=1, le=MAX_ID)]
+TransferId = Annotated[int, Field(ge=1, le=MAX_ID)]
 Cents = Annotated[int, Field(ge=0, le=MAX_CENTS)]
+Amount = Annotated[int, Field(gt=0, le=MAX_CENTS)]
 
 # The pattern is what the OpenAPI promises; the validator enforces exactly it, with a
 # message that names the rule broken instead of quoting the regular expression.
@@ -91,9 +95,11 @@ class Total(BaseModel):
 
 
 class TransferCreate(_Request):
+    """Move ``amount`` cents from one account to another, which must differ."""
+
     from_account: AccountId
     to_account: AccountId
-    amount: Annotated[int, Field(gt=0, le=MAX_CENTS)]
+    amount: Amount
 
     @model_validator(mode="after")
     def _distinct_accounts(self) -> Self:
@@ -110,7 +116,7 @@ class TransferCreate(_Request):
 class TransferOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
-    id: AccountId
+    id: TransferId
     from_account: AccountId
     to_account: AccountId
-    amount: Annotated[int, Field(gt=0, le=MAX_CENTS)]
+    amount: Amount

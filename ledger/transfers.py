@@ -17,9 +17,9 @@ from .routing import ledger_router
 from .schemas import (
     IDEMPOTENCY_KEY_PATTERN,
     MAX_CENTS,
-    MAX_ID,
     IdempotencyKeyText,
     TransferCreate,
+    TransferId,
     TransferOut,
 )
 
@@ -133,7 +133,7 @@ async def _apply_transfer(
     responses=problem_responses(404),
 )
 async def get_transfer(
-    transfer_id: Annotated[int, Path(ge=1, le=MAX_ID)], session: ReadSessionDep
+    transfer_id: Annotated[TransferId, Path()], session: ReadSessionDep
 ) -> Transfer:
     transfer = await session.get(Transfer, transfer_id)
     if transfer is None:
