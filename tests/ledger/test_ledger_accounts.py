@@ -172,4 +172,5 @@ async def test_a_page_parameter_given_twice_returns_422(api: LedgerApi, name: st
     response = await api.client.get(f"/accounts?{name}=1&{name}=2")
 
     assert response.status_code == 422
-    assert name in response.text and "more than once" in response.text
+    assert name in response.text
+    assert "more than once" in response.text
