@@ -4,18 +4,27 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, status
-from sqlalchemy import func, select
+from fastapi import HTTPException, Path, Query, status
+from sqlalchemy import Integer, func, literal, select
 
 from fastapi_asyncdb import ReadSessionDep, SessionDep
 
 from .models import Account
 from .problems import problem_responses
+from .routing import ledger_router
 from .schemas import MAX_ID, AccountCreate, AccountId, AccountOut, AccountPage, Total
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/accounts", tags=["accounts"])
+router = ledger_router("/accounts", "accounts")
+
+# Each balance is summed as its high and low 32-bit halves: SQLite's SUM is a 64-bit
+# integer that fails past 2**63, about a thousand balances near MAX_CENTS. Both partial sums
+# stay below 2**63 for as many accounts as there are ids, and Python adds them exactly.
+_LOW_BITS = 32
+_LOW_MASK = 2**_LOW_BITS - 1
+# PostgreSQL has `bigint >> integer` only; a plain 32 would be bound as a bigint.
+_SHIFT = literal(_LOW_BITS, Integer)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=AccountOut)
@@ -45,10 +54,14 @@ async def list_accounts(
 @router.get("/total", status_code=status.HTTP_200_OK, response_model=Total)
 async def total_balance(session: ReadSessionDep) -> Total:
     # One statement is one snapshot: two separate reads could straddle a transfer.
-    query = select(func.count(Account.id), func.coalesce(func.sum(Account.balance), 0))
-    count, total = (await session.execute(query)).one()
-    # SUM comes back as a Decimal on PostgreSQL and MariaDB.
-    return Total(accounts=int(count), total=int(total))
+    query = select(
+        func.count(Account.id),
+        func.coalesce(func.sum(Account.balance.bitwise_rshift(_SHIFT)), 0),
+        func.coalesce(func.sum(Account.balance.bitwise_and(_LOW_MASK)), 0),
+    )
+    count, high, low = (await session.execute(query)).one()
+    # SUM comes back as a Decimal on PostgreSQL and MariaDB; int() of it is exact.
+    return Total(accounts=int(count), total=(int(high) << _LOW_BITS) + int(low))
 
 
 @router.get(

@@ -17,6 +17,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from .schemas import MAX_CENTS
+
 __all__ = ["Account", "Base", "Transfer"]
 
 # Named constraints, so migrations can drop or alter them by name on every backend.
@@ -27,6 +29,10 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+# Owners may be any Unicode text: on MariaDB the column says utf8mb4 itself rather than
+# inherit a server default that may be latin1 or the 3-byte utf8mb3.
+OWNER_TYPE = String(200).with_variant(mysql.VARCHAR(200, charset="utf8mb4"), "mysql", "mariadb")
 
 # Keys are opaque: MariaDB's default collation would make "abc" and "ABC" one key.
 IDEMPOTENCY_KEY_TYPE = String(200).with_variant(
@@ -40,11 +46,14 @@ class Base(DeclarativeBase):
 
 class Account(Base):
     __tablename__ = "accounts"
-    # The database, not only the code, refuses an overdraft.
-    __table_args__ = (CheckConstraint("balance >= 0", name="balance_non_negative"),)
+    # The database, not only the code, refuses an overdraft and a balance past the maximum.
+    __table_args__ = (
+        CheckConstraint("balance >= 0", name="balance_non_negative"),
+        CheckConstraint(f"balance <= {MAX_CENTS}", name="balance_at_most_max_cents"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    owner: Mapped[str] = mapped_column(String(200))
+    owner: Mapped[str] = mapped_column(OWNER_TYPE)
     balance: Mapped[int] = mapped_column(BigInteger)
 
 

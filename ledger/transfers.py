@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Path, status
+from fastapi import Header, HTTPException, Path, status
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,15 +13,33 @@ from fastapi_asyncdb import DatabaseDep, ReadSessionDep, Retry
 
 from .models import Account, Transfer
 from .problems import problem_responses
-from .schemas import MAX_ID, TransferCreate, TransferOut
+from .routing import ledger_router
+from .schemas import (
+    IDEMPOTENCY_KEY_PATTERN,
+    MAX_CENTS,
+    IdempotencyKeyText,
+    TransferCreate,
+    TransferId,
+    TransferOut,
+)
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/transfers", tags=["transfers"])
+router = ledger_router("/transfers", "transfers")
 
 TRANSFER_RETRY = Retry(attempts=4)
 
-IdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=200)]
+IdempotencyKey = Annotated[
+    IdempotencyKeyText,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        json_schema_extra={"pattern": IDEMPOTENCY_KEY_PATTERN},
+        description="Printable ASCII chosen by the client, unique per intended transfer;"
+        " a retry with the same key and body returns the original transfer.",
+    ),
+]
 
 
 @router.post(
@@ -81,10 +99,18 @@ async def _apply_transfer(
             raise
         return _replay(winner, request_hash)
 
+    # Raising rolls the request's transaction back, the claimed key with it. Both refusals
+    # are 409, not 422: the request is valid, the accounts' current state is what forbids
+    # it, and the same request (same key) succeeds once that state has changed.
     if accounts[body.from_account].balance < body.amount:
-        # Raising rolls the request's transaction back, the claimed key with it.
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"account {body.from_account} has insufficient funds"
+        )
+    if accounts[body.to_account].balance > MAX_CENTS - body.amount:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"account {body.to_account} would hold more than the maximum balance of"
+            f" {MAX_CENTS} cents",
         )
     # Relative updates in SQL: correct even if the row changed since it was read.
     await session.execute(
@@ -107,7 +133,7 @@ async def _apply_transfer(
     responses=problem_responses(404),
 )
 async def get_transfer(
-    transfer_id: Annotated[int, Path(ge=1, le=MAX_ID)], session: ReadSessionDep
+    transfer_id: Annotated[TransferId, Path()], session: ReadSessionDep
 ) -> Transfer:
     transfer = await session.get(Transfer, transfer_id)
     if transfer is None:

@@ -48,6 +48,7 @@ __all__ = [
     "MigrationResult",
     "MigrationStatus",
     "alembic_config",
+    "downgrade",
     "migration_lock",
     "run_migrations",
     "status",
@@ -132,6 +133,37 @@ async def upgrade(
     return MigrationResult(previous, current, _revisions_between(script, current, previous))
 
 
+async def downgrade(
+    engine: AsyncEngine,
+    backend: Backend,
+    config: str | os.PathLike[str] | Config,
+    revision: str,
+    *,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> None:
+    """Downgrade the schema to ``revision``, holding the migration lock: for an operator
+    rolling back a release, never at startup."""
+    alembic = alembic_config(config)
+    async with migration_lock(engine, backend, lock_timeout=lock_timeout) as connection:
+        await connection.run_sync(_downgrade, alembic, revision)
+
+
+def _downgrade(connection: Connection, config: Config, revision: str) -> None:
+    from alembic import command
+    from alembic.util import CommandError
+
+    if not connection.in_transaction() or connection.dialect.name != "sqlite":
+        connection.commit()  # Alembic begins and commits its own transactions
+    config.attributes[CONNECTION_KEY] = connection
+    try:
+        command.downgrade(config, revision)
+    except CommandError as error:
+        raise MigrationError(f"alembic: {error}") from error
+    finally:
+        config.attributes.pop(CONNECTION_KEY, None)
+    connection.commit()
+
+
 async def status(engine: AsyncEngine, config: str | os.PathLike[str] | Config) -> MigrationStatus:
     """The schema's revisions against the scripts' heads (Alembic's default version table)."""
     script = _script_directory(alembic_config(config))
@@ -210,14 +242,23 @@ def _migrate_on(
 ) -> None:
     from alembic import context
 
+    is_sqlite = connection.dialect.name == "sqlite"
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
-        # SQLite cannot ALTER most things; batch mode rebuilds the table instead.
-        **{"render_as_batch": connection.dialect.name == "sqlite", **options},
+        # SQLite cannot ALTER most things: batch mode rebuilds the table instead. Its DDL
+        # is transactional, though Alembic assumes not: one transaction for the whole
+        # upgrade, so that a failure leaves no revision half applied.
+        **{"render_as_batch": is_sqlite, "transactional_ddl": is_sqlite or None, **options},
     )
     with context.begin_transaction():
         context.run_migrations()
+        if is_sqlite:
+            # Foreign keys are off while tables are rebuilt (the migration lock turns
+            # them off); a rebuild that lost a referenced row must not commit.
+            broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+            if broken:
+                raise MigrationError(f"the migration broke {len(broken)} foreign key(s)")
 
 
 async def _migrate_from_environment(

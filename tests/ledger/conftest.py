@@ -6,7 +6,7 @@ The servers are the suite's (TEST_POSTGRESQL_URL, TEST_MYSQL_URL); the database
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from sqlalchemy.pool import NullPool
 from fastapi_asyncdb import Database
 from ledger.app import create_app
 from tests.conftest import BACKENDS, prepare_server
+from tests.ledger.blocking_ledger import BlockingLedger
 from tests.ledger.ledger_api import LedgerApi
 
 
@@ -79,3 +80,10 @@ async def api(app: FastAPI) -> AsyncIterator[LedgerApi]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://ledger") as client:
         yield LedgerApi(client)
+
+
+@pytest.fixture
+def blocking_ledger(database: Database) -> Iterator[BlockingLedger]:
+    """The app started on a loop of its own, for synchronous Hypothesis tests."""
+    with BlockingLedger(database) as ledger:
+        yield ledger

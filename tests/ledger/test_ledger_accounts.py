@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sqlalchemy import insert
 
+from fastapi_asyncdb import Database
+from ledger.models import Account
+from ledger.schemas import MAX_CENTS
 from tests.ledger.ledger_api import LedgerApi
 
 
@@ -39,9 +43,13 @@ async def test_account_id_beyond_the_integer_column_returns_422_not_500(api: Led
     [
         pytest.param({"owner": "bob", "balance": -1}, id="negative-balance"),
         pytest.param({"owner": "bob", "balance": 10.5}, id="float-balance"),
-        pytest.param({"owner": "bob", "balance": 10.0}, id="integral-float-balance"),
         pytest.param({"owner": "bob", "balance": "10"}, id="string-balance"),
         pytest.param({"owner": "", "balance": 1}, id="empty-owner"),
+        pytest.param({"owner": "  ", "balance": 1}, id="blank-owner"),
+        pytest.param({"owner": "a\u0000b", "balance": 1}, id="owner-with-nul"),
+        pytest.param({"owner": " bob", "balance": 1}, id="owner-with-leading-space"),
+        pytest.param({"owner": "bob", "balance": 2**53}, id="balance-past-the-maximum"),
+        pytest.param({"owner": "bob", "balance": 2**63}, id="balance-past-64-bits"),
         pytest.param({"owner": "x" * 201, "balance": 1}, id="owner-too-long"),
         pytest.param({"owner": "bob"}, id="missing-balance"),
         pytest.param({"owner": "bob", "balance": 1, "admin": True}, id="unknown-field"),
@@ -118,3 +126,51 @@ async def test_total_counts_accounts_and_sums_balances(api: LedgerApi) -> None:
     await api.open_account(balance=250)
 
     assert await api.total() == {"accounts": 2, "total": 350}
+
+
+async def test_total_stays_exact_where_an_integer_sum_passes_2_63(
+    api: LedgerApi, database: Database
+) -> None:
+    # Just enough accounts at the maximum for SQLite's 64-bit SUM to overflow.
+    count = 2**63 // MAX_CENTS + 1
+    async with database.transaction() as session:
+        await session.execute(
+            insert(Account), [{"owner": f"rich-{n}", "balance": MAX_CENTS} for n in range(count)]
+        )
+
+    total = await api.total()
+
+    assert total == {"accounts": count, "total": count * MAX_CENTS}
+    assert total["total"] >= 2**63
+    listed = 0
+    after: int | None = 0
+    while after is not None:
+        page = (await api.client.get("/accounts", params={"limit": 100, "after": after})).json()
+        listed += sum(item["balance"] for item in page["items"])
+        after = page["next_after"]
+    assert listed == total["total"]
+
+
+@pytest.mark.parametrize("literal", ["246", "246.0", "2.46e2", "24600e-2", "246.000"])
+async def test_an_integral_number_in_any_json_notation_is_that_integer(
+    api: LedgerApi, literal: str
+) -> None:
+    body = f'{{"owner": "x", "balance": {literal}}}'
+
+    response = await api.client.post(
+        "/accounts", content=body, headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 201, response.text
+    assert response.json()["balance"] == 246
+
+
+@pytest.mark.parametrize("name", ["limit", "after"])
+async def test_a_page_parameter_given_twice_returns_422(api: LedgerApi, name: str) -> None:
+    await api.open_account(balance=1)
+
+    response = await api.client.get(f"/accounts?{name}=1&{name}=2")
+
+    assert response.status_code == 422
+    assert name in response.text
+    assert "more than once" in response.text

@@ -49,3 +49,23 @@ async def test_every_route_declares_its_response_model(api: LedgerApi) -> None:
     for operation in operations.values():
         success = next(code for code in operation["responses"] if code.startswith("2"))
         assert "schema" in operation["responses"][success]["content"]["application/json"]
+
+
+async def test_a_method_no_route_serves_is_a_405_listing_every_method_of_the_path(
+    api: LedgerApi,
+) -> None:
+    schema = (await api.client.get("/openapi.json")).json()
+    ledger_paths = {path: set(methods) for path, methods in schema["paths"].items()}
+    assert any(len(methods) > 1 for methods in ledger_paths.values())
+
+    for path, methods in ledger_paths.items():
+        if path.startswith("/health"):
+            continue
+        url = path.format(account_id=1, transfer_id=1)
+        for method in {"get", "post", "put", "patch", "delete", "options"} - methods:
+            response = await api.client.request(method.upper(), url)
+
+            assert response.status_code == 405, (method, path)
+            assert response.headers["content-type"] == "application/problem+json"
+            allowed = {name.strip().lower() for name in response.headers["allow"].split(",")}
+            assert allowed == methods, (method, path)

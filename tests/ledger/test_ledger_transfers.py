@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from ledger.schemas import MAX_CENTS
 from tests.ledger.ledger_api import LedgerApi
 
 
@@ -86,18 +87,43 @@ async def test_transfer_of_a_non_positive_or_fractional_amount_returns_422(
     assert await api.balances(alice, bob) == [100, 0]
 
 
-@pytest.mark.parametrize("key", [None, "", "k" * 201])
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param(None, id="missing"),
+        pytest.param("", id="empty"),
+        pytest.param("k" * 201, id="201-characters"),
+        pytest.param("cl\u00e9", id="non-ascii"),
+        pytest.param("k\x01", id="control-character"),
+        pytest.param("k ", id="trailing-space"),
+    ],
+)
 async def test_transfer_without_a_valid_idempotency_key_returns_422(
     api: LedgerApi, key: str | None
 ) -> None:
     alice, bob = await api.open_account(100), await api.open_account(0)
     body = {"from_account": alice, "to_account": bob, "amount": 1}
-    headers = {} if key is None else {"Idempotency-Key": key}
+    # As a client sends it: UTF-8 octets.
+    headers = {} if key is None else {b"Idempotency-Key": key.encode()}
 
     response = await api.client.post("/transfers", json=body, headers=headers)
 
     assert response.status_code == 422
     assert await api.balances(alice, bob) == [100, 0]
+
+
+async def test_idempotency_key_of_exactly_200_printable_characters_is_accepted(
+    api: LedgerApi,
+) -> None:
+    alice, bob = await api.open_account(100), await api.open_account(0)
+    key = ("a b~!" * 40)[:200]
+
+    first = await api.transfer(key, alice, bob, 1)
+    again = await api.transfer(key, alice, bob, 1)
+
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json()
+    assert await api.balances(alice, bob) == [99, 1]
 
 
 async def test_retried_transfer_returns_the_same_transfer_and_applies_once(api: LedgerApi) -> None:
@@ -164,3 +190,28 @@ async def test_unknown_transfer_returns_404(api: LedgerApi) -> None:
 
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_credit_up_to_exactly_the_maximum_is_applied(api: LedgerApi) -> None:
+    alice, bob = await api.open_account(10), await api.open_account(MAX_CENTS - 10)
+
+    response = await api.transfer("to-the-brim", alice, bob, 10)
+
+    assert response.status_code == 201, response.text
+    assert await api.balances(alice, bob) == [0, MAX_CENTS]
+
+
+async def test_credit_past_the_maximum_returns_409_and_changes_nothing(api: LedgerApi) -> None:
+    alice, bob = await api.open_account(MAX_CENTS), await api.open_account(MAX_CENTS)
+
+    response = await api.transfer("overflow", alice, bob, 1)
+
+    assert response.status_code == 409
+    assert response.headers["content-type"] == "application/problem+json"
+    assert f"account {bob} would hold more than the maximum" in response.json()["detail"]
+    assert await api.balances(alice, bob) == [MAX_CENTS, MAX_CENTS]
+    assert (await api.total())["total"] == 2 * MAX_CENTS
+    # Refused, the key was not consumed: once bob has room, the same request succeeds.
+    assert (await api.transfer("make-room", bob, alice, MAX_CENTS)).status_code == 409
+    assert (await api.transfer("make-room-2", bob, await api.open_account(0), 1)).status_code == 201
+    assert (await api.transfer("overflow", alice, bob, 1)).status_code == 201

@@ -103,7 +103,11 @@ class SQLite(Backend):
         # SQLite's lock is its one write transaction: BEGIN IMMEDIATE (the primary
         # engine's begin), kept open across the whole migration, which runs inside it
         # and commits it. Other writers wait in SQLite's busy handler, here for
-        # ``wait`` instead of the pool timeout.
+        # ``wait`` instead of the pool timeout. Foreign keys are off meanwhile, as
+        # SQLite's own procedure for altering tables says: batch mode drops tables that
+        # other rows reference to rebuild them; the migration checks them before its
+        # commit. (The pragma is ignored inside a transaction: it goes first.)
+        await _pragma(connection, "PRAGMA foreign_keys=OFF")
         await _set_busy_timeout(connection, wait)
         try:
             await connection.begin()
@@ -119,12 +123,17 @@ class SQLite(Backend):
         if connection.in_transaction():
             await connection.rollback()
         await _set_busy_timeout(connection, self.settings.pool_timeout)
+        await _pragma(connection, "PRAGMA foreign_keys=ON")
 
 
 async def _set_busy_timeout(connection: AsyncConnection, seconds: float) -> None:
+    await _pragma(connection, f"PRAGMA busy_timeout={round(seconds * 1000)}")
+
+
+async def _pragma(connection: AsyncConnection, statement: str) -> None:
     # Straight on the driver's connection: a statement through SQLAlchemy would begin a
-    # transaction first, and wait for the write lock with the old timeout.
+    # transaction first (and wait for the write lock with the old busy timeout).
     raw = await connection.get_raw_connection()
     assert raw.driver_connection is not None
-    cursor = await raw.driver_connection.execute(f"PRAGMA busy_timeout={round(seconds * 1000)}")
+    cursor = await raw.driver_connection.execute(statement)
     await cursor.close()
