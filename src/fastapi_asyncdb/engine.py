@@ -15,7 +15,7 @@ from . import redaction
 from .backends import Backend
 from .connection_health import ConnectionHealth
 from .errors import ConfigurationError, DatabaseUnavailableError, ErrorKind, ReadOnlySessionError
-from .managed import NewConnections, merged_connect_args
+from .managed import NewConnections, PasswordProviderError, merged_connect_args
 from .settings import DatabaseSettings
 from .tls import tls_request, url_without_tls
 
@@ -160,6 +160,8 @@ def connect_failure_reason(
 
 
 def _why(error: BaseException, settings: DatabaseSettings) -> str:
+    if isinstance(error, PasswordProviderError):
+        return str(error)
     chain = list(_chain(error))
     mode = tls_request(settings).mode
     for item in chain:
@@ -173,7 +175,7 @@ def _why(error: BaseException, settings: DatabaseSettings) -> str:
     if isinstance(error, TimeoutError):
         return f"no answer within {settings.connect_timeout:g} s (DB_CONNECT_TIMEOUT)"
     if "rejected SSL upgrade" in str(error):
-        return f"the server does not offer TLS, which DB_TLS={mode} requires"
+        return f"the server does not offer TLS, which {mode} requires; nothing was sent"
     for item in chain:
         if isinstance(item, ssl.SSLError):
             reason = str(item.reason or item)

@@ -28,7 +28,17 @@ if TYPE_CHECKING:
     from .backends import Backend
     from .settings import DatabaseSettings
 
-__all__ = ["NewConnections", "check_connect_options", "merged_connect_args", "secret_values"]
+__all__ = [
+    "NewConnections",
+    "PasswordProviderError",
+    "check_connect_options",
+    "merged_connect_args",
+    "secret_values",
+]
+
+
+class PasswordProviderError(Exception):
+    """The ``password=`` provider failed or hung: no connection can be made without it."""
 
 
 def check_connect_options(settings: DatabaseSettings, backend: Backend) -> None:
@@ -90,7 +100,7 @@ class NewConnections:
         params = dict(cparams)
         try:
             if settings.password is not None:
-                params["password"] = _compat.await_in_greenlet(self._password())
+                params["password"] = self._current_password()
             if settings.async_creator is not None:
                 if params.get("ssl") is False:
                     # "No TLS" is the library's default for its own connects; a
@@ -102,17 +112,30 @@ class NewConnections:
             hide_secrets(error, secret_values(params))
             raise
 
-    async def _password(self) -> str:
+    def _current_password(self) -> str:
         provider = self._settings.password
         if isinstance(provider, SecretStr):
             return provider.get_secret_value()
-        assert provider is not None
+        try:
+            password = _compat.await_in_greenlet(self._ask(provider))
+        except TimeoutError:
+            raise PasswordProviderError(
+                f"the password= provider did not answer within "
+                f"{self._settings.connect_timeout:g} s (DB_CONNECT_TIMEOUT)"
+            ) from None
+        except Exception as error:
+            raise PasswordProviderError(
+                f"the password= provider failed: {type(error).__name__}: {error}"
+            ) from error
+        if not isinstance(password, str):
+            raise TypeError(f"password=: the provider returned {type(password).__name__}, not str")
+        return password
+
+    async def _ask(self, provider: Any) -> object:
         async with asyncio.timeout(self._settings.connect_timeout):
             password = provider()
             if inspect.isawaitable(password):
                 password = await password
-        if not isinstance(password, str):
-            raise TypeError(f"password=: the provider returned {type(password).__name__}, not str")
         return password
 
     async def _create(self, *args: Any, **arguments: Any) -> Any:
