@@ -345,6 +345,40 @@ async def test_a_creator_gets_the_library_arguments_and_its_connections_keep_eve
         assert arguments["password"] == tls_server.password
 
 
+async def test_a_connector_shaped_creator_works_from_a_bare_url(tls_server: TlsServer) -> None:
+    # The shape of docs/tls.md's Cloud SQL example: the URL names only the dialect, and
+    # the creator brings the address, the login and the transport, passing the rest on.
+    target = make_url(tls_server.url())
+    received: list[dict[str, Any]] = []
+
+    async def connector(**arguments: Any) -> Any:
+        received.append(dict(arguments))
+        transport = client_context(tls_server.certificates)
+        login = {
+            "host": target.host,
+            "port": target.port,
+            "user": target.username,
+            "password": tls_server.password,
+            "ssl": transport,
+        }
+        if tls_server.backend == "postgresql":
+            return await asyncpg.connect(database=target.database, **login, **arguments)
+        return await asyncmy.connect(db=target.database, **login, **arguments)
+
+    bare = "postgresql+asyncpg://" if tls_server.backend == "postgresql" else "mysql+asyncmy://"
+    async with Database(url=bare, async_creator=connector, statement_timeout=6) as database:
+        assert await both_engines_encrypted(database)
+        if tls_server.backend == "postgresql":
+            assert await scalar(database, "SHOW statement_timeout", read=True) == "6s"
+        else:
+            assert float(await scalar(database, "SELECT @@max_statement_time", read=True)) == 6
+    assert received
+    library = set(database.backend.connect_args(read_only=True)) - {"ssl"}
+    for arguments in received:
+        assert library <= set(arguments)
+        assert not {"host", "port", "user", "database", "db", "ssl"} & set(arguments)
+
+
 @pytest.mark.parametrize(
     ("backend", "dropped", "complaint"),
     [
