@@ -172,7 +172,7 @@ def _why(error: BaseException, settings: DatabaseSettings) -> str:
                 if "mismatch" in message
                 else "; no CA trusted here signed it (DB_TLS_CA_FILE)"
             )
-    if isinstance(error, TimeoutError):
+    if any(isinstance(item, TimeoutError) for item in chain):
         return f"no answer within {settings.connect_timeout:g} s (DB_CONNECT_TIMEOUT)"
     if "rejected SSL upgrade" in str(error):
         return f"the server does not offer TLS, which {mode} requires; nothing was sent"

@@ -185,7 +185,8 @@ class DatabaseSettings(BaseSettings):
     @model_validator(mode="after")
     def _check_connections(self) -> DatabaseSettings:
         check_tls(self)
-        if self.password is not None and self.sqlalchemy_url.password is not None:
+        url = self.sqlalchemy_url
+        if self.password is not None and (url.password is not None or "password" in url.query):
             raise ValueError("password=: DATABASE_URL carries a password too; give it in one place")
         return self
 
@@ -208,7 +209,12 @@ class DatabaseSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, _EnvironmentWithoutCodeOnly(settings_cls), file_secret_settings)
+        return (
+            init_settings,
+            _EnvironmentWithoutCodeOnly(settings_cls),
+            _WithoutCodeOnly(dotenv_settings),
+            file_secret_settings,
+        )
 
     @field_validator("pool_class", mode="before")
     @classmethod
@@ -265,6 +271,20 @@ class _EnvironmentWithoutCodeOnly(EnvSettingsSource):
         if field_name in CODE_ONLY:
             return None, field_name, False
         return super().get_field_value(field, field_name)
+
+
+class _WithoutCodeOnly(PydanticBaseSettingsSource):
+    """Another source (a ``.env`` file), minus the code-only settings."""
+
+    def __init__(self, source: PydanticBaseSettingsSource) -> None:
+        super().__init__(source.settings_cls)
+        self._source = source
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {key: value for key, value in self._source().items() if key not in CODE_ONLY}
 
 
 def _check_async_url(raw: str) -> None:

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Literal, cast
 from pydantic import SecretStr
 from sqlalchemy.engine import URL
 
+from .errors import ConfigurationError
+
 if TYPE_CHECKING:
     from .settings import DatabaseSettings
 
@@ -174,13 +176,25 @@ def connect_context(settings: DatabaseSettings) -> ssl.SSLContext | None:
     request = tls_request(settings)
     if request.mode == "disable":
         return None
-    return request.context if request.context is not None else _context_for(request)
+    if request.context is not None:
+        return request.context
+    try:
+        return _context_for(request)
+    except ValueError as error:  # a file gone or changed since the settings were checked
+        raise ConfigurationError(f"Invalid database settings:\n  {error}") from None
 
 
 def _context_for(request: TlsRequest) -> ssl.SSLContext:
     files = (request.ca_file, request.cert_file, request.key_file)
-    versions = tuple(None if path is None else path.stat().st_mtime_ns for path in files)
+    versions = tuple(_version(path) for path in files)
     return _cached_context(request, versions)
+
+
+def _version(path: Path | None) -> int | None:
+    try:
+        return None if path is None else path.stat().st_mtime_ns
+    except OSError:
+        return None  # loading it will say what is wrong
 
 
 @functools.lru_cache(maxsize=8)
@@ -297,8 +311,8 @@ def _check_libpq_environment() -> None:
     asked = [name for name in _LIBPQ_ENVIRONMENT if os.environ.get(name)]
     if asked and os.environ.get("PGSSLMODE", "").lower() not in ("", "disable"):
         raise ValueError(
-            f"DB_TLS (tls): is not set, but {', '.join(asked)} is in the environment; "
-            "fastapi-asyncdb does not read it and would connect without TLS: set DB_TLS "
+            f"DB_TLS (tls): is not set, but the environment has {', '.join(asked)}, which "
+            "fastapi-asyncdb does not read: it would connect without TLS; set DB_TLS "
             "(and DB_TLS_CA_FILE ...) instead"
         )
 

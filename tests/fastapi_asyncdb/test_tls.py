@@ -473,7 +473,7 @@ def test_libpq_tls_variables_are_refused_rather_than_ignored(
 ) -> None:
     monkeypatch.setenv("PGSSLMODE", "verify-full")
     monkeypatch.setenv(variable, "verify-full" if variable == "PGSSLMODE" else "/etc/ca.pem")
-    with pytest.raises(ConfigurationError, match=f"{variable}.*does not read it"):
+    with pytest.raises(ConfigurationError, match=f"{variable}.*does not read"):
         DatabaseSettings(url="postgresql+asyncpg://app@db/app")
     # Once DB_TLS says what to do, the variables are simply not read.
     DatabaseSettings(url="postgresql+asyncpg://app@db/app", tls="require")
