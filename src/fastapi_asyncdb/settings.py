@@ -57,8 +57,12 @@ class DatabaseSettings(BaseSettings):
     """Every knob of the engine, the pools and the timeouts.
 
     From the environment: ``DATABASE_URL`` and ``DB_<NAME>`` for each other field
-    (``DB_POOL_SIZE``, ``DB_POOL_TIMEOUT``, ...). From code: the field names as keywords.
+    (``DB_POOL_SIZE``, ``DB_TLS``, ...). From code: the field names as keywords.
     Times are in seconds. A timeout of ``None`` disables it; only do that knowingly.
+
+    ``ssl_context``, ``connect_args``, ``password``, ``async_creator`` and the JSON
+    functions are set in code only (docs/tls.md): never read from the environment,
+    never printed, and refused where they would override what another setting controls.
     """
 
     model_config = SettingsConfigDict(

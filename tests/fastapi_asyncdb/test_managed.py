@@ -224,7 +224,12 @@ async def test_open_connections_outlive_the_rotation_and_a_stale_token_fails_cle
     caplog.set_level(logging.DEBUG)
     tokens = TokenService(tls_server)
     database = Database(
-        url=tls_server.url(), tls="verify-full", tls_ca_file=tls_server.ca, password=tokens
+        url=tls_server.url(),
+        tls="verify-full",
+        tls_ca_file=tls_server.ca,
+        password=tokens,
+        echo=True,
+        echo_pool=True,
     )
     async with database:
         async with database.transaction() as session:
