@@ -130,11 +130,14 @@ class Breaker:
         if self.is_open or self._closed:
             return
         self.is_open = True
-        # The type only: driver messages name hosts and users.
-        logger.warning(
-            "cannot connect to the database (%s); failing fast until a probe succeeds",
-            type(cause).__name__,
+        # A DatabaseUnavailableError's reason is written for people and redacted; of
+        # anything else, only the type (driver texts may hold what nobody checked).
+        reason = (
+            cause.reason
+            if isinstance(cause, DatabaseUnavailableError)
+            else f"cannot connect to the database ({type(cause).__name__})"
         )
+        logger.warning("%s; failing fast until a probe succeeds", reason)
         self._probe_task = asyncio.get_running_loop().create_task(self._probe_until_up())
 
     async def _probe_until_up(self) -> None:

@@ -22,6 +22,7 @@ from . import _compat
 from .backends import ServerFacts
 from .database import Database
 from .errors import DatabaseError
+from .tls import tls_request
 
 __all__ = ["Finding", "add_arguments", "examine", "render", "run"]
 
@@ -157,8 +158,23 @@ def _is_local(database: Database) -> bool:
 def _tls(database: Database, facts: ServerFacts, _workers: int) -> list[Finding]:
     if facts.tls is None:
         return []
+    mode = tls_request(database.settings).mode
+    if facts.tls and mode == "require":
+        return [
+            Finding(
+                "warning",
+                "tls",
+                f"encrypted ({facts.tls_detail}), but the server's identity is not verified "
+                "(DB_TLS=require): whoever can intercept the connection can read and change it",
+                "use DB_TLS=verify-full, with the server's CA in DB_TLS_CA_FILE",
+            )
+        ]
     if facts.tls:
-        return [Finding("ok", "tls", f"encrypted ({facts.tls_detail})")]
+        verified = {
+            "verify-full": "; certificate and host name verified",
+            "verify-ca": "; certificate verified, host name not (verify-ca)",
+        }
+        return [Finding("ok", "tls", f"encrypted ({facts.tls_detail}){verified.get(mode, '')}")]
     if _is_local(database):
         return [Finding("ok", "tls", "not encrypted; the server is on this machine")]
     return [
@@ -166,7 +182,7 @@ def _tls(database: Database, facts: ServerFacts, _workers: int) -> list[Finding]
             "warning",
             "tls",
             "the connection to a remote server is not encrypted",
-            "turn TLS on with certificate verification (verify-full)",
+            "turn TLS on with certificate verification: DB_TLS=verify-full (docs/tls.md)",
         )
     ]
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import ssl
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from sqlalchemy import event
@@ -13,8 +14,10 @@ from sqlalchemy.pool import NullPool
 from . import redaction
 from .backends import Backend
 from .connection_health import ConnectionHealth
-from .errors import DatabaseUnavailableError, ErrorKind, ReadOnlySessionError
+from .errors import ConfigurationError, DatabaseUnavailableError, ErrorKind, ReadOnlySessionError
+from .managed import NewConnections, PasswordProviderError, merged_connect_args
 from .settings import DatabaseSettings
+from .tls import tls_request, url_without_tls
 
 __all__ = ["create_engine", "health_rules"]
 
@@ -48,8 +51,11 @@ def create_engine(
     ``on_connect_failure`` is called with the error when a new connection cannot be
     made, which is how the breaker learns that the database is down.
     """
-    url = settings.sqlalchemy_url
-    connect_args = backend.connect_args(read_only=read_only)
+    # The URL's TLS parameters are in the backend's connect arguments, translated.
+    url = url_without_tls(settings.sqlalchemy_url)
+    connect_args = merged_connect_args(
+        backend.connect_args(read_only=read_only), settings.driver_connect_args
+    )
     # Engine reprs and logs print the URL's query string in clear; secrets travel
     # as connect arguments instead, where nothing prints them.
     secrets = {key: value for key, value in url.query.items() if redaction.is_secret_query_key(key)}
@@ -57,6 +63,10 @@ def create_engine(
         url = url.difference_update_query(secrets)
         connect_args.update(secrets)
     options: dict[str, Any] = {"connect_args": connect_args}
+    if settings.json_serializer is not None:
+        options["json_serializer"] = settings.json_serializer
+    if settings.json_deserializer is not None:
+        options["json_deserializer"] = settings.json_deserializer
     if settings.pool_class == "NullPool":
         options["poolclass"] = NullPool
     else:
@@ -90,7 +100,12 @@ def create_engine(
     health = health_rules(settings, backend, sync_engine.dialect)
     health.install(sync_engine)
     backend.install_connection_setup(sync_engine, read_only=read_only)
-    _install_connect_guard(sync_engine, settings, on_connect_failure)
+    _install_connect_guard(
+        sync_engine,
+        settings,
+        NewConnections(settings, backend, read_only=read_only),
+        on_connect_failure,
+    )
     if settings.hide_parameters:
         redaction.install_parameter_redaction(sync_engine)
     _install_error_translation(sync_engine, settings, backend, read_only=read_only)
@@ -100,28 +115,106 @@ def create_engine(
 def _install_connect_guard(
     engine: Engine,
     settings: DatabaseSettings,
+    connections: NewConnections,
     on_connect_failure: Callable[[BaseException], None] | None,
 ) -> None:
-    """Report a failed connect and raise it as ``DatabaseUnavailableError``.
+    """Make each new connection; raise a failure as ``DatabaseUnavailableError``, saying why.
 
     Drivers raise bare ``OSError`` or ``TimeoutError`` here, which SQLAlchemy passes
-    through unwrapped and unlogged; their text may also name hosts and users.
+    through unwrapped and unlogged. The message names the host, the user and the
+    driver's reason; ``connections`` has taken the secrets out of the error.
     """
 
     @event.listens_for(engine, "do_connect")
     def _connect(dialect: Dialect, _record: Any, cargs: Any, cparams: Any) -> Any:
         try:
-            return dialect.connect(*cargs, **cparams)
-        except _MISCONFIGURATION:
+            return connections.connect(dialect, cargs, cparams)
+        except (*_MISCONFIGURATION, ConfigurationError):
             raise  # a wrong connect argument is a bug to see, not an outage to wait out
         except Exception as error:
             redaction.redact_connect_error(error, cparams)
-            if on_connect_failure is not None:
-                on_connect_failure(error)
-            raise DatabaseUnavailableError(
-                f"cannot connect to the database ({type(error).__name__})",
+            failure = DatabaseUnavailableError(
+                connect_failure_reason(error, settings, cparams),
                 retry_after=settings.unavailable_retry_after,
-            ) from error
+            )
+            if on_connect_failure is not None:
+                on_connect_failure(failure)
+            raise failure from error
+
+
+def connect_failure_reason(
+    error: BaseException, settings: DatabaseSettings, arguments: Mapping[str, Any]
+) -> str:
+    """``cannot connect to the database at host:port as user: why``, for people.
+
+    Host and user help whoever reads it; the error's texts hold no secret by now.
+    """
+    where = ""
+    if arguments.get("host") is not None:
+        port = arguments.get("port")
+        where += f" at {arguments['host']}" + ("" if port is None else f":{port}")
+    if arguments.get("user") is not None:
+        where += f" as {arguments['user']}"
+    if settings.async_creator is not None:
+        where += " (async_creator)"
+    return f"cannot connect to the database{where}: {_why(error, settings)}"
+
+
+def _why(error: BaseException, settings: DatabaseSettings) -> str:
+    if isinstance(error, PasswordProviderError):
+        return str(error)
+    chain = list(_chain(error))
+    mode = tls_request(settings).mode
+    for item in chain:
+        if isinstance(item, ssl.SSLCertVerificationError):
+            message = str(item.verify_message).rstrip(".")
+            return f"the server's TLS certificate is refused: {message}" + (
+                "; the certificate must name the host connected to"
+                if "mismatch" in message
+                else "; no CA trusted here signed it (DB_TLS_CA_FILE)"
+            )
+    if any(isinstance(item, TimeoutError) for item in chain):
+        return f"no answer within {settings.connect_timeout:g} s (DB_CONNECT_TIMEOUT)"
+    if "rejected SSL upgrade" in str(error):
+        return f"the server does not offer TLS, which {mode} requires; nothing was sent"
+    for item in chain:
+        if isinstance(item, ssl.SSLError):
+            reason = str(item.reason or item)
+            return f"the TLS handshake failed ({reason})" + _TLS_HINTS.get(reason, "")
+    described = _describe(next((item for item in chain if _is_drivers(item)), error))
+    if mode == "disable" and "no encryption" in described:
+        described += " (the server requires TLS: set DB_TLS, docs/tls.md)"
+    return described
+
+
+_TLS_HINTS = {
+    "WRONG_VERSION_NUMBER": ": the server does not speak TLS there",
+    "TLSV1_ALERT_UNKNOWN_CA": ": the server does not trust the client certificate's CA",
+    "TLSV1_ALERT_CERTIFICATE_REQUIRED": ": the server wants a client certificate",
+}
+
+
+def _is_drivers(error: BaseException) -> bool:
+    """Not SQLAlchemy's adaptation of the driver's error, the driver's own."""
+    return not type(error).__module__.startswith("sqlalchemy")
+
+
+def _describe(error: BaseException) -> str:
+    """The driver's own words: asyncmy's ``(code, message)`` as ``code message``."""
+    args = error.args
+    if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):
+        return f"{type(error).__name__} {args[0]}: {args[1]}"
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    item: BaseException | None = error
+    while item is not None and id(item) not in seen:
+        seen.add(id(item))
+        yield item
+        item = item.__cause__ or item.__context__
 
 
 def _install_error_translation(

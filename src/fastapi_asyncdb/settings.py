@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -12,26 +15,54 @@ from pydantic import (
     PositiveInt,
     SecretStr,
     ValidationError,
+    field_serializer,
     field_validator,
+    model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from .errors import ConfigurationError
-from .redaction import mask_url
+from .redaction import is_secret_query_key, mask_url
+from .tls import TlsMode, check_tls
 
 __all__ = ["DatabaseSettings"]
 
 DEFAULT_URL = "sqlite+aiosqlite:///./data/app.db"
+
+PasswordProvider = Callable[[], str | Awaitable[str]]
+"""Returns the password (or token) for a new connection; sync or async."""
+AsyncCreator = Callable[..., Awaitable[Any]]
+"""Makes a driver connection from the library's connect arguments (keywords)."""
+
+# Set in code only: objects, callables and driver arguments have no environment form.
+CODE_ONLY = (
+    "ssl_context",
+    "connect_args",
+    "password",
+    "async_creator",
+    "json_serializer",
+    "json_deserializer",
+)
 
 
 class DatabaseSettings(BaseSettings):
     """Every knob of the engine, the pools and the timeouts.
 
     From the environment: ``DATABASE_URL`` and ``DB_<NAME>`` for each other field
-    (``DB_POOL_SIZE``, ``DB_POOL_TIMEOUT``, ...). From code: the field names as keywords.
+    (``DB_POOL_SIZE``, ``DB_TLS``, ...). From code: the field names as keywords.
     Times are in seconds. A timeout of ``None`` disables it; only do that knowingly.
+
+    ``ssl_context``, ``connect_args``, ``password``, ``async_creator`` and the JSON
+    functions are set in code only (docs/tls.md): never read from the environment,
+    never printed, and refused where they would override what another setting controls.
     """
 
     model_config = SettingsConfigDict(
@@ -40,6 +71,7 @@ class DatabaseSettings(BaseSettings):
         hide_input_in_errors=True,
         extra="forbid",
         frozen=True,
+        arbitrary_types_allowed=True,
     )
 
     url: SecretStr = Field(
@@ -94,6 +126,45 @@ class DatabaseSettings(BaseSettings):
     )
     application_name: str = "fastapi-asyncdb"
 
+    # -- TLS (docs/tls.md) --------------------------------------------------------------
+    tls: TlsMode | None = Field(
+        default=None,
+        description="disable, require (encrypts, verifies nothing), verify-ca or verify-full; "
+        "unset: no TLS, unless the URL asks for it.",
+    )
+    tls_ca_file: Path | None = Field(
+        default=None, description="CA that signed the server's certificate; default: the system's."
+    )
+    tls_cert_file: Path | None = Field(default=None, description="Client certificate (PEM).")
+    tls_key_file: Path | None = Field(
+        default=None, description="Client key (PEM); default: in the certificate file."
+    )
+    tls_key_password: SecretStr | None = Field(
+        default=None, repr=False, description="Password of an encrypted client key."
+    )
+
+    # -- in code only: the escape hatch for managed databases (docs/tls.md) ------------
+    ssl_context: ssl.SSLContext | None = Field(
+        default=None, repr=False, description="A TLS context built in code, used as it is."
+    )
+    connect_args: dict[str, Any] = Field(
+        default_factory=dict,
+        repr=False,
+        description="More driver connect arguments; those the settings control are refused.",
+    )
+    password: SecretStr | PasswordProvider | None = Field(
+        default=None,
+        repr=False,
+        description="The password, or a callable returning it for each new connection.",
+    )
+    async_creator: AsyncCreator | None = Field(
+        default=None,
+        repr=False,
+        description="Makes each driver connection from the keyword arguments it is given.",
+    )
+    json_serializer: Callable[[Any], str] | None = Field(default=None, repr=False)
+    json_deserializer: Callable[[str], Any] | None = Field(default=None, repr=False)
+
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)
@@ -105,6 +176,49 @@ class DatabaseSettings(BaseSettings):
     def _check_url(cls, value: SecretStr) -> SecretStr:
         _check_async_url(value.get_secret_value())
         return value
+
+    @field_validator("connect_args")
+    @classmethod
+    def _hide_secret_connect_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Kept as SecretStr, so dumps and reprs of the settings never show them.
+        return {
+            key: SecretStr(item) if isinstance(item, str) and is_secret_query_key(key) else item
+            for key, item in value.items()
+        }
+
+    @model_validator(mode="after")
+    def _check_connections(self) -> DatabaseSettings:
+        check_tls(self)
+        url = self.sqlalchemy_url
+        if self.password is not None and (url.password is not None or "password" in url.query):
+            raise ValueError("password=: DATABASE_URL carries a password too; give it in one place")
+        return self
+
+    @field_serializer(*CODE_ONLY[:1], *CODE_ONLY[2:], when_used="json")
+    def _describe_code_only(self, value: object) -> str | None:
+        return None if value is None else f"<{type(value).__name__}>"
+
+    @field_serializer("connect_args", when_used="json")
+    def _describe_connect_args(self, value: dict[str, Any]) -> dict[str, str]:
+        return {
+            key: "***" if isinstance(item, SecretStr) else repr(item) for key, item in value.items()
+        }
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            _EnvironmentWithoutCodeOnly(settings_cls),
+            _WithoutCodeOnly(dotenv_settings),
+            file_secret_settings,
+        )
 
     @field_validator("pool_class", mode="before")
     @classmethod
@@ -132,9 +246,49 @@ class DatabaseSettings(BaseSettings):
     def effective_read_max_overflow(self) -> int:
         return self.max_overflow if self.read_max_overflow is None else self.read_max_overflow
 
+    @property
+    def driver_connect_args(self) -> dict[str, Any]:
+        """``connect_args`` as the driver takes them: secrets in clear."""
+        return {
+            key: value.get_secret_value() if isinstance(value, SecretStr) else value
+            for key, value in self.connect_args.items()
+        }
+
     def __repr_args__(self) -> Any:
         yield "url", self.masked_url
         yield from super().__repr_args__()
+        # Code-only values by kind: a context, a callable or a connect argument may hold
+        # a secret.
+        if self.connect_args:
+            yield "connect_args", sorted(self.connect_args)
+        for name in ("ssl_context", "password", "async_creator"):
+            value = getattr(self, name)
+            if value is not None:
+                yield name, f"<{type(value).__name__}>"
+
+
+class _EnvironmentWithoutCodeOnly(EnvSettingsSource):
+    """The environment, minus the code-only settings (``DB_PASSWORD`` of a compose file
+    stays unread rather than becoming a password nobody asked for)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if field_name in CODE_ONLY:
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
+
+
+class _WithoutCodeOnly(PydanticBaseSettingsSource):
+    """Another source (a ``.env`` file), minus the code-only settings."""
+
+    def __init__(self, source: PydanticBaseSettingsSource) -> None:
+        super().__init__(source.settings_cls)
+        self._source = source
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {key: value for key, value in self._source().items() if key not in CODE_ONLY}
 
 
 def _check_async_url(raw: str) -> None:
@@ -156,9 +310,13 @@ def _explain(error: ValidationError) -> str:
     """Name each offending setting by its environment variable, without echoing its value."""
     lines = []
     for item in error.errors(include_input=False, include_url=False):
-        field = str(item["loc"][0]) if item["loc"] else "?"
         message = str(item["msg"]).removeprefix("Value error, ")
+        if not item["loc"]:
+            lines.append(message)  # a check across settings names them itself
+            continue
+        field = str(item["loc"][0])
         if item["type"] == "extra_forbidden":
             message = "is not a setting of fastapi-asyncdb; check the spelling"
-        lines.append(f"{_env_name(field)} ({field}): {message}")
+        name = f"{field}=" if field in CODE_ONLY else f"{_env_name(field)} ({field})"
+        lines.append(f"{name}: {message}")
     return "Invalid database settings:\n  " + "\n  ".join(lines)

@@ -134,7 +134,7 @@ def test_unparseable_url_is_refused_without_echoing_it() -> None:
     "url",
     [
         f"postgresql+asyncpg://app:{SECRET}@db/app",
-        f"postgresql+asyncpg://app@db/app?sslpassword={SECRET}",
+        f"postgresql+asyncpg://app@db/app?auth_token={SECRET}",
         f"postgresql+asyncpg://app@db/app?password={SECRET}",
         f"mysql+asyncmy://app@db/app?api_token={SECRET}",
     ],

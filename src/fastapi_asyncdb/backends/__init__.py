@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import Dialect
 
 from ..errors import ConfigurationError
+from ..managed import check_connect_options
 from .base import Backend, ServerFacts
 
 if TYPE_CHECKING:
@@ -35,11 +36,13 @@ def _backend_classes() -> dict[str, type[Backend]]:
 def resolve(settings: DatabaseSettings) -> Backend:
     """The backend for the settings' URL; ``ConfigurationError`` saying what to change."""
     try:
-        return _resolve(settings)
+        backend = _resolve(settings)
     except ValueError as error:
         raise ConfigurationError(
             f"Invalid database settings:\n  DATABASE_URL (url): {error}"
         ) from None
+    check_connect_options(settings, backend)
+    return backend
 
 
 def _resolve(settings: DatabaseSettings) -> Backend:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -83,6 +84,10 @@ class Backend:
     """Only one write transaction at a time (SQLite): writers queue in the gate."""
     fast_path: ClassVar[bool] = False
     """The driver may run compiled statements itself (``Prepared``, ``run_statement``)."""
+    owned_connect_arguments: ClassVar[Mapping[str, str]] = {}
+    """Connect arguments the library sets, by the setting that controls each (nested ones
+    as ``server_settings.name``): ``connect_args=`` may not set them. Whatever else
+    ``connect_args()`` returns is refused too, as set by the library."""
 
     def __init__(self, settings: DatabaseSettings) -> None:
         self.settings = settings
@@ -102,6 +107,14 @@ class Backend:
 
     def install_connection_setup(self, engine: Engine, *, read_only: bool) -> None:
         """Per-connection setup that connect arguments cannot express (engine events)."""
+
+    async def check_created_connection(self, driver_connection: Any, *, read_only: bool) -> None:
+        """Refuse a connection made by an ``async_creator`` that lacks the library's limits.
+
+        Raise ``ConfigurationError`` saying what is missing; the caller closes the
+        connection. What ``install_connection_setup`` applies after connecting needs no
+        check.
+        """
 
     def ping(self, dialect: Dialect, dbapi_connection: Any, *, timeout: float) -> None:
         """Check that a connection still works; raise if it does not.

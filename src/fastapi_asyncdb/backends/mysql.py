@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from ..errors import ErrorKind
+from ..errors import ConfigurationError, ErrorKind
+from ..tls import connect_context, tls_request
 from .base import Backend, ServerFacts, milliseconds, poll_migration_lock
 
 __all__ = ["MySQL"]
@@ -40,12 +43,22 @@ class MySQL(Backend):
     driver = "asyncmy"
     extra = "mysql"
     sync_default_driver = "mysqldb"
+    owned_connect_arguments: ClassVar[Mapping[str, str]] = {
+        "connect_timeout": "DB_CONNECT_TIMEOUT (connect_timeout)",
+        "read_timeout": "DB_COMMAND_TIMEOUT (command_timeout)",
+        "ssl": "DB_TLS and DB_TLS_* (or ssl_context=)",
+        "password": "password= (or DATABASE_URL)",
+    }
 
     def connect_args(self, *, read_only: bool) -> dict[str, Any]:
-        return {
+        arguments = {
             "connect_timeout": self.settings.connect_timeout,
             "read_timeout": self.settings.command_timeout,
         }
+        return arguments | _tls_arguments(self)
+
+    async def check_created_connection(self, driver_connection: Any, *, read_only: bool) -> None:
+        await _check_created_connection(self, driver_connection)
 
     def install_connection_setup(self, engine: Engine, *, read_only: bool) -> None:
         settings = self.settings
@@ -116,3 +129,34 @@ class MySQL(Backend):
     async def release_migration_lock(self, connection: AsyncConnection, name: str) -> None:
         await connection.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
         await connection.commit()
+
+
+# -- TLS and connections made by an async_creator --------------------------------------
+
+
+def _tls_arguments(backend: MySQL) -> dict[str, Any]:
+    """asyncmy's ``ssl``: a context when TLS is on. A context, not a dict: a dict without
+    a CA encrypts but verifies nothing."""
+    context = connect_context(backend.settings)
+    return {} if context is None else {"ssl": context}
+
+
+async def _check_created_connection(backend: MySQL, connection: Any) -> None:
+    # The server-side limits and read-only mode are set by the connect event, on any
+    # connection; what a creator must pass on is the client side and TLS.
+    settings = backend.settings
+    missing = []
+    read_timeout = getattr(connection, "_read_timeout", None)
+    if read_timeout != settings.command_timeout:
+        missing.append(f"read_timeout={settings.command_timeout} (has {read_timeout})")
+    if tls_request(settings).mode != "disable":
+        async with asyncio.timeout(settings.connect_timeout), connection.cursor() as cursor:
+            await cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+            row = await cursor.fetchone()
+        if not (row and row[1]):
+            missing.append("TLS (the connection is not encrypted)")
+    if missing:
+        raise ConfigurationError(
+            "async_creator=: its connection runs without " + ", ".join(missing) + "; pass the "
+            "keyword arguments the creator receives on to asyncmy.connect"
+        )

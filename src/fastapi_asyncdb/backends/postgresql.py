@@ -4,15 +4,21 @@ and the fast path."""
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+import ssl
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import _compat
-from ..errors import ErrorKind
+from ..errors import ConfigurationError, ErrorKind
+from ..tls import connect_context
 from .base import Backend, ServerFacts, milliseconds, poll_migration_lock
+
+if TYPE_CHECKING:
+    from ..settings import DatabaseSettings
 
 __all__ = ["PostgreSQL"]
 
@@ -65,6 +71,25 @@ class PostgreSQL(Backend):
     extra = "postgresql"
     sync_default_driver = "psycopg2"
     fast_path = True
+    owned_connect_arguments: ClassVar[Mapping[str, str]] = {
+        "timeout": "DB_CONNECT_TIMEOUT (connect_timeout)",
+        "command_timeout": "DB_COMMAND_TIMEOUT (command_timeout)",
+        "ssl": "DB_TLS and DB_TLS_* (or ssl_context=)",
+        "password": "password= (or DATABASE_URL)",
+        "server_settings.statement_timeout": "DB_STATEMENT_TIMEOUT (statement_timeout)",
+        "server_settings.idle_in_transaction_session_timeout": (
+            "DB_IDLE_IN_TRANSACTION_TIMEOUT (idle_in_transaction_timeout)"
+        ),
+        "server_settings.client_connection_check_interval": (
+            "DB_CLIENT_CONNECTION_CHECK_INTERVAL (client_connection_check_interval)"
+        ),
+        "server_settings.default_transaction_read_only": (
+            "the engines themselves (the read engine is read-only by design)"
+        ),
+        "server_settings.application_name": "DB_APPLICATION_NAME (application_name)",
+        # "-c statement_timeout=0" in options would undo any of the above.
+        "server_settings.options": "the settings, one server_settings entry per parameter",
+    }
 
     def connect_args(self, *, read_only: bool) -> dict[str, Any]:
         settings = self.settings
@@ -82,7 +107,11 @@ class PostgreSQL(Backend):
             "timeout": settings.connect_timeout,
             "command_timeout": settings.command_timeout,
             "server_settings": server_settings,
+            "ssl": _tls_argument(settings),
         }
+
+    async def check_created_connection(self, driver_connection: Any, *, read_only: bool) -> None:
+        await _check_created_connection(self, driver_connection, read_only=read_only)
 
     def ping(self, dialect: Dialect, dbapi_connection: Any, *, timeout: float) -> None:
         # asyncpg's own fetch takes a timeout; the dialect's ping would wait for the
@@ -161,3 +190,51 @@ def advisory_lock_key(name: str) -> int:
     """PostgreSQL names advisory locks by a signed 64-bit integer: the name's hash."""
     digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+# -- TLS and connections made by an async_creator --------------------------------------
+
+
+def _tls_argument(settings: DatabaseSettings) -> ssl.SSLContext | bool:
+    """asyncpg's ``ssl``: a context, or False; never a mode string, never None.
+
+    With a mode or None, asyncpg reads ``PGSSLMODE`` and defaults to ``prefer``, which
+    falls back to plaintext and verifies nothing; with a context it does neither.
+    """
+    context = connect_context(settings)
+    return False if context is None else context
+
+
+async def _check_created_connection(
+    backend: PostgreSQL, connection: Any, *, read_only: bool
+) -> None:
+    # connect_args() builds no new TLS context: the same files give the cached one.
+    expected = backend.connect_args(read_only=read_only)
+    wanted = {
+        name: value
+        for name, value in expected["server_settings"].items()
+        if name != "application_name"
+    }
+    rows = await connection.fetch(
+        "SELECT name, setting FROM pg_settings WHERE name = ANY($1::text[]) "
+        "UNION ALL SELECT 'ssl', ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        list(wanted),
+        timeout=backend.settings.connect_timeout,
+    )
+    found = {row["name"]: row["setting"] for row in rows}
+    missing = [
+        f"{name}={value} (has {found.get(name)})"
+        for name, value in wanted.items()
+        if found.get(name) != value
+    ]
+    if expected["ssl"] is not False and found.get("ssl") != "true":
+        missing.append("TLS (the connection is not encrypted)")
+    config = getattr(connection, "_config", None)
+    command_timeout = getattr(config, "command_timeout", None)
+    if command_timeout != expected["command_timeout"]:
+        missing.append(f"command_timeout={expected['command_timeout']} (has {command_timeout})")
+    if missing:
+        raise ConfigurationError(
+            "async_creator=: its connection runs without " + ", ".join(missing) + "; pass the "
+            "keyword arguments the creator receives on to asyncpg.connect (or the connector)"
+        )

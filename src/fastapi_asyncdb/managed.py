@@ -1,0 +1,162 @@
+"""The escape hatch for managed databases, fenced so that it cannot undo the safety settings.
+
+What settings cannot express is given in code: more driver arguments (``connect_args=``),
+a password or token fetched for each new connection (``password=``), and connections
+made by code of your own, such as a cloud connector (``async_creator=``). The library's
+own connect arguments (timeouts, server-side limits, read-only mode, TLS) are not
+``connect_args``' to change: each is refused at construction, naming its setting. A
+creator is called with those arguments, and the connection it returns is checked for
+them before anything runs on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import SecretStr
+
+from . import _compat, redaction
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Dialect
+
+    from .backends import Backend
+    from .settings import DatabaseSettings
+
+__all__ = [
+    "NewConnections",
+    "PasswordProviderError",
+    "check_connect_options",
+    "merged_connect_args",
+]
+
+
+class PasswordProviderError(Exception):
+    """The ``password=`` provider failed or hung: no connection can be made without it."""
+
+
+def check_connect_options(settings: DatabaseSettings, backend: Backend) -> None:
+    """Refuse code-only options that would override what the settings decide."""
+    owned = dict(backend.owned_connect_arguments)
+    for read_only in (False, True):
+        for name in _argument_names(backend.connect_args(read_only=read_only)):
+            owned.setdefault(name, "fastapi-asyncdb itself")
+    problems = []
+    for name in _argument_names(settings.connect_args):
+        controller = owned.get(name) or owned.get(name.partition(".")[0])
+        if controller is not None:
+            problems.append(f"connect_args=: {name} is set by {controller}; set it there, not here")
+    if settings.password is not None and backend.name == "sqlite":
+        problems.append("password=: SQLite has no password")
+    if problems:
+        raise ConfigurationError("Invalid database settings:\n  " + "\n  ".join(problems))
+
+
+def merged_connect_args(library: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The library's connect arguments with ``extra`` added (nested mappings merged)."""
+    merged = dict(library)
+    for key, value in extra.items():
+        mine = merged.get(key)
+        if isinstance(mine, Mapping) and isinstance(value, Mapping):
+            merged[key] = {**mine, **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+class NewConnections:
+    """Makes each new DBAPI connection of one engine, in SQLAlchemy's ``do_connect``.
+
+    The password provider is asked for every new connection; an ``async_creator`` gets
+    the arguments the driver would have got, and its connection is checked.
+    """
+
+    def __init__(self, settings: DatabaseSettings, backend: Backend, *, read_only: bool) -> None:
+        self._settings = settings
+        self._backend = backend
+        self._read_only = read_only
+
+    def connect(self, dialect: Dialect, cargs: Any, cparams: Mapping[str, Any]) -> Any:
+        """Run in SQLAlchemy's greenlet; returns the DBAPI connection."""
+        settings = self._settings
+        # A copy: SQLAlchemy keeps cparams for every connection, and a token must not
+        # stay there.
+        params = dict(cparams)
+        try:
+            if settings.password is not None:
+                params["password"] = self._current_password()
+            if settings.async_creator is not None:
+                if params.get("ssl") is False:
+                    # "No TLS" is the library's default for its own connects; a
+                    # connector brings its own transport.
+                    del params["ssl"]
+                params["async_creator_fn"] = self._create
+            return dialect.connect(*cargs, **params)
+        except Exception as error:
+            # params, not SQLAlchemy's cparams: they hold the provider's password.
+            redaction.redact_connect_error(error, params)
+            raise
+
+    def _current_password(self) -> str:
+        provider = self._settings.password
+        if isinstance(provider, SecretStr):
+            return provider.get_secret_value()
+        try:
+            password = _compat.await_in_greenlet(self._ask(provider))
+        except TimeoutError:
+            raise PasswordProviderError(
+                f"the password provider did not answer within "
+                f"{self._settings.connect_timeout:g} s (DB_CONNECT_TIMEOUT)"
+            ) from None
+        except Exception as error:
+            raise PasswordProviderError(
+                f"the password provider failed: {type(error).__name__}: {error}"
+            ) from error
+        if not isinstance(password, str):
+            raise TypeError(f"password=: the provider returned {type(password).__name__}, not str")
+        return password
+
+    async def _ask(self, provider: Any) -> object:
+        async with asyncio.timeout(self._settings.connect_timeout):
+            password = provider()
+            if inspect.isawaitable(password):
+                password = await password
+        return password
+
+    async def _create(self, *args: Any, **arguments: Any) -> Any:
+        creator = self._settings.async_creator
+        assert creator is not None
+        async with asyncio.timeout(self._settings.connect_timeout):
+            connection = await creator(*args, **arguments)
+            try:
+                await self._backend.check_created_connection(connection, read_only=self._read_only)
+            except BaseException:
+                await _close(connection)
+                raise
+        return connection
+
+
+async def _close(driver_connection: Any) -> None:
+    # asyncmy's close() drops the socket at once; ensure_closed() says goodbye first.
+    close = getattr(driver_connection, "ensure_closed", None) or driver_connection.close
+    try:
+        result = close()
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        terminate = getattr(driver_connection, "terminate", None)
+        if terminate is not None:
+            terminate()
+
+
+def _argument_names(arguments: Mapping[str, Any]) -> Iterator[str]:
+    """Each argument's name, and ``name.key`` for each key of a nested mapping."""
+    for name, value in arguments.items():
+        if isinstance(value, Mapping):
+            yield from (f"{name}.{key}" for key in value)
+        else:
+            yield name
