@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from tests.servers.processes import free_port
 
@@ -32,6 +35,8 @@ __all__ = [
     "Load",
     "Outcome",
     "Served",
+    "answering",
+    "connections_left",
     "gunicorn_command",
     "server_environment",
     "serving",
@@ -114,9 +119,10 @@ def serving(
     environment: Mapping[str, str],
     log_path: Path,
     *,
-    ready: str = "/health/live",
+    ready: str | None = "/health/live",
     start_timeout: float = 60,
 ) -> Iterator[Served]:
+    """The server, once ``ready`` answers 200 (at once with None: see ``answering``)."""
     port = free_port()
     # The kernel ends the server if the test run dies without cleaning up.
     setpriv = shutil.which("setpriv")
@@ -133,7 +139,8 @@ def serving(
         )
     served = Served(process, f"http://127.0.0.1:{port}", log_path)
     try:
-        _wait_until_ready(served, ready, start_timeout)
+        if ready is not None:
+            _wait_until_ready(served, ready, start_timeout)
         yield served
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -152,6 +159,21 @@ def _wait_until_ready(served: Served, path: str, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"the server did not answer in {timeout} s:\n{served.log()}")
         time.sleep(0.05)
+
+
+async def answering(served: Served, path: str = "/health/live", within: float = 60) -> None:
+    """Wait on the event loop until the server answers ``path`` with 200."""
+    deadline = time.monotonic() + within
+    async with httpx.AsyncClient(base_url=served.base_url, timeout=1) as client:
+        while True:
+            if served.process.poll() is not None:
+                raise AssertionError(f"the server exited at startup:\n{served.log()}")
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get(path)).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the server did not answer in {within} s:\n{served.log()}")
+            await asyncio.sleep(0.05)
 
 
 @dataclass(frozen=True)
@@ -221,3 +243,23 @@ class Load:
 
     def _failed(self, key: str, sent_at: float, failure: str) -> None:
         self.outcomes.append(Outcome(key, sent_at, time.monotonic(), failure=failure))
+
+
+async def connections_left(url: str, application_name: str) -> list[str]:
+    """The states of the server's sessions for ``application_name``, once they have settled.
+
+    A backend leaves ``pg_stat_activity`` a moment after its client closes: wait a
+    little for that, but report what is there.
+    """
+    engine = create_async_engine(url, poolclass=NullPool)
+    query = text("SELECT coalesce(state, '') FROM pg_stat_activity WHERE application_name = :n")
+    try:
+        for _ in range(50):
+            async with engine.connect() as connection:
+                states = list((await connection.execute(query, {"n": application_name})).scalars())
+            if not states or "idle in transaction" in states:
+                return states
+            await asyncio.sleep(0.05)
+        return states
+    finally:
+        await engine.dispose()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -31,6 +31,7 @@ from .served import (
     Load,
     Outcome,
     Served,
+    connections_left,
     gunicorn_command,
     server_environment,
     serving,
@@ -90,26 +91,6 @@ async def stored_keys(url: str) -> set[str]:
     try:
         async with engine.connect() as connection:
             return set((await connection.execute(select(Write.key))).scalars())
-    finally:
-        await engine.dispose()
-
-
-async def connections_left(url: str, application_name: str) -> list[str]:
-    """The states of the server's sessions for ``application_name``, once they have settled.
-
-    A backend leaves ``pg_stat_activity`` a moment after its client closes: wait a
-    little for that, but report what is there.
-    """
-    engine = create_async_engine(url, poolclass=NullPool)
-    query = text("SELECT coalesce(state, '') FROM pg_stat_activity WHERE application_name = :n")
-    try:
-        for _ in range(50):
-            async with engine.connect() as connection:
-                states = list((await connection.execute(query, {"n": application_name})).scalars())
-            if not states or "idle in transaction" in states:
-                return states
-            await asyncio.sleep(0.05)
-        return states
     finally:
         await engine.dispose()
 
