@@ -56,13 +56,20 @@ def uvicorn_command(
     return command
 
 
-def gunicorn_command(factory: str, port: int, *, workers: int, graceful_timeout: int) -> list[str]:
+def gunicorn_command(
+    factory: str,
+    port: int,
+    *,
+    workers: int,
+    graceful_timeout: int,
+    worker_class: str = "uvicorn_worker.UvicornWorker",
+) -> list[str]:
     return [
         sys.executable,
         "-m",
         "gunicorn",
         "--worker-class",
-        "uvicorn_worker.UvicornWorker",
+        worker_class,
         "--workers",
         str(workers),
         "--bind",

@@ -175,10 +175,24 @@ async def test_sigterm_mid_load_lets_started_requests_finish_and_turns_the_rest_
         assert trouble not in log, log
 
 
+GRACEFUL_TIMEOUT = 1  # uvicorn's, in seconds: far shorter than the requests take
+CUT_SERVERS: dict[str, Callable[[int], Sequence[str]]] = {
+    "uvicorn": lambda port: uvicorn_command(FACTORY, port, graceful_timeout=GRACEFUL_TIMEOUT),
+    "gunicorn -k BoundedUvicornWorker": lambda port: gunicorn_command(
+        FACTORY,
+        port,
+        workers=1,
+        graceful_timeout=30,
+        worker_class="tests.fastapi_asyncdb.gunicorn_worker.BoundedUvicornWorker",
+    ),
+}
+
+
+@pytest.mark.parametrize("server", list(CUT_SERVERS))
 async def test_units_past_uvicorns_graceful_timeout_or_the_drain_timeout_roll_back(
-    database_url: str, tmp_path: Path
+    server: str, database_url: str, tmp_path: Path
 ) -> None:
-    graceful_timeout, hold, drain_timeout = 1, 20.0, 1.0
+    hold, drain_timeout = 20.0, 1.0
     application_name = f"drain-{uuid.uuid4().hex[:12]}"
     environment = server_environment(
         database_url,
@@ -186,12 +200,9 @@ async def test_units_past_uvicorns_graceful_timeout_or_the_drain_timeout_roll_ba
         DB_APPLICATION_NAME=application_name,
         # Longer than the drain waits: the drain cancels it.
         DRAIN_APP_BACKGROUND_HOLD=hold,
+        UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN=GRACEFUL_TIMEOUT,
     )
-
-    def command(port: int) -> Sequence[str]:
-        return uvicorn_command(FACTORY, port, graceful_timeout=graceful_timeout)
-
-    with serving(command, environment, tmp_path / "server.log") as served:
+    with serving(CUT_SERVERS[server], environment, tmp_path / "server.log") as served:
         outcomes, signalled_at = await shut_down_mid_load(served, hold=hold, before=1, after=1)
         code, took = await served.exited(within=60)
         log = served.log()
@@ -204,7 +215,7 @@ async def test_units_past_uvicorns_graceful_timeout_or_the_drain_timeout_roll_ba
     # Neither those requests nor the background unit the drain cancelled left a write.
     assert await stored_keys(database_url) == set()
     assert exited_cleanly(code, log, workers=1), log
-    assert took <= graceful_timeout + drain_timeout + HEALTH_TIMEOUT + SLACK, log
+    assert took <= GRACEFUL_TIMEOUT + drain_timeout + HEALTH_TIMEOUT + SLACK, log
     assert took < hold
     assert await connections_left(database_url, application_name) == []
     assert "timeout graceful shutdown exceeded" in log
