@@ -26,7 +26,14 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select, text
 
-from fastapi_asyncdb import Database, DatabaseUnavailableError, SessionDep, install
+from fastapi_asyncdb import (
+    ConfigurationError,
+    Database,
+    DatabaseSettings,
+    DatabaseUnavailableError,
+    SessionDep,
+    install,
+)
 from fastapi_asyncdb.drain import SHUTTING_DOWN
 
 from .models import Note, create_tables
@@ -119,12 +126,14 @@ async def test_stop_refuses_newcomers_lets_admitted_units_end_and_cancels_the_la
     application_name = f"drain-{uuid.uuid4().hex[:12]}"
     for round_number in range(ROUNDS):
         where = f"seed {seed}, round {round_number}"
+        # Zero: nothing admitted may go on; every unit still running is cancelled.
+        drain_timeout = rng.choice((0.0, DRAIN_TIMEOUT, DRAIN_TIMEOUT))
         database = Database(
             url=database_url,
             pool_size=rng.randint(1, 3),
             max_overflow=0,
             pool_timeout=30,
-            drain_timeout=DRAIN_TIMEOUT,
+            drain_timeout=drain_timeout,
             health_timeout=ROLLBACK_GRACE,
             application_name=application_name,
         )
@@ -143,12 +152,14 @@ async def test_stop_refuses_newcomers_lets_admitted_units_end_and_cancels_the_la
         after = draw_units(rng, len(before))
         tasks |= {unit: asyncio.create_task(run_unit(database, unit)) for unit in after}
         loop = asyncio.get_running_loop()
-        for unit in admitted:
-            if unit.ends:
-                # Well before the deadline, in a random order.
-                loop.call_later(rng.uniform(0, DRAIN_TIMEOUT / 4), unit.release.set)
+        ending = [unit for unit in admitted if unit.ends and drain_timeout]
+        for unit in ending:
+            # Well before the deadline, in a random order.
+            loop.call_later(rng.uniform(0, drain_timeout / 4), unit.release.set)
         await stopping
         took = time.monotonic() - started
+        for unit in before:
+            unit.release.set()  # a unit the drain failed to end must not hang the test
 
         results = await asyncio.gather(*tasks.values(), return_exceptions=True)
         outcomes = dict(zip(tasks, results, strict=True))
@@ -156,24 +167,24 @@ async def test_stop_refuses_newcomers_lets_admitted_units_end_and_cancels_the_la
             outcome = outcomes[unit]
             assert isinstance(outcome, DatabaseUnavailableError), f"{where}: {unit} {outcome!r}"
             assert outcome.reason == SHUTTING_DOWN
-        cancelled = [unit for unit in admitted if not unit.ends]
+        cancelled = [unit for unit in admitted if unit not in ending]
         for unit in admitted:
             outcome = outcomes[unit]
-            if not unit.ends:
+            if unit in cancelled:
                 assert isinstance(outcome, asyncio.CancelledError), f"{where}: {unit} {outcome!r}"
             elif unit.fails:
                 assert isinstance(outcome, LookupError), f"{where}: {unit} {outcome!r}"
             else:
                 assert outcome is None, f"{where}: {unit} {outcome!r}"
         if cancelled:
-            assert DRAIN_TIMEOUT <= took <= DRAIN_TIMEOUT + ROLLBACK_GRACE + SLACK, where
+            assert drain_timeout <= took <= drain_timeout + ROLLBACK_GRACE + SLACK, where
         else:
             assert took < DRAIN_TIMEOUT, where
         assert not database.is_started
         assert not database.is_draining
 
         stored = await stored_bodies(database_url)
-        written = {u.body for u in admitted if u.kind == "write" and u.ends and not u.fails}
+        written = {u.body for u in ending if u.kind == "write" and not u.fails}
         assert stored == written, where
         if backend == "postgresql":
             assert await connections_named(database_url, application_name) == [], where
@@ -283,3 +294,13 @@ async def test_while_draining_readiness_answers_503_and_writes_get_503_shutting_
     assert (write.status_code, write.headers["retry-after"]) == (503, "3")
     assert write.headers["content-type"] == "application/problem+json"
     assert write.json()["detail"] == SHUTTING_DOWN
+
+
+def test_drain_timeout_comes_from_the_environment_and_cannot_be_negative(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DB_DRAIN_TIMEOUT", "0")
+    assert DatabaseSettings().drain_timeout == 0
+    monkeypatch.setenv("DB_DRAIN_TIMEOUT", "-1")
+    with pytest.raises(ConfigurationError, match="DB_DRAIN_TIMEOUT"):
+        DatabaseSettings()
