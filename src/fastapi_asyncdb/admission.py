@@ -62,10 +62,6 @@ class Gate:
         self._vacating: list[asyncio.Future[bool]] = []
 
     @property
-    def is_closed(self) -> bool:
-        return self._refusal is not None
-
-    @property
     def in_use(self) -> int:
         """Slots taken, counting those granted to waiters that have not resumed yet."""
         if self._refusal is not None:

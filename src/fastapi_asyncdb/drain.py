@@ -55,16 +55,17 @@ async def drain(roles: Sequence[Role], *, within: float, rollback_grace: float) 
     if await _emptied(roles, rollback_grace):
         logger.info("drained: the cancelled units of work rolled back")
         return
-    held = [held for role in roles if not role.isolated for held in role.held.values()]
+    # An isolated role's connection is the test's own, which ends it itself.
+    holders = [held for role in roles if not role.isolated for held in role.held.values()]
     logger.warning(
         "%d unit(s) of work still hold a connection after their cancellation; closing it",
-        len(held),
+        len(holders),
     )
-    for unit in held:
+    for holder in holders:
         # Whatever fails here, the connection is gone either way.
         with contextlib.suppress(Exception):
             async with asyncio.timeout(rollback_grace):
-                await unit.connection.invalidate()
+                await holder.connection.invalidate()
 
 
 async def _emptied(roles: Sequence[Role], within: float) -> bool:
