@@ -4,7 +4,9 @@ Two parts, both cheap on the hot path:
 
 - ``Gate``: a FIFO limit equal to the pool's capacity. SQLAlchemy's async pool
   burns CPU when many tasks wait on it; waiting on a future costs nothing, and the
-  wait ends in ``DatabaseUnavailableError`` at the acquire timeout.
+  wait ends in ``DatabaseUnavailableError`` at the acquire timeout. At shutdown the
+  gate closes: it refuses everyone from then on and tells when the last unit admitted
+  before has left.
 - ``Breaker``: once a new connection cannot be made, the database is taken as
   down; requests fail fast instead of each waiting out a connect timeout, while one
   background probe watches for the database to come back.
@@ -35,6 +37,11 @@ class Gate:
 
     ``enter`` and ``leave`` cost O(1) however many wait (``asyncio.Semaphore`` scans
     all its waiters on every acquire); ``waiting`` counts when asked.
+
+    ``close()`` is final. It refuses the waiters, then queues one turn of its own for
+    each slot in use: every ``leave()`` from then on hands its slot to the gate itself,
+    as it would to the oldest waiter. So no slot is ever free again, and neither
+    ``enter`` on a free slot nor ``leave`` with nobody waiting has a check to make.
     """
 
     def __init__(self, capacity: int, *, timeout: float, retry_after: float) -> None:
@@ -49,21 +56,31 @@ class Gate:
         # cancelled; a waiter removes its own turn when it leaves enter(), so the
         # turns of waiters that gave up are not kept until the next leave().
         self._turns: OrderedDict[asyncio.Future[bool], None] = OrderedDict()
+        # Set by close(): why everyone is refused, and the turns that take back the
+        # slots still in use, one each.
+        self._refusal: str | None = None
+        self._vacating: list[asyncio.Future[bool]] = []
 
     @property
     def in_use(self) -> int:
         """Slots taken, counting those granted to waiters that have not resumed yet."""
+        if self._refusal is not None:
+            return sum(not slot.done() for slot in self._vacating)
         return self.capacity - self._free
 
     @property
     def waiting(self) -> int:
         """Waiters that can still be granted a slot: not timed out, cancelled or granted."""
+        if self._refusal is not None:
+            return 0  # the gate's own turns are not waiters
         return sum(not turn.done() for turn in self._turns)
 
     async def enter(self) -> None:
         if self._free:
             self._free -= 1
             return
+        if self._refusal is not None:
+            raise DatabaseUnavailableError(self._refusal, retry_after=self._retry_after)
         loop = asyncio.get_running_loop()
         turn: asyncio.Future[bool] = loop.create_future()
         self._turns[turn] = None
@@ -79,7 +96,7 @@ class Gate:
             self._turns.pop(turn, None)
         if not granted:
             raise DatabaseUnavailableError(
-                f"no database connection became free within {self._timeout:g} s",
+                self._refusal or f"no database connection became free within {self._timeout:g} s",
                 retry_after=self._retry_after,
             )
 
@@ -95,6 +112,33 @@ class Gate:
                 turn.set_result(True)
                 return
         self._free += 1
+
+    def close(self, reason: str) -> None:
+        """Refuse every unit of work from now on with ``reason``, the waiting ones at once.
+
+        Final. The units admitted before go on; ``emptied()`` returns once the last of
+        them has left. Call it on the event loop.
+        """
+        if self._refusal is not None:
+            return
+        self._refusal = reason
+        for turn in self._turns:
+            if not turn.done():
+                turn.set_result(False)
+        self._turns.clear()
+        loop = asyncio.get_running_loop()
+        self._vacating = [loop.create_future() for _ in range(self.capacity - self._free)]
+        self._turns.update(dict.fromkeys(self._vacating))
+        self._free = 0
+
+    async def emptied(self) -> None:
+        """Return once every unit admitted before ``close()`` has left the gate."""
+        if self._refusal is None:
+            raise RuntimeError("an open gate admits newcomers: close it before waiting for it")
+        pending = [slot for slot in self._vacating if not slot.done()]
+        if pending:
+            # wait() rather than awaiting the turns: a cancelled caller leaves them pending.
+            await asyncio.wait(pending)
 
 
 class Breaker:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from . import backends
 from .connections import SharedConnection
+from .drain import drain
 from .errors import DatabaseNotStartedError, ErrorKind
 from .prepared import run_statement
 from .probe import Probe
@@ -61,6 +63,8 @@ class Database:
         self._primary: Role | None = None
         self._reader: Role | None = None
         self._probe: Probe | None = None
+        # Set while stop() drains: a second stop() waits for the first.
+        self._stopping: asyncio.Future[None] | None = None
 
     def configure(self, settings: DatabaseSettings | None = None, /, **overrides: Any) -> None:
         """Change the settings of a stopped ``Database``, e.g. to point a test run elsewhere.
@@ -87,6 +91,11 @@ class Database:
     def is_started(self) -> bool:
         return self._primary is not None
 
+    @property
+    def is_draining(self) -> bool:
+        """True while ``stop()`` refuses new units of work and waits for those in flight."""
+        return self._stopping is not None
+
     async def start(self) -> None:
         if self.is_started:
             raise RuntimeError("the database is already started")
@@ -107,13 +116,39 @@ class Database:
         )
 
     async def stop(self) -> None:
+        """Drain, then dispose the engines.
+
+        New units of work are refused at once (``DatabaseUnavailableError``, a 503), the
+        queued ones included; those in flight get ``drain_timeout`` seconds to end, then
+        their tasks are cancelled and they roll back. Only then are the engines
+        disposed, so no transaction is cut by the disposal.
+        """
+        if self._stopping is not None:
+            await asyncio.shield(self._stopping)
+            return
         roles = [role for role in (self._primary, self._reader) if role is not None]
-        probe, self._probe = self._probe, None
-        self._primary = self._reader = None
-        for role in roles:
-            await role.dispose()
-        if probe is not None:
-            await probe.close()
+        if not roles:
+            return
+        self._stopping = asyncio.get_running_loop().create_future()
+        try:
+            # The roles stay in place meanwhile: a new unit of work meets a closed
+            # gate and its 503, not DatabaseNotStartedError.
+            await drain(
+                roles,
+                within=self.settings.drain_timeout,
+                rollback_grace=self.settings.health_timeout,
+            )
+        finally:
+            probe, self._probe = self._probe, None
+            self._primary = self._reader = None
+            try:
+                for role in roles:
+                    await role.dispose()
+                if probe is not None:
+                    await probe.close()
+            finally:
+                stopping, self._stopping = self._stopping, None
+                stopping.set_result(None)
 
     async def __aenter__(self) -> Database:
         await self.start()
@@ -311,6 +346,14 @@ class Database:
         probe = self._probe
         assert probe is not None
         pools = self.pool_status()
+        if self.is_draining:
+            # Shutting down: tell the load balancer at once, without a ping.
+            return {
+                "status": "draining",
+                "reachable": not primary.breaker.is_open,
+                "saturated": False,
+                "pools": pools,
+            }
         reachable = not primary.breaker.is_open and await probe.ping()
         if not reachable:
             logger.warning("health check: the database does not answer")

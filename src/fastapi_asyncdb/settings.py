@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import (
     AliasChoices,
     Field,
+    NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
@@ -118,6 +119,11 @@ class DatabaseSettings(BaseSettings):
     )
     health_timeout: PositiveFloat = Field(
         default=2.0, description="Limit on the readiness ping and on pre-pings of idle connections."
+    )
+    drain_timeout: NonNegativeFloat = Field(
+        default=5.0,
+        description="At shutdown, how long units of work in flight get to end before they are "
+        "cancelled and rolled back; 0 cancels them at once.",
     )
     echo: bool = False
     echo_pool: bool = False

@@ -214,3 +214,34 @@ async def test_breaker_close_passes_its_own_cancellation_on_and_every_close_wait
         await cancelled_close
     await second_close
     assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def test_closed_gate_refuses_waiters_and_newcomers_and_empties_when_holders_leave() -> None:
+    gate = Gate(2, timeout=5, retry_after=4)
+    await gate.enter()
+    await gate.enter()
+    waiter = asyncio.create_task(gate.enter())
+    await asyncio.sleep(0)
+    gate.close("the service is shutting down")
+    for refused in (waiter, asyncio.create_task(gate.enter())):
+        with pytest.raises(DatabaseUnavailableError) as caught:
+            await refused
+        assert (caught.value.reason, caught.value.retry_after) == (
+            "the service is shutting down",
+            4,
+        )
+    emptied = asyncio.create_task(gate.emptied())
+    gate.leave()
+    await asyncio.sleep(0)
+    assert (gate.in_use, gate.waiting, emptied.done()) == (1, 0, False)
+    gate.leave()
+    await emptied
+    assert gate.in_use == 0
+    # Every slot is back, and still nobody gets in.
+    with pytest.raises(DatabaseUnavailableError):
+        await gate.enter()
+
+
+async def test_waiting_for_an_open_gate_to_empty_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="close it"):
+        await Gate(1, timeout=1, retry_after=1).emptied()

@@ -1,11 +1,12 @@
-"""The gate under every order of enter, leave, cancel and timeout, on a real event loop.
+"""The gate under every order of enter, leave, cancel, timeout and close, on a real loop.
 
 Hypothesis drives a state machine: each rule is one event (a unit of work arrives,
-leaves, leaves and enters again in the same step, is cancelled; the clock moves; the
-loop runs one iteration or until idle). Events the machine causes happen at once or
-are queued behind whatever the loop already has ready, so they land between the
-gate's own callbacks (hand-offs, wake-ups, timeouts) in any order. The loop is a
-``SteppedLoop``: timeouts fire exactly when the clock reaches them.
+leaves, leaves and enters again in the same step, is cancelled; the gate closes for
+shutdown; the clock moves; the loop runs one iteration or until idle). Events the
+machine causes happen at once or are queued behind whatever the loop already has
+ready, so they land between the gate's own callbacks (hand-offs, wake-ups,
+timeouts) in any order. The loop is a ``SteppedLoop``: timeouts fire exactly when
+the clock reaches them.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .test_admission_stepped_loop import MACHINE_SETTINGS, SteppedLoop
 
 TIMEOUT = 1.0
 RETRY_AFTER = 7
+SHUTTING_DOWN = "the service is shutting down"
 # Binary fractions, so that sums of them land exactly on a deadline.
 CLOCK_STEPS = st.sampled_from([1 / 16, 1 / 4, 1 / 2, 15 / 16, 1.0])
 MOST_WORKERS = 6
@@ -50,7 +52,7 @@ class Visit:
     arrival: int
     arrived_at: float
     arrived_in: int
-    state: str = "waiting"  # then holding and left, or timed out, or cancelled
+    state: str = "waiting"  # then holding and left, or timed out, refused or cancelled
     entry: int | None = None
     waited: bool = False
     error: BaseException | None = None
@@ -74,6 +76,12 @@ class GateMachine(RuleBasedStateMachine):
         self.entries = itertools.count()
         self.last_waited_arrival = -1
         self.overtakes: list[str] = []
+        # Set once the gate has closed: the first arrival after it, and the task
+        # waiting for the units admitted before to leave.
+        self.closed_before_arrival: int | None = None
+        self.closed_at: float | None = None
+        self.emptied: asyncio.Task[None] | None = None
+        self.holding_when_emptied: int | None = None
 
     # The unit of work, as Database.transaction() runs it.
 
@@ -86,7 +94,9 @@ class GateMachine(RuleBasedStateMachine):
             try:
                 await gate.enter()
             except DatabaseUnavailableError as error:
-                visit.state, visit.error, visit.failed_at = "timed out", error, self.loop.now
+                refused = error.reason == SHUTTING_DOWN
+                visit.state = "refused" if refused else "timed out"
+                visit.error, visit.failed_at = error, self.loop.now
                 return
             except asyncio.CancelledError:
                 visit.state = "cancelled"
@@ -157,6 +167,24 @@ class GateMachine(RuleBasedStateMachine):
         assert task is not None
         self.act(deferred, task.cancel)
 
+    @precondition(lambda self: self.gate is not None and self.emptied is None)
+    @rule()
+    def close(self) -> None:
+        # Always queued: close() runs on the loop, as Database.stop() calls it.
+        self.loop.call_soon(self.close_now)
+
+    def close_now(self) -> None:
+        gate = self.gate
+        assert gate is not None
+        self.closed_before_arrival = next(self.arrivals)
+        self.closed_at = self.loop.now
+        gate.close(SHUTTING_DOWN)
+        self.emptied = self.loop.create_task(self.wait_until_emptied(gate))
+
+    async def wait_until_emptied(self, gate: Gate) -> None:
+        await gate.emptied()
+        self.holding_when_emptied = self.count("holding")
+
     @rule()
     def run_one_iteration(self) -> None:
         self.loop.run_one_iteration()
@@ -187,6 +215,24 @@ class GateMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.gate is not None)
     @invariant()
+    def once_closed_nobody_gets_in_and_emptied_waits_for_every_holder(self) -> None:
+        closed = self.closed_before_arrival
+        for visit in self.visits:
+            if visit.state == "refused":
+                assert closed is not None, "refused by a gate that is open"
+                assert isinstance(visit.error, DatabaseUnavailableError)
+                assert visit.error.retry_after == RETRY_AFTER
+                assert self.closed_at is not None
+                assert visit.failed_at is not None
+                assert visit.failed_at >= self.closed_at
+            if closed is not None and visit.arrival > closed:
+                assert visit.entry is None, f"arrival {visit.arrival} admitted after close"
+        if self.emptied is not None and self.emptied.done():
+            assert self.holding_when_emptied == 0
+            assert self.count("holding") == 0
+
+    @precondition(lambda self: self.gate is not None)
+    @invariant()
     def timed_out_waiters_got_unavailable_at_their_deadline(self) -> None:
         for visit in self.visits:
             if visit.state == "timed out":
@@ -211,6 +257,9 @@ class GateMachine(RuleBasedStateMachine):
             # Nobody who came later got in while this one waited.
             later = [v for v in self.visits if v.entry is not None and v.arrival > visit.arrival]
             assert not later, f"waiter {visit.arrival} overtaken"
+        if self.emptied is not None:
+            assert not waiting, "a closed gate keeps nobody waiting"
+            assert self.emptied.done() == (self.count("holding") == 0)
 
     def teardown(self) -> None:
         try:
@@ -235,9 +284,18 @@ class GateMachine(RuleBasedStateMachine):
         newcomer = self.loop.create_task(gate.enter())
         self.loop.run_one_iteration()
         assert newcomer.done()
-        assert newcomer.exception() is None
-        assert gate.in_use == 1
+        if self.emptied is None:
+            assert newcomer.exception() is None
+            assert gate.in_use == 1
+        else:
+            # Closed for good: refused at once, even with every slot left.
+            refusal = newcomer.exception()
+            assert isinstance(refusal, DatabaseUnavailableError)
+            assert refusal.reason == SHUTTING_DOWN
+            assert gate.in_use == 0
+            self.loop.settle()
+            assert self.emptied.done()
 
 
-def test_gate_keeps_its_invariants_under_any_order_of_enter_leave_cancel_timeout() -> None:
+def test_gate_keeps_its_invariants_under_any_order_of_enter_leave_cancel_timeout_close() -> None:
     run_state_machine_as_test(GateMachine, settings=MACHINE_SETTINGS)

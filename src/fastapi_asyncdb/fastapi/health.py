@@ -31,13 +31,13 @@ class PoolStatus(BaseModel):
 
 
 class Readiness(BaseModel):
-    """Whether this instance should get traffic: the database answers.
+    """Whether this instance should get traffic: the database answers, and it is not draining.
 
     A saturated pool is reported but keeps the instance ready: it is busy, and pulling
     it would only load the others more.
     """
 
-    status: Literal["ok", "unavailable"]
+    status: Literal["ok", "unavailable", "draining"]
     reachable: bool
     saturated: bool
     pools: dict[str, PoolStatus]
@@ -46,7 +46,10 @@ class Readiness(BaseModel):
 def health_router(database: Database, *, retry_after: int) -> APIRouter:
     router = APIRouter(tags=["health"])
     unavailable: dict[int | str, dict[str, Any]] = {
-        503: {"model": Readiness, "description": "The database does not answer"},
+        503: {
+            "model": Readiness,
+            "description": "The database does not answer, or the service is shutting down",
+        },
     }
     problem: dict[int | str, dict[str, Any]] = {
         503: {"model": Problem, "content": {PROBLEM_JSON: {}}},
@@ -59,7 +62,10 @@ def health_router(database: Database, *, retry_after: int) -> APIRouter:
 
     @router.get("/ready", response_model=Readiness, responses=unavailable)
     async def ready() -> Response:
-        """Readiness: the database answers a ping on the probe's own connection."""
+        """Readiness: the database answers a ping on the probe's own connection.
+
+        503 while the database drains at shutdown, so load balancers stop sending traffic.
+        """
         report = Readiness.model_validate(await database.check_health())
         if report.status != "ok":
             return JSONResponse(
