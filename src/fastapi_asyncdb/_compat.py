@@ -33,6 +33,7 @@ __all__ = [
     "begin_implicitly",
     "begin_without_io",
     "binds_by_position",
+    "cacheable",
     "commit_without_io",
     "compiled_for_driver",
     "driver_executemany",
@@ -74,6 +75,8 @@ def fast_path_supported(connection: Connection) -> bool:
     return (
         dialect.driver == "asyncpg"
         and dialect.bind_typing is not BindTyping.SETINPUTSIZES
+        # Without a compiled cache SQLAlchemy compiles, and lints, at every run.
+        and getattr(connection.engine, "_compiled_cache", None) is not None
         and hasattr(dialect, "_invalidate_schema_cache_asof")
         and hasattr(dialect.execution_ctx_cls, "_init_compiled")
         and all(
@@ -124,6 +127,12 @@ def compiled_for_driver(compiled: object) -> SQLCompiler | None:
     ):
         return compiled
     return None
+
+
+def cacheable(statement: Any) -> bool:
+    """Whether SQLAlchemy caches the statement's compilation: one it cannot cache it
+    compiles (and warns about) at every run."""
+    return statement._generate_cache_key() is not None
 
 
 def binds_by_position(compiled: SQLCompiler) -> list[BindParameter[Any]] | None:

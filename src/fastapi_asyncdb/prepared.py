@@ -57,18 +57,21 @@ _REQUIRED = object()
 
 
 class _Plan:
-    """How one dialect runs the statement on its driver."""
+    """How one dialect runs the statement on its driver.
 
-    __slots__ = ("binds", "compiled", "make_rows", "sql")
+    It holds no compilation, statement or dialect: a plan lives as long as its
+    statement and is dropped with its engine's dialect (the error path compiles again).
+    """
+
+    __slots__ = ("binds", "make_rows", "sql")
 
     def __init__(
         self,
-        compiled: SQLCompiler,
+        sql: str,
         binds: list[tuple[str, str, Any]],
         make_rows: _compat.MakeRows | None = None,  # None: a write, no rows
     ) -> None:
-        self.compiled = compiled
-        self.sql = compiled.string
+        self.sql = sql
         # (key, compiled name, value when none is given) per positional parameter.
         self.binds = binds
         self.make_rows = make_rows
@@ -76,7 +79,12 @@ class _Plan:
     def arguments(self, parameters: Parameters | None) -> list[Any] | None:
         """The driver's positional arguments, as SQLAlchemy builds them from the
         parameters; None if one is missing (SQLAlchemy says so)."""
-        given = parameters or {}
+        if parameters is None:
+            given: Parameters = {}
+        elif type(parameters) is dict or isinstance(parameters, Mapping):
+            given = parameters
+        else:
+            return None  # a list: SQLAlchemy reads it its own way
         arguments = []
         for key, name, default in self.binds:
             if key in given:
@@ -110,7 +118,7 @@ def _new_plan(
         (bind.key, name, _REQUIRED if bind.required else bind.value)
         for bind, name in zip(binds, cast(Sequence[str], driver_compiled.positiontup), strict=True)
     ]
-    return _Plan(driver_compiled, positional, make_rows)
+    return _Plan(driver_compiled.string, positional, make_rows)
 
 
 def _sent_as_planned(
@@ -223,7 +231,7 @@ class Prepared(Generic[*_Ts]):
             await _compat.run_in_greenlet(
                 _compat.raise_as_sqlalchemy_would,
                 sync,
-                plan.compiled,
+                self._statement.compile(dialect=sync.dialect),
                 [] if parameters is None else [parameters],
                 error,
             )
@@ -252,7 +260,7 @@ class Prepared(Generic[*_Ts]):
     ) -> _Plan | None:
         """A plan when asyncpg alone returns exactly what SQLAlchemy returned in ``result``."""
         dialect = connection.dialect
-        if not _compat.fast_path_supported(connection):
+        if not _compat.fast_path_supported(connection) or not _compat.cacheable(self._statement):
             return None
         make_rows = _compat.row_maker(result)
         if make_rows is None:
@@ -266,10 +274,11 @@ class Prepared(Generic[*_Ts]):
 
 
 WriteParameters = Parameters | Sequence[Parameters] | None
-_Shape = tuple[Dialect, tuple[str, ...], bool]
-# Per statement (built once, at import), per dialect and parameter shape; a shape not
-# yet run through SQLAlchemy has no entry.
-_write_plans: WeakKeyDictionary[UpdateBase, dict[_Shape, _Plan | None]]
+_Shape = tuple[tuple[str, ...], bool]  # the first parameter set's keys; executemany or not
+# Per statement (built once, at import), per dialect, per parameter shape; a shape not
+# yet run through SQLAlchemy has no entry. Weak both ways: neither a statement made
+# for one call nor a disposed engine's dialect is kept alive here.
+_write_plans: WeakKeyDictionary[UpdateBase, WeakKeyDictionary[Dialect, dict[_Shape, _Plan | None]]]
 _write_plans = WeakKeyDictionary()
 
 
@@ -294,24 +303,33 @@ async def run_statement(
     if sync is None or sync.in_transaction():
         raise RuntimeError("run_statement needs a connection with no transaction begun")
     # SQLAlchemy compiles for the first parameter set's keys (an UPDATE sets the
-    # columns it names), and for executemany when there is more than one.
-    shape = (sync.dialect, tuple(sorted(rows[0])), len(rows) > 1)
-    plans = _write_plans.get(statement)
-    plan = None if plans is None else plans.get(shape)
+    # columns it names), and for executemany when there is more than one. Anything but
+    # mappings it refuses in its own words.
+    shape = (tuple(sorted(rows[0])), len(rows) > 1) if isinstance(rows[0], Mapping) else None
+    by_dialect = _write_plans.get(statement)
+    plans = None if by_dialect is None or shape is None else by_dialect.get(sync.dialect)
+    plan = None if plans is None or shape is None else plans.get(shape)
     if plan is not None and _compat.may_write_on_driver(sync):
         arguments = [plan.arguments(row) for row in rows]
         if None not in arguments:
-            await _write_on_driver(sync, plan, rows, cast(list[list[Any]], arguments))
+            await _write_on_driver(sync, statement, plan, rows, cast(list[list[Any]], arguments))
             return
-    learn = (plans is None or shape not in plans) and _compat.may_learn_from(sync)
+    learn = (
+        shape is not None and (plans is None or shape not in plans) and _compat.may_learn_from(sync)
+    )
     async with connection.begin():
         result = await connection.execute(statement, parameters)
-    if learn and _compat.may_learn_from(sync):
-        _write_plans.setdefault(statement, {})[shape] = _write_plan(statement, sync, rows, result)
+    if learn and shape is not None and _compat.may_learn_from(sync):
+        by_dialect = _write_plans.setdefault(statement, WeakKeyDictionary())
+        by_dialect.setdefault(sync.dialect, {})[shape] = _write_plan(statement, sync, rows, result)
 
 
 async def _write_on_driver(
-    connection: Connection, plan: _Plan, rows: Sequence[Parameters], arguments: list[list[Any]]
+    connection: Connection,
+    statement: UpdateBase,
+    plan: _Plan,
+    rows: Sequence[Parameters],
+    arguments: list[list[Any]],
 ) -> None:
     transaction = _compat.begin_without_io(connection)
     try:
@@ -320,8 +338,9 @@ async def _write_on_driver(
         else:
             await _compat.driver_fetch(connection, plan.sql, arguments[0])
     except BaseException as error:
+        compiled = _compile_write(statement, connection.dialect, rows)
         await _compat.run_in_greenlet(
-            _fail_in_transaction, connection, transaction, plan, rows, error
+            _fail_in_transaction, connection, transaction, compiled, rows, error
         )
         raise  # not reached: the line above raises SQLAlchemy's exception
     _compat.commit_without_io(transaction)
@@ -330,14 +349,24 @@ async def _write_on_driver(
 def _fail_in_transaction(
     connection: Connection,
     transaction: Any,
-    plan: _Plan,
+    compiled: SQLCompiler,
     rows: Sequence[Parameters],
     error: BaseException,
 ) -> NoReturn:
     try:
-        _compat.raise_as_sqlalchemy_would(connection, plan.compiled, rows, error)
+        _compat.raise_as_sqlalchemy_would(connection, compiled, rows, error)
     except BaseException as raised:
         _compat.roll_back_after(transaction, raised)
+
+
+def _compile_write(
+    statement: UpdateBase, dialect: Dialect, rows: Sequence[Parameters]
+) -> SQLCompiler:
+    """As SQLAlchemy compiles it for these rows: for the first one's keys, and for
+    executemany when there is more than one."""
+    return statement.compile(
+        dialect=dialect, column_keys=sorted(rows[0]), for_executemany=len(rows) > 1
+    )
 
 
 def _write_plan(
@@ -347,12 +376,14 @@ def _write_plan(
     result: CursorResult[Any],
 ) -> _Plan | None:
     """A plan when asyncpg alone sends exactly what SQLAlchemy sent for ``result``."""
-    if statement.get_execution_options() or not _compat.fast_path_supported(connection):
+    if (
+        statement.get_execution_options()
+        or not _compat.fast_path_supported(connection)
+        or not _compat.cacheable(statement)
+    ):
         return None
     dialect = connection.dialect
-    compiled = statement.compile(
-        dialect=dialect, column_keys=sorted(rows[0]), for_executemany=len(rows) > 1
-    )
+    compiled = _compile_write(statement, dialect, rows)
     if not isinstance(compiled, SQLCompiler) or not (
         compiled.isinsert or compiled.isupdate or compiled.isdelete
     ):

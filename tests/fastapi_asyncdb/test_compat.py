@@ -31,7 +31,9 @@ from sqlalchemy.dialects.postgresql import asyncpg
 from sqlalchemy.engine import ExceptionContext, Row
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ColumnClause
 
 from fastapi_asyncdb import Database, _compat
 
@@ -100,10 +102,30 @@ async def test_run_in_greenlet_lets_sync_code_await_the_event_loop() -> None:
     assert await _compat.run_in_greenlet(sync_caller) == 42
 
 
-async def test_fast_path_supported_on_asyncpg_only(database: Database) -> None:
+async def test_fast_path_supported_on_asyncpg_with_a_compiled_cache_only(
+    database: Database,
+) -> None:
     async with database.read_connection() as connection:
         supported = _compat.fast_path_supported(sync_of(connection))
     assert supported is (database.settings.backend == "postgresql")
+    uncached = create_async_engine(database.settings.sqlalchemy_url, query_cache_size=0)
+    try:
+        async with uncached.connect() as connection:
+            assert _compat.fast_path_supported(sync_of(connection)) is False
+    finally:
+        await uncached.dispose()
+
+
+def test_cacheable_is_false_for_a_construct_sqlalchemy_cannot_cache() -> None:
+    class Uncached(ColumnClause[Any]):
+        inherit_cache = False
+
+    @compiles(Uncached)
+    def _compile(element: Uncached, compiler: Any, **kw: Any) -> str:
+        return "1"
+
+    assert _compat.cacheable(ITEM_NAME) is True
+    assert _compat.cacheable(select(Uncached("x"))) is False
 
 
 def test_compiled_for_driver_takes_a_positional_compilation() -> None:

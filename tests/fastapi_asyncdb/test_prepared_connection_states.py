@@ -5,6 +5,8 @@ it runs, a prepared statement made stale by a schema change."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from decimal import Decimal
@@ -26,7 +28,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from fastapi_asyncdb import Database, Prepared
 from fastapi_asyncdb.prepared import run_statement
@@ -288,3 +290,32 @@ async def test_a_statement_made_stale_by_a_schema_change_fails_and_recovers_as_e
     assert expected[2][0][0] == "error"
     assert expected[3] == expected[0]
     assert await scenario(prepared_read=True) == expected
+
+
+# ---------------------------------------------------------------------------------
+# Lifetime
+
+
+async def test_plans_do_not_keep_a_disposed_engine_alive(
+    database: Database, database_url: str
+) -> None:
+    prepared = Prepared(BY_ID)  # as at module level: it outlives every engine
+    dialect = await learn_and_dispose(database_url, prepared)
+    gc.collect()
+    assert dialect() is None
+
+
+async def learn_and_dispose(database_url: str, prepared: Prepared[Any]) -> weakref.ref[Any]:
+    """Learn a read and a write on an engine of its own, dispose of it: a weak
+    reference to its dialect."""
+    engine = create_async_engine(database_url)
+    try:
+        for n in (1, 2):
+            async with engine.connect() as connection:
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
+                await prepared.one(connection, {"id": n})
+            async with engine.connect() as connection:
+                await run_statement(connection, RENAME, {"key": n, "new": "x"})
+        return weakref.ref(engine.sync_engine.dialect)
+    finally:
+        await engine.dispose()
