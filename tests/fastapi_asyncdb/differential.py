@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any
 
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from sqlalchemy.engine import Row
 
 # Bounded and repeatable: the same examples on every run, no example database.
@@ -26,6 +27,12 @@ DIFFERENTIAL = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+
+
+def one_in(n: int) -> st.SearchStrategy[bool]:
+    """True about once in ``n`` draws. Not ``integers(...) == 0``: Hypothesis favours
+    the simplest values, which would make the rare case the common one."""
+    return st.sampled_from([False] * (n - 1) + [True])
 
 
 @dataclass
