@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar, cast
 
-from sqlalchemy.engine import Connection, CursorResult, RootTransaction, Row
+from sqlalchemy.engine import Connection, CursorResult, RootTransaction
 from sqlalchemy.engine.cursor import CursorResultMetaData
 from sqlalchemy.engine.interfaces import BindTyping
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -46,11 +46,14 @@ __all__ = [
     "roll_back_after",
     "row_maker",
     "run_in_greenlet",
+    "without_autobegin",
     "writes_computed_in_python",
 ]
 
 T = TypeVar("T")
-MakeRows = Callable[[Sequence[Any]], list[Row[Any]]]
+# Makes Row objects from the driver's records; typed loosely so that callers assign
+# its result to their own Row type without a cast, which costs at run time.
+MakeRows = Callable[[Sequence[Any]], Any]
 
 # Connection execution options that change nothing a driver-run statement depends on:
 # isolation_level acts on the DBAPI connection, whose state is checked directly.
@@ -280,6 +283,17 @@ def begin_implicitly(connection: Connection) -> None:
         connection._autobegin()
 
 
+def without_autobegin(connection: Connection) -> None:
+    """Make ``execute`` (and so the fast path) on this connection begin no SQLAlchemy
+    transaction of its own, as SQLAlchemy's own first-connect initialisation does.
+
+    For an autocommit connection that transaction sends nothing and guards nothing,
+    yet beginning it at the first statement and ending it after the last costs as
+    much CPU as the fast path saves elsewhere. ``begin()`` still begins one.
+    """
+    connection._allow_autobegin = False
+
+
 def begin_without_io(connection: Connection) -> RootTransaction:
     """``connection.begin()`` entered as a context manager, as ``async with
     connection.begin()`` does; the adapter sends BEGIN only with a statement, and the
@@ -321,7 +335,8 @@ async def driver_fetch(connection: Connection, sql: str, arguments: Sequence[Any
             prepared, _attributes = await adapter._prepare(
                 sql, dialect._invalidate_schema_cache_asof
             )
-            return cast(list[Any], await prepared.fetch(*arguments))
+            records: list[Any] = await prepared.fetch(*arguments)
+            return records
         except Exception as error:
             adapter._handle_exception(error)
             raise  # not reached: the adapter raises

@@ -238,7 +238,8 @@ class Prepared(Generic[*_Ts]):
             raise  # not reached: the line above raises SQLAlchemy's exception
         make_rows = plan.make_rows
         assert make_rows is not None  # a read's plan
-        return cast(list[Row[*_Ts]], make_rows(records))
+        rows: list[Row[*_Ts]] = make_rows(records)  # no cast: its generic costs at run time
+        return rows
 
     async def _through_sqlalchemy(
         self, connection: AsyncConnection, parameters: Parameters | None
@@ -312,7 +313,7 @@ async def run_statement(
     if plan is not None and _compat.may_write_on_driver(sync):
         arguments = [plan.arguments(row) for row in rows]
         if None not in arguments:
-            await _write_on_driver(sync, statement, plan, rows, cast(list[list[Any]], arguments))
+            await _write_on_driver(sync, statement, plan, rows, arguments)
             return
     learn = (
         shape is not None and (plans is None or shape not in plans) and _compat.may_learn_from(sync)
@@ -329,7 +330,7 @@ async def _write_on_driver(
     statement: UpdateBase,
     plan: _Plan,
     rows: Sequence[Parameters],
-    arguments: list[list[Any]],
+    arguments: list[Any],  # a list of arguments per row
 ) -> None:
     transaction = _compat.begin_without_io(connection)
     try:

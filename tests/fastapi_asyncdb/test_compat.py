@@ -35,7 +35,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ColumnClause
 
-from fastapi_asyncdb import Database, _compat
+from fastapi_asyncdb import Database, Prepared, _compat
 
 pytestmark = pytest.mark.usefixtures("clean_environment")
 
@@ -295,6 +295,21 @@ async def test_implicit_and_explicit_begin_send_nothing(database: Database) -> N
         assert not connection.in_transaction()
         await asyncio.sleep(0.01)  # asyncpg logs soon after each query
         assert sent == []
+
+
+async def test_without_autobegin_execute_and_prepared_leave_no_transaction(
+    database: Database,
+) -> None:
+    prepared = Prepared(ITEM_NAME)
+    async with database.read_connection() as connection:
+        _compat.without_autobegin(sync_of(connection))
+        await connection.execute(ITEM_NAME, {"id": 1})
+        assert not connection.in_transaction()
+        for _ in range(2):  # learnt, then the driver's on PostgreSQL
+            assert (await prepared.one(connection, {"id": 1})).name == "a"
+            assert not connection.in_transaction()
+        async with connection.begin():
+            assert connection.in_transaction()
 
 
 @pytest.mark.backends("postgresql")
