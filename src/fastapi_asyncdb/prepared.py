@@ -6,10 +6,13 @@ of twenty small reads runs at a third of the speed of the same endpoint on async
 ``Prepared`` takes a statement built once with SQLAlchemy, and on an autocommit
 asyncpg connection (the read connection) hands the compiled SQL and the ordered
 parameters straight to the asyncpg adapter's prepared statement, as SQLAlchemy's own
-cursor would. The rows are made by the maker SQLAlchemy used for the same statement,
-so they are keyed by name, by ``Column`` and by label as ``Result`` rows are; errors go
-through SQLAlchemy's own error handling: the same exception classes, the engine's
-``handle_error`` hooks, invalidation of a lost connection.
+cursor would: under the adapter's lock, so that concurrent calls on one connection
+take turns as ``execute``'s do, and after the connection's autobegin, so that it is
+left as ``execute`` leaves it. The rows are made by the maker SQLAlchemy used for the
+same statement, so they are keyed by name, by ``Column`` and by label as ``Result``
+rows are; errors go through SQLAlchemy's own error handling with a real execution
+context: the same exception classes and messages, the engine's ``handle_error``
+hooks, invalidation of a lost connection.
 
 ``run_statement`` does the same for one write (an ``insert``, ``update`` or
 ``delete``, or an ``executemany`` of one) that is a transaction of its own: asyncpg
@@ -249,6 +252,7 @@ class Prepared(Generic[*_Ts]):
             self._learnable
             and sync is not None
             and sync.dialect not in self._plans
+            and (parameters is None or isinstance(parameters, Mapping))  # not a list
             and _compat.may_learn_from(sync)
         )
         result = await connection.execute(self._statement, parameters)

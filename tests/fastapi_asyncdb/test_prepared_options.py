@@ -179,3 +179,18 @@ async def test_prepared_leaves_the_connection_as_execute_leaves_it(database: Dat
     assert expected[0] is True  # autobegun
     for _ in range(3):  # learning, then the driver's runs
         assert await state_after(through_prepared) == expected
+
+
+async def test_a_list_of_one_parameter_set_is_read_as_execute_reads_it(
+    database: Database,
+) -> None:
+    prepared = Prepared(NAME_BY_ID)
+    with sqlalchemy_runs() as runs:
+        async with database.read_connection() as connection:
+            as_list: Any = [{"id": 2}]  # not what the signature says; execute takes it
+            for _ in range(2):
+                assert (await prepared.one(connection, as_list)).name == "default 2"
+            for _ in range(2):  # the list taught nothing wrong: the fast path serves these
+                assert (await prepared.one(connection, {"id": 1})).name == "default 1"
+    fast_path = 1 if database.settings.backend == "postgresql" else 0
+    assert runs.of(NAME_BY_ID) == 4 - fast_path
