@@ -43,7 +43,7 @@ class Tally:
     examples: int = 0
     calls: int = 0
     through_sqlalchemy: int = 0
-    kinds: dict[str, int] = field(default_factory=dict)
+    kinds: dict[str, int] = field(default_factory=dict)  # fast-path calls by kind of case
 
     @property
     def fast(self) -> int:

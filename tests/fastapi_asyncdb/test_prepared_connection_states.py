@@ -75,6 +75,12 @@ class Interleaving:
     method: str
     calls: list[tuple[str, dict[str, Any]]]  # ("prepared" | "execute", parameters)
 
+    def __repr__(self) -> str:
+        return f"Interleaving({self.method}, {str(self.statement)!r}, calls {self.calls})"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))  # how Hypothesis shows a failing case
+
 
 @st.composite
 def interleavings(draw: st.DrawFn) -> Interleaving:

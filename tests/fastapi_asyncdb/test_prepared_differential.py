@@ -196,8 +196,9 @@ COLUMNS: list[Piece] = [
     Piece(value.c.id + bindparam("offset", 10), (("offset", st.integers(-5, 5)),)),
     Piece(value.c.id / bindparam("divisor", type_=Integer), (("divisor", st.integers(0, 2)),)),
 ]
-# Columns and conditions of types that convert nothing, which the fast path serves,
-# drawn twice as often so that most statements meet it.
+# Columns of types that convert nothing, which the fast path serves, drawn as often as
+# all the others together (as are the first, plainest conditions) so that many
+# statements meet the fast path.
 PLAIN_COLUMNS = [
     Piece(column)
     for column in (value.c.id, value.c.name, value.c.amount, value.c.stamp, value.c.uid, peer.c.id)
@@ -248,6 +249,9 @@ class ReadCase:
             f"{self.connection_options}, engine options {self.engine_options}, "
             f"reference first {self.reference_first}, end transactions {self.end_transactions})"
         )
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))  # how Hypothesis shows a failing case
 
 
 def statement_options(postgresql: bool) -> st.SearchStrategy[dict[str, Any]]:

@@ -141,6 +141,9 @@ class WriteCase:
             f"engine options {self.engine_options})"
         )
 
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))  # how Hypothesis shows a failing case
+
 
 @st.composite
 def write_cases(draw: st.DrawFn, postgresql: bool) -> WriteCase:
