@@ -3,12 +3,16 @@
 Through ``AsyncConnection.execute``, SQLAlchemy spends two to three times asyncpg's own
 CPU on each statement (a greenlet, the execution context, the result), so an endpoint
 of twenty small reads runs at a third of the speed of the same endpoint on asyncpg.
-``Prepared`` takes a statement built once with SQLAlchemy, compiles it for the
-connection's dialect, and on an autocommit asyncpg connection (the read connection)
-hands the compiled SQL and the ordered parameters straight to asyncpg, which keeps it
-prepared on that connection. The rows come back as SQLAlchemy ``Row`` objects, and
-errors go through SQLAlchemy's own error handling: the same exception classes, the
-engine's ``handle_error`` hooks, invalidation of a lost connection.
+``Prepared`` takes a statement built once with SQLAlchemy, and on an autocommit
+asyncpg connection (the read connection) hands the compiled SQL and the ordered
+parameters straight to the asyncpg adapter's prepared statement, as SQLAlchemy's own
+cursor would: under the adapter's lock, so that concurrent calls on one connection
+take turns as ``execute``'s do, and after the connection's autobegin, so that it is
+left as ``execute`` leaves it. The rows are made by the maker SQLAlchemy used for the
+same statement, so they are keyed by name, by ``Column`` and by label as ``Result``
+rows are; errors go through SQLAlchemy's own error handling with a real execution
+context: the same exception classes and messages, the engine's ``handle_error``
+hooks, invalidation of a lost connection.
 
 ``run_statement`` does the same for one write (an ``insert``, ``update`` or
 ``delete``, or an ``executemany`` of one) that is a transaction of its own: asyncpg
@@ -17,23 +21,27 @@ no ``BEGIN`` and ``COMMIT`` round trips; elsewhere SQLAlchemy runs it between th
 Values computed in Python at run time (column defaults) and ``RETURNING`` leave it
 to SQLAlchemy too.
 
-Whenever that would not give what ``connection.execute`` gives, SQLAlchemy runs the
-statement instead: another driver, a transaction (whose ``BEGIN`` SQLAlchemy's
-adapter sends lazily), a type that converts values (``Enum``, ``JSON``,
-``Numeric(asdecimal=False)``, a ``TypeDecorator``, ...), expanding ``IN``
-parameters, execution options, ``echo``, or a listener to any of the connection's
-events (a listener may rewrite statements; tracing instrumentation sees every one).
+The first run of a statement (of a write: of each shape of its parameters) on each
+engine goes through SQLAlchemy, and the fast path is learnt from it: the SQL and the
+driver arguments SQLAlchemy produced must be exactly those the fast path would send,
+or the statement stays with SQLAlchemy. After that, SQLAlchemy runs the statement
+whenever the driver alone would not give what ``connection.execute`` gives: another
+driver, a transaction (whose ``BEGIN`` SQLAlchemy's adapter sends lazily), a type that
+converts values (``Enum``, ``JSON``, ``Numeric(asdecimal=False)``, a ``TypeDecorator``,
+...), expanding ``IN`` parameters, values given by ``.params()``, any execution option
+on the statement, or on the connection or its engine (``schema_translate_map``,
+``yield_per``, ...; only ``isolation_level`` is checked at its source instead),
+logging, or a listener to any of the connection's execution events (a listener may
+rewrite statements; tracing instrumentation sees every one).
 
-The error path borrows SQLAlchemy's own handling, so that a failure is SQLAlchemy's
-rather than an imitation; that and every other private name used here live in
-``_compat``. Without them (another SQLAlchemy version), every run goes through
-SQLAlchemy.
+Every private SQLAlchemy name used here lives in ``_compat``; without them (another
+SQLAlchemy version), every run goes through SQLAlchemy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Generic, TypeVarTuple, cast
+from collections.abc import Mapping, Sequence
+from typing import Any, Generic, NoReturn, TypeVarTuple, cast
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import Select, UpdateBase
@@ -48,30 +56,38 @@ __all__ = ["Prepared", "run_statement"]
 
 _Ts = TypeVarTuple("_Ts")
 Parameters = Mapping[str, Any]
-
-# Execution options that change nothing a driver-run statement depends on.
-_NEUTRAL_OPTIONS = frozenset({"isolation_level"})
+_REQUIRED = object()
 
 
 class _Plan:
-    """How one dialect runs the statement on its driver."""
+    """How one dialect runs the statement on its driver.
 
-    __slots__ = ("binds", "make_row", "sql")
+    It holds no compilation, statement or dialect: a plan lives as long as its
+    statement and is dropped with its engine's dialect (the error path compiles again).
+    """
+
+    __slots__ = ("binds", "make_rows", "sql")
 
     def __init__(
         self,
         sql: str,
         binds: list[tuple[str, str, Any]],
-        make_row: Callable[[Iterable[Any]], Any] | None = None,  # None: a write, no rows
+        make_rows: _compat.MakeRows | None = None,  # None: a write, no rows
     ) -> None:
         self.sql = sql
         # (key, compiled name, value when none is given) per positional parameter.
         self.binds = binds
-        self.make_row = make_row
+        self.make_rows = make_rows
 
     def arguments(self, parameters: Parameters | None) -> list[Any] | None:
-        """The driver's positional arguments; None if one is missing (SQLAlchemy says so)."""
-        given = parameters or {}
+        """The driver's positional arguments, as SQLAlchemy builds them from the
+        parameters; None if one is missing (SQLAlchemy says so)."""
+        if parameters is None:
+            given: Parameters = {}
+        elif type(parameters) is dict or isinstance(parameters, Mapping):
+            given = parameters
+        else:
+            return None  # a list: SQLAlchemy reads it its own way
         arguments = []
         for key, name, default in self.binds:
             if key in given:
@@ -85,7 +101,37 @@ class _Plan:
         return arguments
 
 
-_REQUIRED = object()
+def _new_plan(
+    compiled: object, dialect: Dialect, make_rows: _compat.MakeRows | None = None
+) -> _Plan | None:
+    """A plan for ``compiled``, or None when SQLAlchemy would change the SQL or a value
+    on its way to the driver."""
+    driver_compiled = _compat.compiled_for_driver(compiled)
+    if driver_compiled is None:
+        return None
+    binds = _compat.binds_by_position(driver_compiled)
+    if binds is None or any(
+        bind.callable is not None
+        or bind.expanding
+        or bind.type.dialect_impl(dialect).bind_processor(dialect) is not None
+        for bind in _compat.all_binds(driver_compiled)
+    ):
+        return None
+    positional = [
+        (bind.key, name, _REQUIRED if bind.required else bind.value)
+        for bind, name in zip(binds, cast(Sequence[str], driver_compiled.positiontup), strict=True)
+    ]
+    return _Plan(driver_compiled.string, positional, make_rows)
+
+
+def _sent_as_planned(
+    plan: _Plan, result: CursorResult[*tuple[Any, ...]], rows: Sequence[Parameters | None]
+) -> bool:
+    """Whether SQLAlchemy, running the statement into ``result``, sent the driver exactly
+    the SQL and the arguments the plan sends for the same parameters."""
+    context: Any = result.context
+    sent = [list(arguments) for arguments in context.parameters]
+    return context.statement == plan.sql and sent == [plan.arguments(row) for row in rows]
 
 
 class Prepared(Generic[*_Ts]):
@@ -107,10 +153,13 @@ class Prepared(Generic[*_Ts]):
     runs may skip it. Results and errors are those of ``connection.execute``.
     """
 
-    __slots__ = ("_plans", "_statement")
+    __slots__ = ("_learnable", "_plans", "_statement")
 
     def __init__(self, statement: Select[*_Ts]) -> None:
         self._statement = statement
+        # A statement's own execution options (schema_translate_map, yield_per, ...)
+        # act inside SQLAlchemy's execute; the statement is immutable, so once is enough.
+        self._learnable = not statement.get_execution_options()
         # None: this dialect always runs the statement through SQLAlchemy. Weak: an
         # engine disposed of takes its plan with it.
         self._plans: WeakKeyDictionary[Dialect, _Plan | None] = WeakKeyDictionary()
@@ -173,36 +222,68 @@ class Prepared(Generic[*_Ts]):
         if sync is None:
             return None
         plan = self._plans.get(sync.dialect)
-        arguments = None if plan is None else plan.arguments(parameters)
-        if plan is None or arguments is None or not _driver_may_run(sync):
+        if plan is None:
             return None
-        driver: Any = sync.connection.driver_connection
+        arguments = plan.arguments(parameters)
+        if arguments is None or not _compat.may_read_on_driver(sync):
+            return None
+        _compat.begin_implicitly(sync)
         try:
-            records = await driver.fetch(plan.sql, *arguments)
+            records = await _compat.driver_fetch(sync, plan.sql, arguments)
         except BaseException as error:
             await _compat.run_in_greenlet(
-                _compat.raise_as_sqlalchemy_would, sync, plan.sql, arguments, error
+                _compat.raise_as_sqlalchemy_would,
+                sync,
+                self._statement.compile(dialect=sync.dialect),
+                [] if parameters is None else [parameters],
+                error,
             )
             raise  # not reached: the line above raises SQLAlchemy's exception
-        make_row = plan.make_row
-        assert make_row is not None  # a read's plan
-        return [make_row(record) for record in records]
+        make_rows = plan.make_rows
+        assert make_rows is not None  # a read's plan
+        rows: list[Row[*_Ts]] = make_rows(records)  # no cast: its generic costs at run time
+        return rows
 
     async def _through_sqlalchemy(
         self, connection: AsyncConnection, parameters: Parameters | None
     ) -> CursorResult[*_Ts]:
-        result = await connection.execute(self._statement, parameters)
         sync = connection.sync_connection
-        if sync is not None and sync.dialect not in self._plans and not sync.invalidated:
-            self._plans[sync.dialect] = _plan(self._statement, sync, result)
+        learn = (
+            self._learnable
+            and sync is not None
+            and sync.dialect not in self._plans
+            and (parameters is None or isinstance(parameters, Mapping))  # not a list
+            and _compat.may_learn_from(sync)
+        )
+        result = await connection.execute(self._statement, parameters)
+        if learn and sync is not None and _compat.may_learn_from(sync):
+            self._plans[sync.dialect] = self._plan(sync, result, parameters)
         return result
+
+    def _plan(
+        self, connection: Connection, result: CursorResult[*_Ts], parameters: Parameters | None
+    ) -> _Plan | None:
+        """A plan when asyncpg alone returns exactly what SQLAlchemy returned in ``result``."""
+        dialect = connection.dialect
+        if not _compat.fast_path_supported(connection) or not _compat.cacheable(self._statement):
+            return None
+        make_rows = _compat.row_maker(result)
+        if make_rows is None:
+            return None
+        # Compiled here, not taken from SQLAlchemy's cache: a cached compilation of an
+        # equal statement carries that statement's literal values.
+        plan = _new_plan(self._statement.compile(dialect=dialect), dialect, make_rows)
+        if plan is None or not _sent_as_planned(plan, result, [parameters]):
+            return None
+        return plan
 
 
 WriteParameters = Parameters | Sequence[Parameters] | None
-# Per statement (built once, at import), per dialect and parameter shape.
-_write_plans: WeakKeyDictionary[
-    UpdateBase, dict[tuple[Dialect, tuple[str, ...], bool], _Plan | None]
-]
+_Shape = tuple[tuple[str, ...], bool]  # the first parameter set's keys; executemany or not
+# Per statement (built once, at import), per dialect, per parameter shape; a shape not
+# yet run through SQLAlchemy has no entry. Weak both ways: neither a statement made
+# for one call nor a disposed engine's dialect is kept alive here.
+_write_plans: WeakKeyDictionary[UpdateBase, WeakKeyDictionary[Dialect, dict[_Shape, _Plan | None]]]
 _write_plans = WeakKeyDictionary()
 
 
@@ -212,10 +293,11 @@ async def run_statement(
     """Run one write statement on ``connection`` as a transaction of its own.
 
     ``connection`` must not be in a transaction yet. A list of parameter sets is one
-    ``executemany``: every row or none. On asyncpg the driver runs the statement
-    itself, in PostgreSQL's implicit transaction of one statement, with no ``BEGIN``
-    or ``COMMIT`` round trip; wherever that would not be exact (see the module), and
-    on other drivers, SQLAlchemy runs it between ``BEGIN`` and ``COMMIT``.
+    ``executemany``: every row or none; an empty list writes nothing. On asyncpg the
+    driver runs the statement itself, in PostgreSQL's implicit transaction of one
+    statement, with no ``BEGIN`` or ``COMMIT`` round trip; wherever that would not be
+    exact (see the module), and on other drivers, SQLAlchemy runs it between ``BEGIN``
+    and ``COMMIT``.
     """
     rows = (
         [parameters or {}] if parameters is None or isinstance(parameters, Mapping) else parameters
@@ -225,115 +307,95 @@ async def run_statement(
     sync = connection.sync_connection
     if sync is None or sync.in_transaction():
         raise RuntimeError("run_statement needs a connection with no transaction begun")
-    plan = _write_plan(statement, sync, rows)
-    arguments = [] if plan is None else [plan.arguments(row) for row in rows]
-    if plan is None or None in arguments or not _nothing_between(sync):
-        async with connection.begin():
-            await connection.execute(statement, parameters)
-        return
-    driver: Any = sync.connection.driver_connection
+    # SQLAlchemy compiles for the first parameter set's keys (an UPDATE sets the
+    # columns it names), and for executemany when there is more than one. Anything but
+    # mappings it refuses in its own words.
+    shape = (tuple(sorted(rows[0])), len(rows) > 1) if isinstance(rows[0], Mapping) else None
+    by_dialect = _write_plans.get(statement)
+    plans = None if by_dialect is None or shape is None else by_dialect.get(sync.dialect)
+    plan = None if plans is None or shape is None else plans.get(shape)
+    if plan is not None and _compat.may_write_on_driver(sync):
+        arguments = [plan.arguments(row) for row in rows]
+        if None not in arguments:
+            await _write_on_driver(sync, statement, plan, rows, arguments)
+            return
+    learn = (
+        shape is not None and (plans is None or shape not in plans) and _compat.may_learn_from(sync)
+    )
+    async with connection.begin():
+        result = await connection.execute(statement, parameters)
+    if learn and shape is not None and _compat.may_learn_from(sync):
+        by_dialect = _write_plans.setdefault(statement, WeakKeyDictionary())
+        by_dialect.setdefault(sync.dialect, {})[shape] = _write_plan(statement, sync, rows, result)
+
+
+async def _write_on_driver(
+    connection: Connection,
+    statement: UpdateBase,
+    plan: _Plan,
+    rows: Sequence[Parameters],
+    arguments: list[Any],  # a list of arguments per row
+) -> None:
+    transaction = _compat.begin_without_io(connection)
     try:
         if len(arguments) > 1:
-            await driver.executemany(plan.sql, arguments)
+            await _compat.driver_executemany(connection, plan.sql, arguments)
         else:
-            await driver.execute(plan.sql, *cast(list[Any], arguments[0]))
+            await _compat.driver_fetch(connection, plan.sql, arguments[0])
     except BaseException as error:
+        compiled = _compile_write(statement, connection.dialect, rows)
         await _compat.run_in_greenlet(
-            _compat.raise_as_sqlalchemy_would, sync, plan.sql, arguments, error
+            _fail_in_transaction, connection, transaction, compiled, rows, error
         )
         raise  # not reached: the line above raises SQLAlchemy's exception
+    _compat.commit_without_io(transaction)
 
 
-def _write_plan(
-    statement: UpdateBase, connection: Connection, rows: Sequence[Parameters]
-) -> _Plan | None:
-    dialect = connection.dialect
-    if dialect.driver != "asyncpg":
-        return None
-    # SQLAlchemy compiles for the first parameter set's keys (an UPDATE sets the
-    # columns it names), and for executemany when there is more than one.
-    keys, many = tuple(sorted(rows[0])), len(rows) > 1
-    plans = _write_plans.setdefault(statement, {})
-    shape = (dialect, keys, many)
-    if shape not in plans:
-        compiled = _compat.compiled_for_driver(
-            statement.compile(dialect=dialect, column_keys=list(keys), for_executemany=many)
-        )
-        plan = None
-        if (
-            compiled is not None
-            and _compat.error_path_available(connection)
-            and (compiled.isinsert or compiled.isupdate or compiled.isdelete)
-            # Nothing computed in Python at run time, nothing to return.
-            and not _compat.writes_computed_in_python(compiled)
-        ):
-            binds = _positional_binds(compiled, dialect)
-            plan = None if binds is None else _Plan(compiled.string, binds)
-        plans[shape] = plan
-    return plans[shape]
-
-
-def _plan(
-    statement: Select[*tuple[Any, ...]],
+def _fail_in_transaction(
     connection: Connection,
-    result: CursorResult[*tuple[Any, ...]],
-) -> _Plan | None:
-    """A plan when asyncpg alone returns exactly what SQLAlchemy returned in ``result``."""
-    dialect = connection.dialect
-    if dialect.driver != "asyncpg" or not _compat.error_path_available(connection):
-        return None
-    # Compiled here, not taken from SQLAlchemy's cache: a cached compilation of an
-    # equal statement carries that statement's literal values.
-    compiled = _compat.compiled_for_driver(statement.compile(dialect=dialect))
-    if compiled is None:
-        return None
-    binds = _positional_binds(compiled, dialect)
-    if binds is None:
-        return None
-    cursor = result.cursor
-    description = None if cursor is None else cursor.description
-    columns = list(statement.selected_columns)
-    if description is None or len(description) != len(columns):
-        return None
-    for column, described in zip(columns, description, strict=True):
-        if column.type.dialect_impl(dialect).result_processor(dialect, described[1]) is not None:
-            return None
-    return _Plan(compiled.string, binds, _compat.row_factory(list(result.keys())))
+    transaction: Any,
+    compiled: SQLCompiler,
+    rows: Sequence[Parameters],
+    error: BaseException,
+) -> NoReturn:
+    try:
+        _compat.raise_as_sqlalchemy_would(connection, compiled, rows, error)
+    except BaseException as raised:
+        _compat.roll_back_after(transaction, raised)
 
 
-def _positional_binds(compiled: SQLCompiler, dialect: Dialect) -> list[tuple[str, str, Any]] | None:
-    """(key, compiled name, value when none is given) per driver argument, or None when
-    SQLAlchemy would change a value on its way to the driver."""
-    binds: list[tuple[str, str, Any]] = []
-    for name in _compat.positional_names(compiled):
-        bind = compiled.binds.get(name)
-        if (
-            bind is None  # an escaped name: left to SQLAlchemy, which knows its escaping
-            or bind.callable is not None
-            or bind.expanding
-            or bind.type.dialect_impl(dialect).bind_processor(dialect) is not None
-        ):
-            return None
-        binds.append((bind.key, name, _REQUIRED if bind.required else bind.value))
-    return binds
-
-
-def _driver_may_run(connection: Connection) -> bool:
-    """Whether a driver-run read on this connection, now, gives SQLAlchemy's result."""
-    # Autocommit only: in a transaction, SQLAlchemy's adapter sends BEGIN with its
-    # first statement, and a statement that bypassed it would run outside.
-    return _nothing_between(connection) and (
-        getattr(connection.connection.dbapi_connection, "autocommit", False) is True
+def _compile_write(
+    statement: UpdateBase, dialect: Dialect, rows: Sequence[Parameters]
+) -> SQLCompiler:
+    """As SQLAlchemy compiles it for these rows: for the first one's keys, and for
+    executemany when there is more than one."""
+    return statement.compile(
+        dialect=dialect, column_keys=sorted(rows[0]), for_executemany=len(rows) > 1
     )
 
 
-def _nothing_between(connection: Connection) -> bool:
-    """No SQLAlchemy feature on this connection would act on a statement it runs."""
+def _write_plan(
+    statement: UpdateBase,
+    connection: Connection,
+    rows: Sequence[Parameters],
+    result: CursorResult[Any],
+) -> _Plan | None:
+    """A plan when asyncpg alone sends exactly what SQLAlchemy sent for ``result``."""
     if (
-        connection.closed
-        or connection.invalidated
-        or connection.engine.echo
-        or _compat.has_execution_listeners(connection)
+        statement.get_execution_options()
+        or not _compat.fast_path_supported(connection)
+        or not _compat.cacheable(statement)
     ):
-        return False
-    return _NEUTRAL_OPTIONS.issuperset(connection.get_execution_options())
+        return None
+    dialect = connection.dialect
+    compiled = _compile_write(statement, dialect, rows)
+    if not isinstance(compiled, SQLCompiler) or not (
+        compiled.isinsert or compiled.isupdate or compiled.isdelete
+    ):
+        return None
+    if _compat.writes_computed_in_python(compiled):  # defaults computed in Python, RETURNING
+        return None
+    plan = _new_plan(compiled, dialect)
+    if plan is None or not _sent_as_planned(plan, result, rows):
+        return None
+    return plan

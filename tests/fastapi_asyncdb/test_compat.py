@@ -6,21 +6,46 @@ adapt ``_compat`` (and nothing else) before widening the bound in pyproject.toml
 
 from __future__ import annotations
 
+import asyncio
+import enum
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, event, insert, select
+from sqlalchemy import (
+    Column,
+    Enum,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    event,
+    insert,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy import update as sql_update
 from sqlalchemy.dialects.postgresql import asyncpg
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import ExceptionContext, Row
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ColumnClause
 
-from fastapi_asyncdb import Database, _compat
+from fastapi_asyncdb import Database, Prepared, _compat
 
 pytestmark = pytest.mark.usefixtures("clean_environment")
 
 # asyncpg's dialect compiles positionally, as the fast path needs.
 ASYNCPG: Any = asyncpg.dialect
+
+
+class Size(enum.Enum):
+    small = "small"
+
 
 metadata = MetaData()
 items = Table(
@@ -29,7 +54,42 @@ items = Table(
     Column("id", Integer, primary_key=True),
     Column("name", String(50), unique=True),
     Column("tag", String(50), default=lambda: "computed"),
+    Column("size", Enum(Size)),
 )
+ITEM_NAME = select(items.c.id, items.c.name).where(items.c.id == bindparam("id"))
+
+
+def compile_for_driver(statement: Any, **kwargs: Any) -> SQLCompiler:
+    compiled = _compat.compiled_for_driver(statement.compile(dialect=ASYNCPG(), **kwargs))
+    assert compiled is not None
+    return compiled
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    async with Database(url=database_url) as database:
+        async with database.engine.begin() as connection:
+            await connection.run_sync(metadata.drop_all)
+            await connection.run_sync(metadata.create_all)
+            await connection.execute(
+                insert(items),
+                [{"id": 1, "name": "a", "size": Size.small}, {"id": 2, "name": "b", "size": None}],
+            )
+        yield database
+
+
+def sync_of(connection: AsyncConnection) -> Any:
+    sync = connection.sync_connection
+    assert sync is not None
+    return sync
+
+
+def logged_queries(connection: AsyncConnection) -> list[str]:
+    """What asyncpg sends through its simple query path (BEGIN, COMMIT, ROLLBACK)."""
+    sent: list[str] = []
+    driver: Any = sync_of(connection).connection.driver_connection
+    driver.add_query_logger(lambda query: sent.append(query.query))
+    return sent
 
 
 async def test_run_in_greenlet_lets_sync_code_await_the_event_loop() -> None:
@@ -42,101 +102,264 @@ async def test_run_in_greenlet_lets_sync_code_await_the_event_loop() -> None:
     assert await _compat.run_in_greenlet(sync_caller) == 42
 
 
-def test_row_factory_makes_sqlalchemy_rows_with_named_fields() -> None:
-    row = _compat.row_factory(["id", "name"])((1, "a"))
-    assert isinstance(row, Row)
-    assert row.id == 1
-    assert row._mapping["name"] == "a"
-    assert tuple(row) == (1, "a")
-
-
-async def test_has_execution_listeners_sees_a_listener_on_the_engine(database_url: str) -> None:
-    async with Database(url=database_url) as db, db.read_engine.connect() as connection:
-        sync = connection.sync_connection
-        assert sync is not None
-        assert _compat.has_execution_listeners(sync) is False
-
-        def listener(*_args: Any) -> None:
-            pass
-
-        event.listen(db.read_engine.sync_engine, "before_cursor_execute", listener)
-        try:
-            assert _compat.has_execution_listeners(sync) is True
-        finally:
-            event.remove(db.read_engine.sync_engine, "before_cursor_execute", listener)
-
-
-@pytest.mark.backends("postgresql")
-async def test_raise_as_sqlalchemy_would_wraps_a_driver_error_like_execute(
-    database_url: str,
+async def test_fast_path_supported_on_asyncpg_with_a_compiled_cache_only(
+    database: Database,
 ) -> None:
-    async with Database(url=database_url) as db:
-        async with db.engine.begin() as connection:
-            await connection.run_sync(metadata.create_all)
-        async with db.engine.connect() as connection:
-            sync = connection.sync_connection
-            assert sync is not None
-            assert _compat.error_path_available(sync)
-            hooked: list[BaseException] = []
-            event.listen(
-                db.engine.sync_engine,
-                "handle_error",
-                lambda context: hooked.append(context.original_exception),
-            )
-            driver: Any = sync.connection.driver_connection
-            sql = "INSERT INTO compat_items (id, name) VALUES ($1, $2)"
-            await driver.execute(sql, 1, "a")
-            try:
-                await driver.execute(sql, 2, "a")
-            except Exception as error:
-                with pytest.raises(IntegrityError) as raised:
-                    await _compat.run_in_greenlet(
-                        _compat.raise_as_sqlalchemy_would, sync, sql, [2, "a"], error
-                    )
-            assert isinstance(raised.value, DBAPIError)
-            assert raised.value.statement == sql
-            assert len(hooked) == 1  # the engine's handle_error hooks ran
+    async with database.read_connection() as connection:
+        supported = _compat.fast_path_supported(sync_of(connection))
+    assert supported is (database.settings.backend == "postgresql")
+    uncached = create_async_engine(database.settings.sqlalchemy_url, query_cache_size=0)
+    try:
+        async with uncached.connect() as connection:
+            assert _compat.fast_path_supported(sync_of(connection)) is False
+    finally:
+        await uncached.dispose()
+
+
+def test_cacheable_is_false_for_a_construct_sqlalchemy_cannot_cache() -> None:
+    class Uncached(ColumnClause[Any]):
+        inherit_cache = False
+
+    @compiles(Uncached)
+    def _compile(element: Uncached, compiler: Any, **kw: Any) -> str:
+        return "1"
+
+    assert _compat.cacheable(ITEM_NAME) is True
+    assert _compat.cacheable(select(Uncached("x"))) is False
 
 
 def test_compiled_for_driver_takes_a_positional_compilation() -> None:
-    statement = select(items.c.name).where(items.c.id == bindparam("id"))
-    compiled = _compat.compiled_for_driver(statement.compile(dialect=ASYNCPG()))
-    assert compiled is not None
-    assert _compat.positional_names(compiled) == ["id"]
+    assert _compat.compiled_for_driver(ITEM_NAME.compile(dialect=ASYNCPG())) is not None
 
 
-def test_compiled_for_driver_refuses_what_is_rendered_at_run_time() -> None:
-    expanding = select(items.c.name).where(items.c.id.in_(bindparam("ids", expanding=True)))
-    literal = select(items.c.name).where(items.c.id == bindparam("id", literal_execute=True))
-    dialect = ASYNCPG()
-    assert _compat.compiled_for_driver(expanding.compile(dialect=dialect)) is None
-    assert _compat.compiled_for_driver(literal.compile(dialect=dialect)) is None
+def test_compiled_for_driver_refuses_what_sqlalchemy_changes_at_run_time() -> None:
+    refused = [
+        select(items.c.name).where(items.c.id.in_(bindparam("ids", expanding=True))),
+        select(items.c.name).where(items.c.id == bindparam("id", literal_execute=True)),
+        ITEM_NAME.params(id=1),  # values collected from .params()
+    ]
+    for statement in refused:
+        assert _compat.compiled_for_driver(statement.compile(dialect=ASYNCPG())) is None
+    # An executemany of INSERT ... RETURNING is sent in batches of rows.
+    batched = insert(items).returning(items.c.id)
+    keys = ["id", "name", "size", "tag"]
+    compiled = batched.compile(dialect=ASYNCPG(), column_keys=keys, for_executemany=True)
+    assert _compat.compiled_for_driver(compiled) is None
 
 
-def test_positional_names_follow_the_order_of_the_sql() -> None:
+def test_binds_by_position_follow_the_order_of_the_sql() -> None:
     statement = (
         sql_update(items).where(items.c.id == bindparam("key")).values(name=bindparam("new"))
     )
-    compiled = _compat.compiled_for_driver(statement.compile(dialect=ASYNCPG()))
-    assert compiled is not None
-    assert _compat.positional_names(compiled) == ["new", "key"]
+    binds = _compat.binds_by_position(compile_for_driver(statement))
+    assert binds is not None
+    assert [bind.key for bind in binds] == ["new", "key"]
+    assert {bind.key for bind in _compat.all_binds(compile_for_driver(statement))} == {
+        "new",
+        "key",
+    }
+
+
+def test_binds_by_position_take_a_required_name_used_twice_but_not_two_defaults() -> None:
+    twice = select(items.c.id).where(
+        or_(items.c.id == bindparam("n"), items.c.name == bindparam("n", type_=String))
+    )
+    binds = _compat.binds_by_position(compile_for_driver(twice))
+    assert binds is not None
+    assert {bind.key for bind in binds} == {"n"}
+    defaults = select(items.c.id).where(
+        or_(items.c.id == bindparam("n", 1), items.c.name == bindparam("n", "1"))
+    )
+    assert _compat.binds_by_position(compile_for_driver(defaults)) is None
 
 
 def test_writes_computed_in_python_sees_python_defaults_and_returning() -> None:
-    dialect = ASYNCPG()
-
-    def compile_write(statement: Any, keys: list[str]) -> Any:
-        compiled = _compat.compiled_for_driver(statement.compile(dialect=dialect, column_keys=keys))
-        assert compiled is not None
-        return compiled
-
-    plain = compile_write(sql_update(items).values(name=bindparam("name")), ["name"])
-    defaulted = compile_write(insert(items), ["id", "name"])
-    returning = compile_write(insert(items).returning(items.c.id), ["id", "name", "tag"])
+    plain = compile_for_driver(
+        sql_update(items).values(name=bindparam("name")), column_keys=["name"]
+    )
+    defaulted = compile_for_driver(insert(items), column_keys=["id", "name"])
+    returning = compile_for_driver(
+        insert(items).returning(items.c.id), column_keys=["id", "name", "tag"]
+    )
     assert _compat.writes_computed_in_python(plain) is False
     assert _compat.writes_computed_in_python(defaulted) is True
     assert _compat.writes_computed_in_python(returning) is True
 
 
-def test_connection_class_still_has_the_error_handler_the_fast_path_borrows() -> None:
-    assert callable(getattr(Connection, "_handle_dbapi_exception", None))
+async def test_row_maker_makes_the_rows_the_result_makes(database: Database) -> None:
+    async with database.read_connection() as connection:
+        result = await connection.execute(ITEM_NAME, {"id": 1})
+        make_rows = _compat.row_maker(result)
+        assert make_rows is not None
+        expected = result.one()
+        (row,) = make_rows([(1, "a")])
+        converting = _compat.row_maker(await connection.execute(select(items.c.size)))
+        textual = _compat.row_maker(await connection.execute(text("SELECT id FROM compat_items")))
+    assert isinstance(row, Row)
+    assert row == expected
+    assert row._fields == expected._fields
+    assert row._mapping[items.c.name] == "a"
+    assert items.c.id in row._mapping
+    assert converting is None  # Enum converts each value
+    assert textual is None  # a plain string's columns are matched again at each run
+
+
+async def test_may_learn_from_refuses_listeners_logging_and_execution_options(
+    database: Database,
+) -> None:
+    async with database.read_connection() as connection:
+        sync = sync_of(connection)
+        assert _compat.may_learn_from(sync) is True
+
+        def listener(*_args: Any) -> None:
+            pass
+
+        await connection.execution_options(schema_translate_map={None: "other"})
+        assert _compat.may_learn_from(sync) is False
+        engine = database.read_engine.sync_engine
+        event.listen(engine, "before_cursor_execute", listener)
+        event.remove(engine, "before_cursor_execute", listener)
+    async with database.read_connection() as connection:
+        # SQLAlchemy keeps checking for listeners on an engine that ever had one.
+        assert _compat.may_learn_from(sync_of(connection)) is False
+    echoing = create_async_engine(database.settings.sqlalchemy_url, echo=True)
+    try:
+        async with echoing.connect() as connection:
+            assert _compat.may_learn_from(sync_of(connection)) is False
+    finally:
+        await echoing.dispose()
+
+
+@pytest.mark.backends("postgresql")
+async def test_may_read_on_driver_only_outside_transactions_and_options(
+    database: Database,
+) -> None:
+    async with database.read_connection() as connection:
+        sync = sync_of(connection)
+        assert _compat.may_read_on_driver(sync) is True
+        async with connection.begin():  # a transaction context: SQLAlchemy checks it
+            assert _compat.may_read_on_driver(sync) is False
+        assert _compat.may_read_on_driver(sync) is True
+
+        def do_execute(*_args: Any) -> None:
+            return None
+
+        dialect = database.read_engine.sync_engine
+        event.listen(dialect, "do_execute", do_execute)
+        try:
+            assert _compat.may_read_on_driver(sync) is False
+        finally:
+            event.remove(dialect, "do_execute", do_execute)
+        await connection.execution_options(logging_token="t")
+        assert _compat.may_read_on_driver(sync) is False
+    async with database.engine.connect() as connection:  # not autocommit
+        assert _compat.may_read_on_driver(sync_of(connection)) is False
+        await connection.invalidate()
+        assert _compat.may_read_on_driver(sync_of(connection)) is False
+
+
+@pytest.mark.backends("postgresql")
+async def test_may_write_on_driver_only_with_no_transaction_and_default_isolation(
+    database: Database,
+) -> None:
+    async with database.engine.connect() as connection:
+        sync = sync_of(connection)
+        assert _compat.may_write_on_driver(sync) is True
+        await connection.execute(text("SELECT 1"))  # autobegun
+        assert _compat.may_write_on_driver(sync) is False
+        await connection.rollback()
+        await connection.exec_driver_sql("SELECT 1")
+        await connection.rollback()
+        assert _compat.may_write_on_driver(sync) is True
+        await connection.execution_options(isolation_level="SERIALIZABLE")
+        assert _compat.may_write_on_driver(sync) is False
+        await connection.execution_options(isolation_level="AUTOCOMMIT")
+        assert _compat.may_write_on_driver(sync) is True
+
+
+@pytest.mark.backends("postgresql")
+async def test_implicit_and_explicit_begin_send_nothing(database: Database) -> None:
+    async with database.engine.connect() as connection:
+        sync = sync_of(connection)
+        sent = logged_queries(connection)
+        _compat.begin_implicitly(sync)
+        assert connection.in_transaction()
+        await connection.rollback()
+        transaction = _compat.begin_without_io(sync)
+        assert connection.in_transaction()
+        _compat.commit_without_io(transaction)
+        assert not connection.in_transaction()
+        transaction = _compat.begin_without_io(sync)
+        with pytest.raises(ValueError, match="boom"):
+            _compat.roll_back_after(transaction, ValueError("boom"))
+        assert not connection.in_transaction()
+        await asyncio.sleep(0.01)  # asyncpg logs soon after each query
+        assert sent == []
+
+
+async def test_without_autobegin_execute_and_prepared_leave_no_transaction(
+    database: Database,
+) -> None:
+    prepared = Prepared(ITEM_NAME)
+    async with database.read_connection() as connection:
+        _compat.without_autobegin(sync_of(connection))
+        await connection.execute(ITEM_NAME, {"id": 1})
+        assert not connection.in_transaction()
+        for _ in range(2):  # learnt, then the driver's on PostgreSQL
+            assert (await prepared.one(connection, {"id": 1})).name == "a"
+            assert not connection.in_transaction()
+        async with connection.begin():
+            assert connection.in_transaction()
+
+
+@pytest.mark.backends("postgresql")
+async def test_driver_fetch_takes_turns_with_sqlalchemy_on_one_connection(
+    database: Database,
+) -> None:
+    sql = ITEM_NAME.compile(database.read_engine).string
+    async with database.read_connection() as connection:
+        sync = sync_of(connection)
+        results: list[Any] = await asyncio.gather(
+            *(_compat.driver_fetch(sync, sql, [1]) for _ in range(3)),
+            connection.execute(ITEM_NAME, {"id": 1}),
+            *(_compat.driver_fetch(sync, sql, [1]) for _ in range(3)),
+        )
+    assert [tuple(record) for record in results[0]] == [(1, "a")]
+    assert all(list(map(tuple, records)) == [(1, "a")] for records in results[4:])
+
+
+@pytest.mark.backends("postgresql")
+async def test_driver_executemany_writes_every_row(database: Database) -> None:
+    sql = "INSERT INTO compat_items (id, name) VALUES ($1, $2)"
+    async with database.engine.connect() as connection:
+        await connection.execution_options(isolation_level="AUTOCOMMIT")
+        await _compat.driver_executemany(sync_of(connection), sql, [[3, "c"], [4, "d"]])
+        names = (await connection.execute(select(items.c.name).order_by(items.c.id))).scalars()
+        assert list(names) == ["a", "b", "c", "d"]
+
+
+@pytest.mark.backends("postgresql")
+async def test_raise_as_sqlalchemy_would_wraps_a_driver_error_like_execute(
+    database: Database,
+) -> None:
+    statement = sql_update(items).where(items.c.id == bindparam("key"))
+    compiled = compile_for_driver(
+        statement.values(name=bindparam("new")), column_keys=["key", "new"]
+    )
+    hooked: list[ExceptionContext] = []
+    event.listen(database.engine.sync_engine, "handle_error", hooked.append)
+    async with database.engine.connect() as connection:
+        sync = sync_of(connection)
+        parameters = [{"key": 2, "new": "a"}]  # "a" exists: a unique violation
+        with pytest.raises(Exception) as from_driver:  # noqa: PT011  what the adapter raises
+            await _compat.driver_fetch(sync, compiled.string, ["a", 2])
+        assert not isinstance(from_driver.value, DBAPIError)  # translated, not yet wrapped
+        with pytest.raises(IntegrityError) as raised:
+            await _compat.run_in_greenlet(
+                _compat.raise_as_sqlalchemy_would, sync, compiled, parameters, from_driver.value
+            )
+    assert raised.value.statement == compiled.string
+    assert len(hooked) == 1  # the engine's handle_error hooks ran...
+    context: Any = hooked[0].execution_context
+    assert context is not None  # ...with an execution context, as through execute
+    assert context.compiled is compiled

@@ -39,6 +39,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from fastapi_asyncdb import Database, DatabaseUnavailableError, Prepared
 from fastapi_asyncdb.prepared import run_statement
 
+from .prepared_runs import sqlalchemy_runs
+
 pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
@@ -104,24 +106,18 @@ async def database(database_url: str) -> AsyncIterator[Database]:
         yield database
 
 
-def count_driver_queries(connection: AsyncConnection, naming: str = "prepared_") -> list[str]:
-    """The SELECTs naming ``naming`` that asyncpg ran through its own query path.
-
-    SQLAlchemy's adapter runs statements through asyncpg's prepared statements, which
-    this log does not see. asyncpg calls its query loggers soon after each query, not
-    during it: read the list after ``logged()``.
-    """
-    seen: list[str] = []
+def logged_queries(connection: AsyncConnection) -> list[str]:
+    """The first word of each query asyncpg logs on this connection: its simple query
+    path and executemany, as used for BEGIN, COMMIT and executemany; prepared
+    statements, by which both SQLAlchemy's adapter and the fast path run one statement,
+    are not logged. asyncpg calls its query loggers soon after each query, not during
+    it: read the list after ``logged()``."""
+    sent: list[str] = []
     sync = connection.sync_connection
     assert sync is not None
     driver: Any = sync.connection.driver_connection
-
-    def log(query: Any) -> None:
-        if query.query.startswith("SELECT") and naming in query.query:
-            seen.append(query.query)
-
-    driver.add_query_logger(log)
-    return seen
+    driver.add_query_logger(lambda query: sent.append(query.query.split()[0].rstrip(";").upper()))
+    return sent
 
 
 async def logged() -> None:
@@ -176,64 +172,60 @@ async def test_a_prepared_statement_keeps_its_own_literal_values(database: Datab
 
 
 @pytest.mark.backends("postgresql")
-async def test_on_a_postgresql_read_connection_asyncpg_runs_the_statement_itself(
+async def test_on_a_postgresql_read_connection_only_the_first_run_goes_through_sqlalchemy(
     database: Database,
 ) -> None:
     by_id = Prepared(ITEM_BY_ID)
-    async with database.read_connection() as connection:
-        driver_queries = count_driver_queries(connection)
-        for n in range(1, 5):
-            assert await by_id.scalar(connection, {"id": n}) == n
-    # The first run went through SQLAlchemy, which compiled the statement once.
-    await logged()
-    assert len(driver_queries) == 3
-    await logged()
-    assert driver_queries[0] == ITEM_BY_ID.compile(database.read_engine).string
+    with sqlalchemy_runs() as runs:
+        async with database.read_connection() as connection:
+            for n in range(1, 5):
+                assert await by_id.scalar(connection, {"id": n}) == n
+        async with database.read_connection() as connection:
+            assert await by_id.scalar(connection, {"id": 5}) == 5
+    assert runs.of(ITEM_BY_ID) == 1
 
 
 @pytest.mark.backends("postgresql")
 async def test_prepared_leaves_a_transaction_to_sqlalchemy(database: Database) -> None:
     by_id = Prepared(ITEM_BY_ID)
-    async with database.transaction() as session:
-        connection = await session.connection()
-        driver_queries = count_driver_queries(connection)
-        await connection.execute(insert(item).values(id=50, name="new", owner_id=1))
-        for _ in range(3):
-            # Sees the transaction's own uncommitted row: it ran inside the transaction.
-            assert await by_id.scalar(connection, {"id": 50}) == 50
-        await session.rollback()
-    await logged()
-    assert driver_queries == []
+    async with database.read_connection() as connection:
+        await by_id.scalar(connection, {"id": 1})  # learnt: later runs may be the driver's
+    with sqlalchemy_runs() as runs:
+        async with database.transaction() as session:
+            connection = await session.connection()
+            await connection.execute(insert(item).values(id=50, name="new", owner_id=1))
+            for _ in range(3):
+                # Sees the transaction's own uncommitted row: it ran inside the transaction.
+                assert await by_id.scalar(connection, {"id": 50}) == 50
+            await session.rollback()
+    assert runs.of(ITEM_BY_ID) == 3
 
 
 @pytest.mark.backends("postgresql")
 async def test_types_that_convert_values_are_left_to_sqlalchemy(database: Database) -> None:
-    converting = Prepared(select(owner.c.kind, owner.c.weight, owner.c.motto).order_by(owner.c.id))
-    plain = Prepared(select(owner.c.name).order_by(owner.c.id))
-    async with database.read_connection() as connection:
-        driver_queries = count_driver_queries(connection)
-        for _ in range(3):
-            assert await converting.all(connection) == [
-                (Kind.small, 1.5, "GO"),
-                (Kind.large, 2.25, "NO"),
-            ]
-        await logged()
-        assert not driver_queries
-        for _ in range(3):
-            assert await plain.all(connection) == [("ann",), ("bob",)]
-        await logged()
-        assert len(driver_queries) == 2
+    converting_statement = select(owner.c.kind, owner.c.weight, owner.c.motto).order_by(owner.c.id)
+    plain_statement = select(owner.c.name).order_by(owner.c.id)
+    converting, plain = Prepared(converting_statement), Prepared(plain_statement)
+    with sqlalchemy_runs() as runs:
+        async with database.read_connection() as connection:
+            for _ in range(3):
+                assert await converting.all(connection) == [
+                    (Kind.small, 1.5, "GO"),
+                    (Kind.large, 2.25, "NO"),
+                ]
+                assert await plain.all(connection) == [("ann",), ("bob",)]
+    assert (runs.of(converting_statement), runs.of(plain_statement)) == (3, 1)
 
 
 @pytest.mark.backends("postgresql")
 async def test_expanding_parameters_are_left_to_sqlalchemy(database: Database) -> None:
-    in_list = Prepared(select(item.c.id).where(item.c.id.in_(bindparam("ids", expanding=True))))
-    async with database.read_connection() as connection:
-        driver_queries = count_driver_queries(connection)
-        for ids in ([1, 2], [3], [4, 5, 6]):
-            assert [row.id for row in await in_list.all(connection, {"ids": ids})] == ids
-    await logged()
-    assert driver_queries == []
+    statement = select(item.c.id).where(item.c.id.in_(bindparam("ids", expanding=True)))
+    in_list = Prepared(statement)
+    with sqlalchemy_runs() as runs:
+        async with database.read_connection() as connection:
+            for ids in ([1, 2], [3], [4, 5, 6]):
+                assert [row.id for row in await in_list.all(connection, {"ids": ids})] == ids
+    assert runs.of(statement) == 3
 
 
 @pytest.mark.backends("postgresql")
@@ -264,13 +256,12 @@ async def test_driver_errors_become_the_errors_sqlalchemy_raises(database: Datab
     secret = "hunter2-not-an-integer"
     async with database.read_connection() as connection:
         await by_id.scalar(connection, {"id": 1})  # learn: later runs are the driver's
-        driver_queries = count_driver_queries(connection)
         with pytest.raises(DBAPIError) as from_sqlalchemy:
             await connection.execute(ITEM_BY_ID, {"id": secret})
-        with pytest.raises(DBAPIError) as from_driver:
+        with sqlalchemy_runs() as runs, pytest.raises(DBAPIError) as from_driver:
             await by_id.scalar(connection, {"id": secret})
-        await logged()
-        assert len(driver_queries) == 1
+        assert runs.of(ITEM_BY_ID) == 0
+        assert str(from_driver.value) == str(from_sqlalchemy.value)
         assert type(from_driver.value) is type(from_sqlalchemy.value)
         assert type(from_driver.value.orig) is type(from_sqlalchemy.value.orig)
         assert not from_driver.value.connection_invalidated
@@ -286,15 +277,17 @@ async def test_driver_errors_become_the_errors_sqlalchemy_raises(database: Datab
 async def test_the_command_timeout_is_the_503_error_as_through_sqlalchemy(
     database_url: str,
 ) -> None:
-    sleep = Prepared(select(func.pg_sleep(bindparam("seconds", type_=Numeric))))
+    statement = select(func.pg_sleep(bindparam("seconds", type_=Numeric)))
+    sleep = Prepared(statement)
     async with Database(url=database_url, command_timeout=0.3) as database:
         async with database.read_connection() as connection:
             await sleep.scalar(connection, {"seconds": Decimal(0)})
-            driver_queries = count_driver_queries(connection, naming="pg_sleep")
-            with pytest.raises(DatabaseUnavailableError, match=r"did not answer within 0\.3 s"):
+            with (
+                sqlalchemy_runs() as runs,
+                pytest.raises(DatabaseUnavailableError, match=r"did not answer within 0\.3 s"),
+            ):
                 await sleep.scalar(connection, {"seconds": Decimal(2)})
-            await logged()
-            assert len(driver_queries) == 1
+            assert runs.of(statement) == 0
         async with database.read_connection() as connection:
             assert await sleep.scalar(connection, {"seconds": Decimal(0)}) is None
 
@@ -309,17 +302,14 @@ async def test_a_connection_lost_under_the_driver_is_invalidated_and_replaced(
 ) -> None:
     by_id = Prepared(ITEM_BY_ID)
     async with database.read_connection() as connection:
-        driver_queries = count_driver_queries(connection)
-        await by_id.scalar(connection, {"id": 1})
-        await by_id.scalar(connection, {"id": 1})
+        await by_id.scalar(connection, {"id": 1})  # learnt: the next run is the driver's
         lost = await _backend_pid(connection)
-    await logged()
-    assert len(driver_queries) == 1  # so the next run on this connection is the driver's
     async with database.engine.connect() as admin:
         await admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": lost})
-    with pytest.raises(DBAPIError) as failure:
+    with sqlalchemy_runs() as runs, pytest.raises(DBAPIError) as failure:
         async with database.read_connection() as connection:
             await by_id.scalar(connection, {"id": 1})
+    assert runs.of(ITEM_BY_ID) == 0
     assert failure.value.connection_invalidated
     async with database.read_connection() as connection:
         assert await by_id.scalar(connection, {"id": 2}) == 2
@@ -407,20 +397,23 @@ async def test_on_postgresql_a_statement_is_its_own_transaction_without_begin_or
     database: Database,
 ) -> None:
     await database.run_statement(insert(counter), [{"id": n, "value": 0} for n in (1, 2)])
-    sent: list[str] = []
     async with database.engine.connect() as connection:
-        driver: Any = (await connection.get_raw_connection()).driver_connection
-        driver.add_query_logger(
-            lambda query: sent.append(query.query.split()[0].rstrip(";").upper())
-        )
+        sent = logged_queries(connection)
+        # The first run of each statement and parameter shape is SQLAlchemy's.
+        await run_statement(connection, SET_VALUE, [{"row": 1, "to": 3}, {"row": 2, "to": 4}])
+        await logged()
+        assert sent == ["BEGIN", "UPDATE", "COMMIT"]
+        sent.clear()
         await run_statement(connection, SET_VALUE, [{"row": 1, "to": 5}, {"row": 2, "to": 6}])
         await logged()
         assert sent == ["UPDATE"]
-        # A statement that needs SQLAlchemy at run time gets its BEGIN and COMMIT.
-        await run_statement(connection, insert(counter), {"id": 3, "value": 7})
-        await logged()
-        assert sent == ["UPDATE", "BEGIN", "COMMIT"]
-    assert await counter_values(database) == [(1, 5), (2, 6), (3, 7)]
+        # A statement that needs SQLAlchemy at run time gets its BEGIN and COMMIT each time.
+        for n in (3, 4):
+            sent.clear()
+            await run_statement(connection, insert(counter), {"id": n, "value": 7})
+            await logged()
+            assert sent == ["BEGIN", "COMMIT"]  # the INSERT itself is a prepared statement
+    assert await counter_values(database) == [(1, 5), (2, 6), (3, 7), (4, 7)]
 
 
 @pytest.mark.backends("postgresql")
@@ -428,6 +421,7 @@ async def test_a_write_cancelled_on_the_driver_does_not_hand_its_connection_on(
     database: Database,
 ) -> None:
     await database.run_statement(insert(counter), {"id": 1, "value": 0})
+    await database.run_statement(SET_VALUE, {"row": 1, "to": 0})  # learnt: the driver's next
     async with database.engine.connect() as holder:
         await holder.execute(SET_VALUE, {"row": 1, "to": 99})  # holds the row's lock
         blocked = asyncio.create_task(database.run_statement(SET_VALUE, {"row": 1, "to": 1}))
