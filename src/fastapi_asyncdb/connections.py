@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import QueuePool
 
+from . import _compat
 from .connection_health import ConnectionHealth, StaleConnectionError
 
 __all__ = ["ConnectionSource", "PooledConnections", "SharedConnection", "WarmConnections"]
@@ -131,6 +132,11 @@ class WarmConnections:
             return connection
         # A new checkout: the pool's checkout event applies the same health rules.
         connection = await self._engine.connect()
+        sync_connection = connection.sync_connection
+        assert sync_connection is not None
+        # Autocommit: a SQLAlchemy transaction begun at the first statement would send
+        # nothing and guard nothing, yet cost CPU to begin and end. begin() still works.
+        _compat.without_autobegin(sync_connection)
         self._lent[id(connection)] = _Warm(connection)
         return connection
 

@@ -128,19 +128,20 @@ def _fast_path_status(connection: Connection, database: Database) -> Finding:
         return Finding(
             "ok", "fast path", f"not available on {backend.name}: SQLAlchemy runs every statement"
         )
-    if not _compat.error_path_available(connection):
+    if not _compat.fast_path_supported(connection):
         return Finding(
             "warning",
             "fast path",
             "off: this SQLAlchemy version lacks what the fast path borrows",
             "use the SQLAlchemy versions fastapi-asyncdb declares",
         )
-    if _compat.has_execution_listeners(connection):
+    if not _compat.may_learn_from(connection):
         return Finding(
             "warning",
             "fast path",
-            "off: listeners on the engine's execution events make SQLAlchemy run every statement",
-            "remove the listeners, or accept the cost",
+            "off: listeners on the engine's execution events, logging or execution options "
+            "make SQLAlchemy run every statement",
+            "remove them, or accept the cost",
         )
     return Finding("ok", "fast path", "Prepared and run_statement run on the driver directly")
 

@@ -107,7 +107,7 @@ async def test_fast_path_supported_on_asyncpg_with_a_compiled_cache_only(
 ) -> None:
     async with database.read_connection() as connection:
         supported = _compat.fast_path_supported(sync_of(connection))
-    assert supported is (database.settings.backend == "postgresql")
+    assert supported is (database.backend.name == "postgresql")
     uncached = create_async_engine(database.settings.sqlalchemy_url, query_cache_size=0)
     try:
         async with uncached.connect() as connection:

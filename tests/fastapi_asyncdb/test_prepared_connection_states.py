@@ -188,7 +188,7 @@ async def test_concurrent_run_statements_on_one_connection_as_through_sqlalchemy
     first, second = await round_of_writes("a"), await round_of_writes("b")
     assert first[:3] == second[:3]
     assert first[0] is None
-    if database.settings.backend == "postgresql":
+    if database.backend.name == "postgresql":
         # The others found the first one's transaction begun: asyncpg's BEGIN waits for
         # a statement. (The SQLite engine's BEGIN IMMEDIATE is a round trip, during
         # which the next run_statement begins too, and fails in SQLite's own way.)

@@ -150,7 +150,7 @@ def peer_rows(tag: str) -> list[dict[str, Any]]:
 @asynccontextmanager
 async def started(database_url: str) -> AsyncIterator[Database]:
     async with Database(url=database_url, hide_parameters=False) as database:
-        is_postgresql = database.settings.backend == "postgresql"
+        is_postgresql = database.backend.name == "postgresql"
         async with database.engine.begin() as connection:
             schemas: list[tuple[str | None, str, int]] = [(None, "default", 0)]
             if is_postgresql:

@@ -82,7 +82,7 @@ INITIAL: dict[Table, list[dict[str, Any]]] = {
 async def started(database_url: str) -> AsyncIterator[Database]:
     async with Database(url=database_url, hide_parameters=False) as database:
         async with database.engine.begin() as connection:
-            if database.settings.backend == "postgresql":
+            if database.backend.name == "postgresql":
                 await connection.execute(text(f"DROP SCHEMA IF EXISTS {OTHER_SCHEMA} CASCADE"))
                 await connection.execute(text(f"CREATE SCHEMA {OTHER_SCHEMA}"))
             for schema in schemas(database):
@@ -94,7 +94,7 @@ async def started(database_url: str) -> AsyncIterator[Database]:
 
 
 def schemas(database: Database) -> list[str | None]:
-    return [None, OTHER_SCHEMA] if database.settings.backend == "postgresql" else [None]
+    return [None, OTHER_SCHEMA] if database.backend.name == "postgresql" else [None]
 
 
 async def reset(database: Database) -> None:
