@@ -37,7 +37,7 @@ EXIT_FAILED = 1
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "migrate": (
-        "fastapi_asyncdb.migrations",
+        "fastapi_asyncdb.migrate_command",
         "upgrade the schema with Alembic, one process at a time",
     ),
     "doctor": (

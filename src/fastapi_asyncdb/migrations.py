@@ -4,8 +4,8 @@
 database's migration lock (a backend method: PostgreSQL's advisory lock, MySQL's and
 MariaDB's ``GET_LOCK``, SQLite's write transaction), so replicas starting together
 take turns instead of racing to create the same tables. ``run_migrations`` is the
-whole of a project's Alembic ``env.py``, and the ``migrate`` subcommand of the
-``fastapi-asyncdb`` command is at the end of this module.
+whole of a project's Alembic ``env.py``, and ``migrate_command`` is the
+``fastapi-asyncdb migrate`` subcommand.
 
 Alembic is imported only when migrations run: without the ``migrations`` extra the
 package still imports, and running migrations says what to install.
@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from logging.config import fileConfig
@@ -34,12 +33,9 @@ from .errors import DatabaseError
 from .settings import DatabaseSettings
 
 if TYPE_CHECKING:
-    import argparse
-
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from .database import Database
 
 __all__ = [
     "DEFAULT_LOCK_TIMEOUT",
@@ -331,7 +327,7 @@ def _upgrade(
         script.get_revisions(previous)
     except (CommandError, RevisionError):
         raise MigrationError(
-            f"the database is at {_names(previous)}, which these migrations do not know: "
+            f"the database is at {names(previous)}, which these migrations do not know: "
             "it was migrated by a newer release, or with other migrations"
         ) from None
     if not holds_lock_transaction:
@@ -401,66 +397,6 @@ async def _quietly(connection: AsyncConnection, step: Any) -> bool:
     return True
 
 
-# The ``migrate`` subcommand of the ``fastapi-asyncdb`` command (see cli.py).
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", default="alembic.ini", help="the Alembic ini file (default: alembic.ini)"
-    )
-    parser.add_argument(
-        "--revision", default="head", help="the revision to upgrade to (default: head)"
-    )
-    parser.add_argument(
-        "--lock-timeout",
-        type=float,
-        default=DEFAULT_LOCK_TIMEOUT,
-        metavar="SECONDS",
-        help=f"longest wait for another process's migration (default: {DEFAULT_LOCK_TIMEOUT:g})",
-    )
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--sql",
-        action="store_true",
-        help="write the SQL of the upgrade to stdout instead of running it (connects nowhere)",
-    )
-    mode.add_argument(
-        "--check",
-        action="store_true",
-        help=f"migrate nothing; exit {EXIT_BEHIND} if the schema is behind the scripts' head",
-    )
-
-
-async def run(args: argparse.Namespace) -> int:
-    database: Database = args.database  # constructed by cli.py, not started
-    config = alembic_config(args.config)
-    where = database.settings.masked_url
-    if args.sql:
-        print(f"{where}: SQL of the upgrade to {args.revision}", file=sys.stderr)
-        write_upgrade_sql(config, args.revision, database.settings)
-        return 0
-    async with database:
-        if args.check:
-            found = await database.migration_status(config)
-            if found.is_behind:
-                print(
-                    f"{where}: at {_names(found.current)}, behind {_names(found.heads)}: "
-                    f"{len(found.pending)} to apply ({_names(found.pending)})"
-                )
-                return EXIT_BEHIND
-            print(f"{where}: at {_names(found.current)}; heads {_names(found.heads)}")
-            return 0
-        print(f"{where}: upgrading to {args.revision}")
-        result = await database.migrate(config, args.revision, lock_timeout=args.lock_timeout)
-    if result.previous == result.current:
-        print(f"{where}: already at {_names(result.current)}; nothing to apply")
-    else:
-        print(
-            f"{where}: upgraded from {_names(result.previous)} to {_names(result.current)}"
-            f" (applied {_names(result.applied)})"
-        )
-    return 0
-
-
-def _names(revisions: Sequence[str]) -> str:
+def names(revisions: Sequence[str]) -> str:
+    """Revisions for people: ``a, b``, or ``(none)``."""
     return ", ".join(revisions) if revisions else "(none)"
