@@ -137,7 +137,7 @@ def _measure_once(
     url = entrant.base_url + ENDPOINTS[endpoint]
     with Server(entrant) as server:
         if args.warmup > 0:
-            run_wrk(url, connections, args.warmup)
+            run_wrk(url, connections, args.warmup, require_answers=False)
         cpu_before = cpu_seconds(server.pid)
         result = run_wrk(url, connections, args.duration)
         cpu_used = cpu_seconds(server.pid) - cpu_before
