@@ -122,7 +122,7 @@ def _in_statement(statement: str | None) -> Callable[[str], bool]:
 # constraints, columns, roles, SQL tokens); their data is in DETAIL, dropped anyway.
 # Data exceptions (22), RAISE (P0) and anything unlisted quote values.
 _PG_NAMES_ONLY_CLASSES = frozenset(
-    {"08", "0A", "0P", "21", "23", "25", "28", "3B", "3D", "3F", "40", "42", "53", "54", "55", "57"}
+    {"08", "0A", "0P", "21", "23", "25", "28", "3B", "3D", "3F", "40", "42", "53", "55", "57"}
 )
 # asyncpg's own message for a value it cannot encode: "invalid input for query
 # argument $1: <the value's repr> (<why>)".
@@ -141,7 +141,11 @@ def _redact_postgres(text: str, sqlstate: str | None) -> str:
         return f"{argument.group(1)}: {HIDDEN}"
     if sqlstate is not None and sqlstate[:2] in _PG_NAMES_ONLY_CLASSES:
         return text
-    return redact_quoted(text)
+    # Data errors (22), limits (54), RAISE (P0) and the rest put values after a colon,
+    # quoted or not ("date field value out of range: 1987-13-24"): the words before
+    # the first colon say what went wrong, what follows may be the value.
+    head, colon, _value = text.partition(": ")
+    return redact_quoted(head) + (f": {HIDDEN}" if colon else "")
 
 
 # MySQL/MariaDB error codes whose message quotes only names (tables, columns,
