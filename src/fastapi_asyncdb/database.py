@@ -354,7 +354,9 @@ class Database:
                 "saturated": False,
                 "pools": pools,
             }
-        reachable = not primary.breaker.is_open and await probe.ping()
+        # The ping decides, not the breaker: a breaker opened by a failed connect closes
+        # itself at its own probe's next success, and meanwhile the server may answer.
+        reachable = await probe.ping()
         if not reachable:
             logger.warning("health check: the database does not answer")
         return {

@@ -103,6 +103,7 @@ def create_engine(
     _install_connect_guard(
         sync_engine,
         settings,
+        backend,
         NewConnections(settings, backend, read_only=read_only),
         on_connect_failure,
     )
@@ -115,6 +116,7 @@ def create_engine(
 def _install_connect_guard(
     engine: Engine,
     settings: DatabaseSettings,
+    backend: Backend,
     connections: NewConnections,
     on_connect_failure: Callable[[BaseException], None] | None,
 ) -> None:
@@ -131,13 +133,24 @@ def _install_connect_guard(
             return connections.connect(dialect, cargs, cparams)
         except (*_MISCONFIGURATION, ConfigurationError):
             raise  # a wrong connect argument is a bug to see, not an outage to wait out
+        except UnicodeError:
+            # str() of a UnicodeError quotes the text it could not encode: a password.
+            raise ConfigurationError(
+                "a connect argument (the password?) holds characters the driver cannot "
+                "send (asyncmy sends passwords as Latin-1)"
+            ) from None
         except Exception as error:
             redaction.redact_connect_error(error, cparams)
             failure = DatabaseUnavailableError(
                 connect_failure_reason(error, settings, cparams),
                 retry_after=settings.unavailable_retry_after,
+                # Hosts, users and the driver's words are for the logs, not for clients.
+                detail="the database cannot be reached",
             )
-            if on_connect_failure is not None:
+            # The breaker fails requests fast while new connections cannot be made at
+            # all; a server that answered with a refusal (too many connections, a login
+            # refused) is up, and units on the pool's open connections can still work.
+            if on_connect_failure is not None and not backend.refused_at_login(error):
                 on_connect_failure(failure)
             raise failure from error
 

@@ -61,13 +61,16 @@ class DatabaseUnavailableError(DatabaseError):
     """No connection could be had in time: the pool is exhausted or the server is unreachable.
 
     It is the one error a client should retry, so over HTTP it becomes a 503 with
-    ``Retry-After`` instead of a hang or a bare 500.
+    ``Retry-After`` instead of a hang or a bare 500. ``reason`` is for operators (logs,
+    exceptions); ``detail`` is what a client may read, which says less where the reason
+    names hosts, users or the driver's words.
     """
 
-    def __init__(self, reason: str, *, retry_after: float) -> None:
+    def __init__(self, reason: str, *, retry_after: float, detail: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.detail = reason if detail is None else detail
 
 
 class NestedUnitOfWorkError(DatabaseError, RuntimeError):

@@ -32,23 +32,34 @@ class Probe:
             settings.model_copy(update={"pool_class": "NullPool"}), backend, read_only=True
         )
         self._connection: AsyncConnection | None = None
-        self._lock = asyncio.Lock()
+        self._pinging: asyncio.Task[bool] | None = None
 
     async def ping(self) -> bool:
-        """Whether the database answers; concurrent callers share one ping."""
-        async with self._lock:
-            if self._connection is not None:
-                # Kept since the last ping; after a restart it fails once, and a fresh
-                # connection decides.
-                if await self._ping_within_timeout(self._connection):
-                    return True
-                await self._discard()
-            try:
-                async with asyncio.timeout(self._timeout):
-                    self._connection = await self._engine.connect()
-            except Exception:
-                return False
-            return await self._ping_within_timeout(self._connection)
+        """Whether the database answers within ``health_timeout``.
+
+        Callers at the same moment share one ping, so a hundred readiness checks against
+        a silent database all answer within the one timeout.
+        """
+        task = self._pinging
+        if task is None or task.done():
+            task = self._pinging = asyncio.get_running_loop().create_task(self._ping_once())
+        # Shielded: a caller that gives up does not cancel the others' ping.
+        return await asyncio.shield(task)
+
+    async def _ping_once(self) -> bool:
+        try:
+            async with asyncio.timeout(self._timeout):
+                if self._connection is not None:
+                    # Kept since the last ping; after a restart it fails once, and a
+                    # fresh connection decides, within the same time.
+                    if await self._ping_on(self._connection):
+                        return True
+                    await self._discard()
+                self._connection = await self._engine.connect()
+                return await self._ping_on(self._connection)
+        except Exception:
+            await self._discard()
+            return False
 
     async def connect(self) -> None:
         """Make a new connection and ping it; raise if either fails."""
@@ -56,14 +67,15 @@ class Probe:
             await connection.run_sync(self._ping)
 
     async def close(self) -> None:
-        async with self._lock:
-            await self._discard()
+        task = self._pinging
+        if task is not None and not task.done():
+            await asyncio.wait((task,))
+        await self._discard()
         await self._engine.dispose()
 
-    async def _ping_within_timeout(self, connection: AsyncConnection) -> bool:
+    async def _ping_on(self, connection: AsyncConnection) -> bool:
         try:
-            async with asyncio.timeout(self._timeout):
-                await connection.run_sync(self._ping)
+            await connection.run_sync(self._ping)
         except Exception:
             return False
         return True

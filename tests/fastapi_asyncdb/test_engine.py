@@ -180,7 +180,7 @@ async def test_bound_parameters_stay_out_of_errors_and_logs(
     assert SECRET not in caplog.text
 
 
-@pytest.mark.backends("postgresql")
+@pytest.mark.backends("postgresql", "mysql")
 async def test_blackholed_database_fails_within_the_ping_and_connect_timeouts(
     database_url: str,
 ) -> None:

@@ -84,6 +84,8 @@ class Backend:
     """Only one write transaction at a time (SQLite): writers queue in the gate."""
     fast_path: ClassVar[bool] = False
     """The driver may run compiled statements itself (``Prepared``, ``run_statement``)."""
+    connect_timeout_bounds_login: ClassVar[bool] = True
+    """The driver's connect timeout covers the whole login, not only the TCP connect."""
     owned_connect_arguments: ClassVar[Mapping[str, str]] = {}
     """Connect arguments the library sets, by the setting that controls each (nested ones
     as ``server_settings.name``): ``connect_args=`` may not set them. Whatever else
@@ -150,6 +152,15 @@ class Backend:
         """The kind of a DBAPI error by its code, or None when the code says nothing."""
         return None
 
+    def refused_at_login(self, error: BaseException) -> bool:
+        """Whether a failed connect was the server answering no (too many connections, a
+        refused login, no such database) rather than the server not answering."""
+        return any(self.login_refusal(item) for item in _chain(error))
+
+    def login_refusal(self, error: BaseException) -> bool:
+        """Whether this one error of a failed connect's chain is the server's refusal."""
+        return False
+
     async def acquire_migration_lock(
         self, connection: AsyncConnection, name: str, *, wait: float
     ) -> bool:
@@ -165,6 +176,18 @@ class Backend:
     async def release_migration_lock(self, connection: AsyncConnection, name: str) -> None:
         """Give back the lock that ``acquire_migration_lock`` took on ``connection``."""
         raise NotImplementedError(f"{self.name} has no migration lock")
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    pending: list[BaseException | None] = [error]
+    while pending:
+        item = pending.pop()
+        if item is None or any(item is known for known in seen):
+            continue
+        seen.append(item)
+        pending.extend((item.__cause__, item.__context__, getattr(item, "orig", None)))
+    return seen
 
 
 def driver_error(error: BaseException) -> Any:

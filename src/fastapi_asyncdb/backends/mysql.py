@@ -7,10 +7,11 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from .. import _compat
 from ..errors import ConfigurationError, ErrorKind
 from ..tls import connect_context, tls_request
 from .base import Backend, ServerFacts, milliseconds, poll_migration_lock
@@ -43,6 +44,7 @@ class MySQL(Backend):
     driver = "asyncmy"
     extra = "mysql"
     sync_default_driver = "mysqldb"
+    connect_timeout_bounds_login = False
     owned_connect_arguments: ClassVar[Mapping[str, str]] = {
         "connect_timeout": "DB_CONNECT_TIMEOUT (connect_timeout)",
         "read_timeout": "DB_COMMAND_TIMEOUT (command_timeout)",
@@ -110,6 +112,17 @@ class MySQL(Backend):
         grants = " ".join(str(row[0]) for row in connection.execute(text("SHOW GRANTS")))
         facts.superuser = "ALL PRIVILEGES ON *.*" in grants or " SUPER" in grants
         return facts
+
+    def ping(self, dialect: Dialect, dbapi_connection: Any, *, timeout: float) -> None:
+        # The dialect's ping waits as long as the read timeout (the command timeout):
+        # on a half-open connection, far longer than a health check may take.
+        driver_connection = dbapi_connection.driver_connection
+        _compat.await_in_greenlet(asyncio.wait_for(driver_connection.ping(False), timeout))
+
+    def login_refusal(self, error: BaseException) -> bool:
+        # Too many connections, access denied, unknown database, per-user limit.
+        args: tuple[Any, ...] = getattr(error, "args", ())
+        return bool(args) and args[0] in (1040, 1045, 1049, 1203)
 
     def classify_driver_error(self, error: BaseException) -> ErrorKind | None:
         args = getattr(error, "args", ())

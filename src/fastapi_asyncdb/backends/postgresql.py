@@ -159,6 +159,13 @@ class PostgreSQL(Backend):
         )
         return facts
 
+    def login_refusal(self, error: BaseException) -> bool:
+        # too_many_connections, invalid_authorization (28xxx), invalid_catalog_name (3D)
+        sqlstate = getattr(error, "sqlstate", None)
+        return isinstance(sqlstate, str) and (
+            sqlstate == "53300" or sqlstate.startswith(("28", "3D"))
+        )
+
     def classify_driver_error(self, error: BaseException) -> ErrorKind | None:
         sqlstate = getattr(error, "sqlstate", None)
         if not isinstance(sqlstate, str):

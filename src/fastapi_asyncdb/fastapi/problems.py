@@ -45,6 +45,8 @@ PROBLEM_JSON = "application/problem+json"
 # Bounds on what a validation answer repeats of a bad request.
 _MAX_ISSUES = 20
 _MAX_MESSAGE = 300
+_MAX_LOCATION_PART = 100
+_MAX_LOCATION_DEPTH = 10
 
 
 class Problem(BaseModel):
@@ -151,7 +153,7 @@ class DatabaseErrorHandler:
         detail = answer.detail
         if isinstance(error, DatabaseUnavailableError):
             # Our own message, written for clients; and the error knows how long to wait.
-            detail, retry_after = error.reason, error.retry_after
+            detail, retry_after = error.detail, error.retry_after
         elif isinstance(error, ReadOnlySessionError):
             detail = str(error)
         if answer.retry_after and retry_after is None:
@@ -190,7 +192,11 @@ async def validation_exception_handler(_request: Request, error: Exception) -> R
     assert isinstance(error, RequestValidationError)
     issues = [
         {
-            "loc": [part if isinstance(part, int) else str(part) for part in issue.get("loc", ())],
+            # Keys of the client's own choosing appear here: bounded like the message.
+            "loc": [
+                part if isinstance(part, int) else str(part)[:_MAX_LOCATION_PART]
+                for part in issue.get("loc", ())[:_MAX_LOCATION_DEPTH]
+            ],
             "msg": str(issue.get("msg", ""))[:_MAX_MESSAGE],
             "type": str(issue.get("type", "")),
         }

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from fastapi_asyncdb import Database, install
 
@@ -132,3 +133,50 @@ async def test_readiness_uses_one_connection_of_its_own_across_checks(
     status = database.pool_status()
     assert status["primary"]["checked_out"] == 0
     assert status["read"]["checked_out"] == 0
+
+
+@pytest.mark.backends("postgresql", "mysql")
+async def test_concurrent_readiness_checks_share_one_ping_and_one_timeout(
+    database_url: str,
+) -> None:
+    forwarder, url = forwarder_for(database_url)
+    async with forwarder.running():
+        database = Database(url=url, health_timeout=0.5, connect_timeout=0.5)
+        async with database.lifespan():
+            assert (await database.check_health())["reachable"] is True
+            forwarder.blackhole = True
+            started = time.monotonic()
+            reports = await asyncio.gather(*(database.check_health() for _ in range(8)))
+            took = time.monotonic() - started
+            forwarder.blackhole = False
+    assert [report["reachable"] for report in reports] == [False] * 8
+    # One timeout for all eight, not eight in a row.
+    assert took < 1.5
+
+
+@pytest.mark.backends("postgresql")
+async def test_a_full_server_is_reported_reachable_and_trips_no_breaker(
+    database_url: str,
+) -> None:
+    """The server refuses new connections (too many): it answers, so it is up."""
+    async with Database(url=database_url) as admin, admin.engine.begin() as connection:
+        await connection.execute(text("DROP ROLE IF EXISTS health_limited"))
+        await connection.execute(text("CREATE ROLE health_limited LOGIN CONNECTION LIMIT 2"))
+    limited = make_url(database_url).set(username="health_limited").render_as_string(False)
+    try:
+        database = Database(url=limited, pool_size=1, max_overflow=1, read_pool_size=1)
+        async with database.lifespan():
+            assert (await database.check_health())["reachable"] is True  # the probe: 1
+            async with database.transaction() as session:  # the pool: 2, the limit
+                await session.execute(text("SELECT 1"))
+                with pytest.raises(Exception, match="too many connections"):
+                    async with database.read_session() as reader:
+                        await reader.execute(text("SELECT 1"))
+            report = await database.check_health()
+            assert report["reachable"] is True
+            assert database.pool_status()["read"]["reachable"] is True  # no breaker opened
+            async with database.transaction() as session:  # the pool's connection still works
+                await session.execute(text("SELECT 1"))
+    finally:
+        async with Database(url=database_url) as admin, admin.engine.begin() as connection:
+            await connection.execute(text("DROP ROLE health_limited"))

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Query
 from pydantic import BaseModel
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fastapi_asyncdb import (
@@ -167,3 +168,19 @@ async def test_problem_details_can_be_left_to_the_app(database: Database) -> Non
     assert response.status_code == 422
     assert "detail" in response.json()
     assert response.headers["content-type"] == "application/json"
+
+
+@pytest.mark.backends("postgresql", "mysql")
+async def test_a_connect_failure_tells_clients_no_host_user_or_driver_words(
+    database_url: str,
+) -> None:
+    from ..proxy import free_port
+
+    url = make_url(database_url).set(port=free_port(), username="someone")
+    database = Database(url=url.render_as_string(False), connect_timeout=1)
+    async with database.lifespan():
+        response = await request(build_app(database), "POST", "/notes?body=x")
+    assert response.status_code == 503
+    assert response.json()["detail"] == "the database cannot be reached"
+    for private in ("127.0.0.1", "someone", str(url.port), "Error"):
+        assert private not in response.text
