@@ -141,10 +141,13 @@ def _document_problems(app: FastAPI) -> None:
                 responses = operation.setdefault("responses", {})
                 if "422" in responses:
                     responses["422"] = {"description": "Validation Error", "content": invalid}
-                for status, description in (
+                answers = [
                     ("413", "Request body too large"),
                     ("503", "Database unavailable; retry after Retry-After seconds"),
-                ):
+                ]
+                if "requestBody" in operation:
+                    answers.append(("400", "The request body could not be read"))
+                for status, description in answers:
                     responses.setdefault(status, {"description": description, "content": problem})
                 for status, response in responses.items():
                     if status[0] in "45" and "content" not in response:

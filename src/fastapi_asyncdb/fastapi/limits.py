@@ -41,19 +41,30 @@ class BodyLimit:
                     return
                 break
         received = 0
-        started = False
+        started = refused = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, refused
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_size:
+                if received > self.max_body_size and not refused:
+                    refused = True
+                    if not started:
+                        # Answered here and now: the app sees only an error from its
+                        # receive, which frameworks turn into answers of their own (a
+                        # 400 in FastAPI's body parsing); those are dropped below.
+                        # Read (and drop) a bounded rest of the body first, so that a
+                        # client still sending reads the answer, not a reset connection.
+                        await _drain(receive, limit=_DRAIN_LIMIT)
+                        await self._refuse(scope, receive, send)
                     raise _BodyTooLargeError
             return message
 
         async def watching_send(message: Message) -> None:
             nonlocal started
+            if refused and not started:
+                return  # our 413 was the answer
             started = started or message["type"] == "http.response.start"
             await send(message)
 
@@ -62,10 +73,6 @@ class BodyLimit:
         except _BodyTooLargeError:
             if started:
                 raise
-            # Read (and drop) a bounded rest of the body, so that a client still sending
-            # gets to read the answer instead of a reset connection.
-            await _drain(receive, limit=_DRAIN_LIMIT)
-            await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem_response(
