@@ -12,6 +12,7 @@ them before anything runs on it.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -45,9 +46,20 @@ def check_connect_options(settings: DatabaseSettings, backend: Backend) -> None:
     for read_only in (False, True):
         for name in _argument_names(backend.connect_args(read_only=read_only)):
             owned.setdefault(name, "fastapi-asyncdb itself")
+    # Compared without case: PostgreSQL's parameter names ignore it, and the last one
+    # of a name given twice wins.
+    owned = {name.lower(): controller for name, controller in owned.items()}
+    nested = {name.partition(".")[0] for name in owned if "." in name}
     problems = []
+    for name, value in settings.connect_args.items():
+        if name.lower() in nested and not isinstance(value, Mapping):
+            problems.append(
+                f"connect_args=: {name} must be a mapping of extra entries; the library's "
+                "own entries stay (it would replace them all)"
+            )
     for name in _argument_names(settings.connect_args):
-        controller = owned.get(name) or owned.get(name.partition(".")[0])
+        key = name.lower()
+        controller = owned.get(key) or owned.get(key.partition(".")[0])
         if controller is not None:
             problems.append(f"connect_args=: {name} is set by {controller}; set it there, not here")
     if settings.password is not None and backend.name == "sqlite":
@@ -95,6 +107,8 @@ class NewConnections:
                     # connector brings its own transport.
                     del params["ssl"]
                 params["async_creator_fn"] = self._create
+            elif not self._backend.connect_timeout_bounds_login:
+                params["async_creator_fn"] = self._connect_within_deadline
             return dialect.connect(*cargs, **params)
         except Exception as error:
             # params, not SQLAlchemy's cparams: they hold the provider's password.
@@ -122,10 +136,22 @@ class NewConnections:
 
     async def _ask(self, provider: Any) -> object:
         async with asyncio.timeout(self._settings.connect_timeout):
-            password = provider()
+            if inspect.iscoroutinefunction(provider):
+                password = await provider()
+            else:
+                # A plain function may block (an HTTPS call to a token service): in a
+                # thread, so the event loop serves meanwhile and the timeout holds.
+                password = await asyncio.to_thread(provider)
             if inspect.isawaitable(password):
                 password = await password
         return password
+
+    async def _connect_within_deadline(self, *args: Any, **arguments: Any) -> Any:
+        """The driver's own connect, the server's greeting and the login included, within
+        ``connect_timeout`` (asyncmy's own timeout covers the TCP connect only)."""
+        connect = importlib.import_module(self._backend.driver).connect
+        async with asyncio.timeout(self._settings.connect_timeout):
+            return await connect(*args, **arguments)
 
     async def _create(self, *args: Any, **arguments: Any) -> Any:
         creator = self._settings.async_creator

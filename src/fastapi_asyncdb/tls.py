@@ -129,7 +129,13 @@ def tls_request(settings: DatabaseSettings) -> TlsRequest:
                 raise ValueError(
                     f"DB_{name.upper()} ({name}): ssl_context= carries its own certificates"
                 )
-        return TlsRequest(mode=settings.tls or context_mode(context), context=context)
+        mode = context_mode(context)
+        if mode == "require" and settings.tls != "require":
+            raise ValueError(
+                f"{_SETTING_LABELS['context']}: verifies no certificate; say so with "
+                "DB_TLS=require, or give a context that verifies (CERT_REQUIRED)"
+            )
+        return TlsRequest(mode=settings.tls or mode, context=context)
     return TlsRequest(
         mode=settings.tls or "disable",
         ca_file=settings.tls_ca_file,
@@ -216,6 +222,9 @@ def build_context(request: TlsRequest) -> ssl.SSLContext:
         )
         context.check_hostname = request.mode == "verify-full"
         context.verify_mode = ssl.CERT_REQUIRED
+    # create_default_context() honours SSLKEYLOGFILE, which writes every session's keys
+    # to a file: a debugging aid that must not reach the database's traffic unnoticed.
+    context.keylog_filename = None  # type: ignore[assignment]
     if request.cert_file is not None:
         cert_file, key_file = request.cert_file, request.key_file
         secret = request.key_password
@@ -294,6 +303,13 @@ def _check_transport(url: URL, request: TlsRequest) -> None:
         raise ValueError(
             f"{request.label('mode')}: DATABASE_URL names a Unix socket, where the driver "
             "does not use TLS; connect over TCP, or leave TLS unset"
+        )
+    if not any(hosts):
+        # Without a host the driver picks one itself (PGHOST, then its Unix sockets).
+        raise ValueError(
+            f"{request.label('mode')}: DATABASE_URL names no host, and the driver would "
+            "choose one itself, a Unix socket among them, where it does not use TLS; "
+            "name the server's host in DATABASE_URL"
         )
 
 
