@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
+import logging
+import os
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
     AliasChoices,
     Field,
-    NonNegativeFloat,
     NonNegativeInt,
-    PositiveFloat,
     PositiveInt,
     SecretStr,
     ValidationError,
@@ -36,7 +37,16 @@ from .tls import TlsMode, check_tls
 
 __all__ = ["DatabaseSettings"]
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_URL = "sqlite+aiosqlite:///./data/app.db"
+
+# Longest time a setting may hold: PostgreSQL keeps its limits as milliseconds in a
+# 32-bit integer (about 24 days), and no timeout is meant to be longer.
+MAX_SECONDS = 2_147_483
+Seconds: TypeAlias = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
+"""A duration in seconds: finite, positive, at most ``MAX_SECONDS``."""
+SecondsOrZero: TypeAlias = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
 
 PasswordProvider = Callable[[], str | Awaitable[str]]
 """Returns the password (or token) for a new connection; sync or async."""
@@ -90,37 +100,36 @@ class DatabaseSettings(BaseSettings):
     read_max_overflow: NonNegativeInt | None = Field(
         default=None, description="Extra read connections under load; default: max_overflow."
     )
-    pool_timeout: PositiveFloat = Field(
+    pool_timeout: Seconds = Field(
         default=5.0, description="Longest wait for a connection before a 503 (acquire timeout)."
     )
-    pool_recycle: PositiveFloat | None = 1800.0
+    pool_recycle: Seconds | None = 1800.0
     pool_pre_ping: bool = True
-    pre_ping_after_idle: float = Field(
+    pre_ping_after_idle: SecondsOrZero = Field(
         default=1.0,
-        ge=0,
         description="Ping only connections idle at least this long; 0 pings at every checkout.",
     )
-    connect_timeout: PositiveFloat = 5.0
-    command_timeout: PositiveFloat | None = Field(
+    connect_timeout: Seconds = 5.0
+    command_timeout: Seconds | None = Field(
         default=20.0, description="Client-side limit on each command on the wire."
     )
-    statement_timeout: PositiveFloat | None = Field(
+    statement_timeout: Seconds | None = Field(
         default=15.0, description="Server-side limit on each statement (PostgreSQL, MariaDB)."
     )
-    idle_in_transaction_timeout: PositiveFloat | None = Field(
+    idle_in_transaction_timeout: Seconds | None = Field(
         default=30.0, description="Server ends a session left idle inside a transaction."
     )
-    client_connection_check_interval: PositiveFloat | None = Field(
+    client_connection_check_interval: Seconds | None = Field(
         default=1.0,
         description="PostgreSQL 14+: stop a query whose client has gone (cancelled request).",
     )
     unavailable_retry_after: PositiveInt = Field(
         default=1, description="Seconds announced in Retry-After when the database is unavailable."
     )
-    health_timeout: PositiveFloat = Field(
+    health_timeout: Seconds = Field(
         default=2.0, description="Limit on the readiness ping and on pre-pings of idle connections."
     )
-    drain_timeout: NonNegativeFloat = Field(
+    drain_timeout: SecondsOrZero = Field(
         default=5.0,
         description="At shutdown, how long units of work in flight get to end before they are "
         "cancelled and rolled back; 0 cancels them at once.",
@@ -176,6 +185,7 @@ class DatabaseSettings(BaseSettings):
             super().__init__(**values)
         except ValidationError as error:
             raise ConfigurationError(_explain(error)) from None
+        _warn_of_misspelled_variables(os.environ)
 
     @field_validator("url")
     @classmethod
@@ -186,11 +196,9 @@ class DatabaseSettings(BaseSettings):
     @field_validator("connect_args")
     @classmethod
     def _hide_secret_connect_args(cls, value: dict[str, Any]) -> dict[str, Any]:
-        # Kept as SecretStr, so dumps and reprs of the settings never show them.
-        return {
-            key: SecretStr(item) if isinstance(item, str) and is_secret_query_key(key) else item
-            for key, item in value.items()
-        }
+        # Kept as SecretStr, so dumps and reprs of the settings never show them; in
+        # nested mappings too (server_settings={"app.auth_token": ...}).
+        return _hide_secrets(value)
 
     @model_validator(mode="after")
     def _check_connections(self) -> DatabaseSettings:
@@ -205,10 +213,8 @@ class DatabaseSettings(BaseSettings):
         return None if value is None else f"<{type(value).__name__}>"
 
     @field_serializer("connect_args", when_used="json")
-    def _describe_connect_args(self, value: dict[str, Any]) -> dict[str, str]:
-        return {
-            key: "***" if isinstance(item, SecretStr) else repr(item) for key, item in value.items()
-        }
+    def _describe_connect_args(self, value: dict[str, Any]) -> dict[str, Any]:
+        return _describe(value)
 
     @classmethod
     def settings_customise_sources(
@@ -255,10 +261,7 @@ class DatabaseSettings(BaseSettings):
     @property
     def driver_connect_args(self) -> dict[str, Any]:
         """``connect_args`` as the driver takes them: secrets in clear."""
-        return {
-            key: value.get_secret_value() if isinstance(value, SecretStr) else value
-            for key, value in self.connect_args.items()
-        }
+        return _reveal(self.connect_args)
 
     def __repr_args__(self) -> Any:
         yield "url", self.masked_url
@@ -297,19 +300,83 @@ class _WithoutCodeOnly(PydanticBaseSettingsSource):
         return {key: value for key, value in self._source().items() if key not in CODE_ONLY}
 
 
+def _hide_secrets(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        key: _hide_secrets(item)
+        if isinstance(item, Mapping)
+        else SecretStr(item)
+        if isinstance(item, str) and is_secret_query_key(key)
+        else item
+        for key, item in arguments.items()
+    }
+
+
+def _describe(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        key: _describe(item)
+        if isinstance(item, Mapping)
+        else "***"
+        if isinstance(item, SecretStr)
+        else repr(item)
+        for key, item in arguments.items()
+    }
+
+
+def _reveal(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        key: _reveal(item)
+        if isinstance(item, Mapping)
+        else item.get_secret_value()
+        if isinstance(item, SecretStr)
+        else item
+        for key, item in arguments.items()
+    }
+
+
 def _check_async_url(raw: str) -> None:
     # Whether a backend and its driver can use the URL is the backends' to judge, when
     # the Database is constructed; here only that it is a URL at all.
     try:
-        make_url(raw)
-    except ArgumentError:
+        url = make_url(raw)
+    except (ArgumentError, ValueError):  # a port that is not a number raises ValueError
         raise ValueError(
-            "is not a valid SQLAlchemy URL; expected e.g. postgresql+asyncpg://user@host/db"
+            "is not a valid SQLAlchemy URL; expected e.g. postgresql+asyncpg://user@host/db "
+            "(a password holding '@', ':' or '/' must be percent-encoded: %40, %3A, %2F)"
         ) from None
+    if url.host is not None and "@" in url.host:
+        # The password ended at its own '@', and the rest of it reads as the host name.
+        raise ValueError(
+            "has an '@' in its host name: a password holding '@' must be percent-encoded as %40"
+        )
 
 
 def _env_name(field: str) -> str:
-    return "DATABASE_URL" if field == "url" else f"DB_{field.upper()}"
+    if field == "url":
+        return "DATABASE_URL"
+    # A key a .env file gave keeps the prefix it was written with.
+    return field.upper() if field.lower().startswith("db_") else f"DB_{field.upper()}"
+
+
+def _warn_of_misspelled_variables(environment: Mapping[str, str]) -> None:
+    """Name ``DB_*`` variables that look like a setting but are none of them.
+
+    The environment also holds other programs' ``DB_*`` variables (``DB_HOST`` for a
+    script, say), so unknown names cannot be refused; but ``DB_STATEMENT_TIMOUT`` or
+    ``DB_TLS_MODE``, silently ignored, would leave a protection off.
+    """
+    known = [_env_name(name) for name in DatabaseSettings.model_fields if name not in CODE_ONLY]
+    for name in environment:
+        upper = name.upper()
+        if not upper.startswith("DB_") or upper in known:
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.8)
+        sibling = [setting for setting in known if upper.startswith(f"{setting}_")]
+        if close or sibling:
+            logger.warning(
+                "%s is not a setting of fastapi-asyncdb, and is ignored; did you mean %s?",
+                name,
+                (close or sibling)[0],
+            )
 
 
 def _explain(error: ValidationError) -> str:
