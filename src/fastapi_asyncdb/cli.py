@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import configparser
 import importlib
 import logging
 import os
@@ -110,8 +111,13 @@ async def run_command(args: argparse.Namespace) -> int:
     except (DatabaseError, CommandLineError) as error:
         _fail(label, str(error), settings)
     except SQLAlchemyError as error:
-        # A migration the database refused, say; hide_parameters keeps values out.
-        _fail(label, f"the database refused: {error}", settings)
+        # A migration the database refused, say; hide_parameters keeps values out. The
+        # first line says what; the SQL and the link that follow are for the logs.
+        _fail(label, f"the database refused: {str(error).splitlines()[0]}", settings)
+    except configparser.Error as error:
+        # An alembic.ini that is not an ini file.
+        reason = str(error.message).splitlines()[0]
+        _fail(label, f"the configuration file cannot be read: {reason}", settings)
     except OSError as error:
         # The SQLite file's folder cannot be made, stdout was closed early...
         _fail(label, f"{type(error).__name__}: {error}", settings)

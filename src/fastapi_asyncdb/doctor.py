@@ -50,7 +50,13 @@ async def examine(database: Database, *, workers: int) -> list[Finding]:
             await database.start()
             connection = await database.engine.connect()
         except Exception as error:
-            reason = str(error) if isinstance(error, DatabaseError) else type(error).__name__
+            if isinstance(error, DatabaseError):
+                reason = str(error)
+            elif isinstance(error, TypeError):
+                # A connect argument the driver does not take, say: its message names it.
+                reason = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+            else:
+                reason = type(error).__name__
             findings.append(
                 Finding(
                     "error",
@@ -146,9 +152,16 @@ def _fast_path_status(connection: Connection, database: Database) -> Finding:
     return Finding("ok", "fast path", "Prepared and run_statement run on the driver directly")
 
 
-def _is_local(database: Database) -> bool:
-    host = database.settings.sqlalchemy_url.host
-    if host in (None, "", "localhost"):
+def _is_local(database: Database) -> bool | None:
+    """Whether the server is on this machine; None when the URL does not say (the driver
+    then picks a host itself, from the environment or its defaults)."""
+    url = database.settings.sqlalchemy_url
+    hosts = url.query.get("host", url.host)
+    host = hosts[0] if isinstance(hosts, tuple) and hosts else hosts
+    if not host:
+        return None
+    host = str(host).rsplit(":", 1)[0] if str(host).count(":") == 1 else str(host)
+    if host.startswith("/") or host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -176,8 +189,27 @@ def _tls(database: Database, facts: ServerFacts, _workers: int) -> list[Finding]
             "verify-ca": "; certificate verified, host name not (verify-ca)",
         }
         return [Finding("ok", "tls", f"encrypted ({facts.tls_detail}){verified.get(mode, '')}")]
-    if _is_local(database):
+    if mode != "disable":
+        return [
+            Finding(
+                "error",
+                "tls",
+                f"DB_TLS={mode} was asked for, but this connection is not encrypted",
+                "connect over TCP to the server's host name, named in DATABASE_URL",
+            )
+        ]
+    local = _is_local(database)
+    if local:
         return [Finding("ok", "tls", "not encrypted; the server is on this machine")]
+    if local is None:
+        return [
+            Finding(
+                "warning",
+                "tls",
+                "not encrypted, and DATABASE_URL names no host: the driver chose one itself",
+                "name the server's host in DATABASE_URL, and turn TLS on if it is remote",
+            )
+        ]
     return [
         Finding(
             "warning",
