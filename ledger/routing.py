@@ -7,6 +7,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
@@ -25,10 +26,12 @@ class _ExactJsonRequest(Request):
         return self._json
 
 
-def _refuse_repeated_query_parameters(request: Request) -> None:
+def _refuse_repeated_query_parameters(request: Request, declared: frozenset[str]) -> None:
     # FastAPI would keep the last of ?after=1&after=9 and drop the rest unseen; every
     # query parameter of the ledger is a single value, so a repeated one is refused.
-    names = [name for name, _value in request.query_params.multi_items()]
+    # Names the route does not declare are ignored, as FastAPI ignores them: a route
+    # without parameters documents no 422, so it must not answer one.
+    names = [name for name, _value in request.query_params.multi_items() if name in declared]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise RequestValidationError(
@@ -42,6 +45,13 @@ def _refuse_repeated_query_parameters(request: Request) -> None:
                 for name in repeated
             ]
         )
+
+
+def _query_names(dependant: Dependant) -> frozenset[str]:
+    names = {parameter.alias for parameter in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return frozenset(names)
 
 
 class LedgerRoute(APIRoute):
@@ -58,9 +68,10 @@ class LedgerRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        declared = _query_names(self.dependant)
 
         async def read_exactly(request: Request) -> Response:
-            _refuse_repeated_query_parameters(request)
+            _refuse_repeated_query_parameters(request, declared)
             return await handler(_ExactJsonRequest(request.scope, request.receive))
 
         return read_exactly

@@ -216,3 +216,19 @@ async def test_blackholed_database_fails_within_the_ping_and_connect_timeouts(
             except DatabaseUnavailableError:
                 assert time.monotonic() - back_at < 3
                 await asyncio.sleep(0.05)
+
+
+@pytest.mark.backends("postgresql", "mysql")
+async def test_a_silent_server_fails_the_login_within_the_connect_timeout_alone(
+    database_url: str,
+) -> None:
+    # No command timeout to fall back on: the connect timeout must bound the whole
+    # login, handshake included (asyncmy's own timeout covers only the TCP connect).
+    forwarder, url = forwarder_for(database_url)
+    async with forwarder.running():
+        forwarder.blackhole = True
+        async with Database(url=url, connect_timeout=0.5, command_timeout=None) as database:
+            started = time.monotonic()
+            with pytest.raises(DatabaseUnavailableError):
+                await scalar(database, "SELECT 1", read=True)
+            assert time.monotonic() - started < 2.0

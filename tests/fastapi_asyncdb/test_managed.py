@@ -169,8 +169,10 @@ def test_an_ssl_context_that_verifies_nothing_needs_tls_require() -> None:
     unverified.check_hostname = False
     unverified.verify_mode = ssl.CERT_NONE
     url = URLS["postgresql"]
-    with pytest.raises(ConfigurationError, match=r"asks for verify-full.*verifies nothing"):
+    with pytest.raises(ConfigurationError, match=r"verifies no certificate.*DB_TLS=require"):
         DatabaseSettings(url=url, ssl_context=unverified, tls="verify-full")
+    with pytest.raises(ConfigurationError, match=r"verifies no certificate.*DB_TLS=require"):
+        DatabaseSettings(url=url, ssl_context=unverified)
     assert DatabaseSettings(url=url, ssl_context=unverified, tls="require")
     with pytest.raises(ConfigurationError, match="is disable, but an ssl_context"):
         DatabaseSettings(url=url, ssl_context=unverified, tls="disable")

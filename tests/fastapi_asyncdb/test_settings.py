@@ -165,3 +165,55 @@ def test_secrets_never_appear_in_validation_errors() -> None:
 def test_database_takes_settings_or_keywords_but_not_both() -> None:
     with pytest.raises(TypeError, match="not both"):
         Database(DatabaseSettings(), pool_size=3)
+
+
+def test_an_unencoded_at_sign_in_the_password_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ConfigurationError, match="%40") as caught:
+        DatabaseSettings(url=f"postgresql+asyncpg://app:{SECRET}@x@db/app")
+    assert SECRET not in str(caught.value)
+
+
+def test_a_port_that_is_not_a_number_is_refused_as_a_bad_url() -> None:
+    with pytest.raises(ConfigurationError, match="not a valid SQLAlchemy URL"):
+        DatabaseSettings(url="postgresql+asyncpg://app@db:port/app")
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e12"])
+@pytest.mark.parametrize("field", ["pool_timeout", "statement_timeout", "drain_timeout"])
+def test_endless_or_huge_timeouts_are_refused_naming_the_variable(field: str, value: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"DB_{field.upper()}"):
+        DatabaseSettings(**{field: float(value)})
+
+
+@pytest.mark.parametrize(
+    ("variable", "suggestion"),
+    [("DB_STATEMENT_TIMOUT", "DB_STATEMENT_TIMEOUT"), ("DB_TLS_MODE", "DB_TLS")],
+)
+def test_a_misspelled_variable_is_named_with_the_setting_it_resembles(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    variable: str,
+    suggestion: str,
+) -> None:
+    monkeypatch.setenv(variable, "1")
+    monkeypatch.setenv("DB_HOST_FOR_SOME_SCRIPT", "elsewhere")
+    with caplog.at_level("WARNING", logger="fastapi_asyncdb.settings"):
+        DatabaseSettings()
+    warnings = [record.getMessage() for record in caplog.records]
+    assert warnings == [
+        f"{variable} is not a setting of fastapi-asyncdb, and is ignored; "
+        f"did you mean {suggestion}?"
+    ]
+
+
+def test_nested_secret_connect_args_are_hidden_and_reach_the_driver() -> None:
+    settings = DatabaseSettings(
+        url="postgresql+asyncpg://app@db/app",
+        connect_args={"server_settings": {"app.auth_token": SECRET, "search_path": "x"}},
+    )
+    assert SECRET not in repr(settings)
+    assert SECRET not in settings.model_dump_json()
+    assert settings.driver_connect_args["server_settings"] == {
+        "app.auth_token": SECRET,
+        "search_path": "x",
+    }

@@ -491,6 +491,13 @@ def test_tls_over_a_unix_socket_is_refused(url: str) -> None:
         DatabaseSettings(url=url, tls="require")
 
 
+@pytest.mark.parametrize("url", ["postgresql+asyncpg://app@/app", "mysql+asyncmy://app@/app"])
+def test_tls_without_a_host_in_the_url_is_refused(url: str) -> None:
+    # The driver would pick a host itself (PGHOST, a socket): nothing to verify against.
+    with pytest.raises(ConfigurationError, match="names no host"):
+        DatabaseSettings(url=url, tls="verify-full")
+
+
 def test_tls_on_sqlite_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="SQLite has no network connection"):
         DatabaseSettings(url="sqlite+aiosqlite:///app.db", tls="verify-full")
