@@ -144,8 +144,9 @@ def _redact_postgres(text: str, sqlstate: str | None) -> str:
     # Data errors (22), limits (54), RAISE (P0) and the rest put values after a colon,
     # quoted or not ("date field value out of range: 1987-13-24"): the words before
     # the first colon say what went wrong, what follows may be the value.
-    head, colon, _value = text.partition(": ")
-    return redact_quoted(head) + (f": {HIDDEN}" if colon else "")
+    # Quoted values go first, so a value holding ": " cannot move the cut.
+    head, colon, _value = redact_quoted(text).partition(": ")
+    return head + (f": {HIDDEN}" if colon else "")
 
 
 # MySQL/MariaDB error codes whose message quotes only names (tables, columns,

@@ -130,7 +130,7 @@ def tls_request(settings: DatabaseSettings) -> TlsRequest:
                     f"DB_{name.upper()} ({name}): ssl_context= carries its own certificates"
                 )
         mode = context_mode(context)
-        if mode == "require" and settings.tls != "require":
+        if mode == "require" and settings.tls not in ("require", "disable"):
             raise ValueError(
                 f"{_SETTING_LABELS['context']}: verifies no certificate; say so with "
                 "DB_TLS=require, or give a context that verifies (CERT_REQUIRED)"

@@ -122,7 +122,9 @@ async def asyncdb_url(
             async with asyncdb_database:
                 await asyncdb_schema(asyncdb_database)
 
-    template = template_url(base_url)
+    # Only an xdist worker has a controller to drop the template at the end; a pytest
+    # run inside a worker (pytester) inherits the worker's environment but is not one.
+    template = template_url(base_url) if hasattr(pytestconfig, "workerinput") else None
     if template is not None and base_url is not None and asyncdb_schema is not None:
         await clone_template(url, base_url, template, build)
         # The controller drops the template once every worker is done with it.
