@@ -25,7 +25,9 @@ def _notations(draw: st.DrawFn) -> tuple[int, str]:
     value = draw(_INTEGERS)
     exponent = draw(st.integers(min_value=-5, max_value=5))
     padding = draw(st.integers(min_value=0, max_value=3))
-    mantissa = format(Decimal(value).scaleb(-exponent), "f")
+    # Shift the decimal point exactly: Decimal.scaleb rounds to the context's 28 digits.
+    sign, digits, power = Decimal(value).as_tuple()
+    mantissa = format(Decimal((sign, digits, int(power) - exponent)), "f")
     if padding:
         mantissa += ("" if "." in mantissa else ".") + "0" * padding
     marker = draw(st.sampled_from(["e", "E"])) + (
