@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +20,7 @@ from fastapi_asyncdb import ConfigurationError, Database, DatabaseSettings
 from fastapi_asyncdb.backends import ConnectionLimits
 from fastapi_asyncdb.budget import connection_budget
 from fastapi_asyncdb.doctor import examine
+from tests.servers.pgbouncer import PgBouncer
 
 from .proxy import free_port
 
@@ -229,3 +230,34 @@ def test_the_arithmetic_reads_back_to_the_numbers_it_decides_by(
     assert budget.available == min(allowed)
     assert budget.fits == (budget.needed <= min(allowed))
     assert numbers[-1] == (account_limit if account_limit is not None else allowed[0])
+
+
+async def test_through_a_pooler_the_servers_limits_are_not_the_clients(
+    start_pgbouncer: Callable[..., PgBouncer],
+    pgbouncer_database: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Session pooling, told to ignore the library's startup parameters: the pooler is
+    # seen by its port, which is not the server's.
+    bouncer = start_pgbouncer(
+        pool_mode="session",
+        ignore_startup_parameters=(
+            "extra_float_digits",
+            "statement_timeout",
+            "idle_in_transaction_session_timeout",
+            "client_connection_check_interval",
+            "default_transaction_read_only",
+        ),
+    )
+    caplog.set_level(logging.INFO, logger=BUDGET_LOGGER)
+    url = bouncer.url(pgbouncer_database)
+    async with Database(url=url, workers=MANY_WORKERS) as database:
+        assert database.is_started
+    (record,) = [record for record in caplog.records if record.name == BUDGET_LOGGER]
+    assert record.levelno == logging.INFO
+    assert "not checked" in record.getMessage()
+    assert "max_client_conn" in record.getMessage()
+    findings = await examine(Database(url=url, workers=MANY_WORKERS))
+    (budget,) = [finding for finding in findings if finding.check == "connections"]
+    assert budget.level == "warning"
+    assert record.getMessage().endswith(budget.message.removeprefix("not checked: "))
