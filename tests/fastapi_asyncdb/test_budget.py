@@ -261,3 +261,30 @@ async def test_through_a_pooler_the_servers_limits_are_not_the_clients(
     (budget,) = [finding for finding in findings if finding.check == "connections"]
     assert budget.level == "warning"
     assert record.getMessage().endswith(budget.message.removeprefix("not checked: "))
+
+
+@pytest.fixture
+async def limited_user_url(database_url: str) -> AsyncIterator[str]:
+    """A MariaDB account allowed 5 connections (MAX_USER_CONNECTIONS)."""
+    database_name = make_url(database_url).database
+    async with Database(url=database_url) as database, database.engine.begin() as connection:
+        await connection.execute(text("DROP USER IF EXISTS 'workers_budget'@'%'"))
+        await connection.execute(
+            text("CREATE USER 'workers_budget'@'%' WITH MAX_USER_CONNECTIONS 5")
+        )
+        await connection.execute(text(f"GRANT ALL ON `{database_name}`.* TO 'workers_budget'@'%'"))
+    yield make_url(database_url).set(username="workers_budget").render_as_string(False)
+    async with Database(url=database_url) as database, database.engine.begin() as connection:
+        await connection.execute(text("DROP USER 'workers_budget'@'%'"))
+
+
+@pytest.mark.backends("mysql")
+async def test_an_account_connection_limit_tighter_than_the_server_is_what_counts(
+    limited_user_url: str,
+) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        await Database(url=limited_user_url, pool_size=2, max_overflow=1).start()
+    assert "= 7 connections; the server allows" in str(refused.value)
+    assert "and max_user_connections 5" in str(refused.value)
+    async with Database(url=limited_user_url, pool_size=1, max_overflow=0, read_pool_size=1):
+        pass
