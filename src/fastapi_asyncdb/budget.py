@@ -111,9 +111,9 @@ async def check_budget(
 ) -> ConnectionBudget | None:
     """At startup: refuse (``ConfigurationError``) or warn, by ``DB_BUDGET_CHECK``.
 
-    The probe reads the limits on a connection of its own, within ``health_timeout``. A server
-    that does not answer is not this check's to judge: it logs why it checked nothing
-    and the app starts, as it would without the check. Connections other clients hold
+    The probe reads the limits on a connection of its own, within ``health_timeout``.
+    A server that does not answer is not this check's to judge: it logs why it checked
+    nothing and the app starts, as it would without the check. Connections other clients hold
     are not counted: the app's own sibling workers and the previous deploy's processes
     are among them, so a rolling deploy would always look over budget (the doctor
     reports them).
@@ -125,7 +125,7 @@ async def check_budget(
     except Exception as error:
         logger.warning(
             "connection budget not checked: the server's limits could not be read (%s); "
-            "run `fastapi-asyncdb doctor` once it does",
+            "run `fastapi-asyncdb doctor` once the server answers",
             type(error).__name__,
         )
         return None
