@@ -105,12 +105,19 @@ async def examine(database: Database, *, workers: int | None = None) -> list[Fin
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
-        type=int,
+        type=_positive,
         default=None,
         metavar="N",
         help="processes that each open the pools (default: DB_WORKERS, else WEB_CONCURRENCY, "
         "else 1)",
     )
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number of processes")
+    return number
 
 
 async def run(args: argparse.Namespace) -> int:
