@@ -288,3 +288,30 @@ async def test_an_account_connection_limit_tighter_than_the_server_is_what_count
     assert "and max_user_connections 5" in str(refused.value)
     async with Database(url=limited_user_url, pool_size=1, max_overflow=0, read_pool_size=1):
         pass
+
+
+@servers
+async def test_the_doctor_warns_of_other_clients_that_leave_no_room(
+    database_url: str, server_limits: ConnectionLimits
+) -> None:
+    available = connection_budget(DatabaseSettings(), server_limits).available
+    assert available is not None
+    # One connection short of the limit, while two others are open.
+    fitting = Database(
+        url=database_url,
+        pool_size=available - 3,
+        max_overflow=0,
+        read_pool_size=1,
+        read_max_overflow=0,
+    )
+    async with (
+        Database(url=database_url) as others,
+        others.engine.connect(),
+        others.engine.connect(),
+    ):
+        findings = await examine(fitting)
+    fits, others_too = [finding for finding in findings if finding.check == "connections"]
+    assert fits.level == "warning"  # it fits, with little room
+    assert f"= {available - 1} connections" in fits.message
+    assert others_too.level == "warning"
+    assert "other connection(s) are open on the server now" in others_too.message
