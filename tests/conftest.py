@@ -142,7 +142,7 @@ def database_url(backend: str, tmp_path: Path) -> str:
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Settings read the environment; tests start from none of ours."""
     for name in list(os.environ):
-        if name == "DATABASE_URL" or name.startswith("DB_"):
+        if name in ("DATABASE_URL", "WEB_CONCURRENCY") or name.startswith("DB_"):
             monkeypatch.delenv(name)
 
 

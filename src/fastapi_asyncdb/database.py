@@ -13,6 +13,7 @@ from sqlalchemy import MetaData, UpdateBase
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from . import backends
+from .budget import check_budget
 from .connections import SharedConnection
 from .drain import drain
 from .errors import DatabaseNotStartedError, ErrorKind
@@ -97,10 +98,21 @@ class Database:
         return self._stopping is not None
 
     async def start(self) -> None:
+        """Create the engines, once the connection budget is checked (``DB_BUDGET_CHECK``).
+
+        Raises ``ConfigurationError`` when ``DB_WORKERS`` processes with these pools
+        would open more connections than the server allows (docs/operating.md); a
+        server that does not answer yet does not stop the start.
+        """
         if self.is_started:
             raise RuntimeError("the database is already started")
         self.backend.prepare()
         probe = Probe(self.settings, self.backend)
+        try:
+            await check_budget(self.settings, self.backend, probe)
+        except BaseException:
+            await probe.close()
+            raise
         self._probe = probe
         roles = {"primary": False, "read": True}
         self._primary, self._reader = (

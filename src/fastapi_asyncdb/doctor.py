@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import _compat
 from .backends import ServerFacts
+from .budget import ADVICE, connection_budget
 from .database import Database
 from .errors import DatabaseError
 from .tls import tls_request
@@ -41,13 +41,23 @@ class Finding:
     advice: str = ""
 
 
-async def examine(database: Database, *, workers: int) -> list[Finding]:
-    """Start ``database``, look at the server through it, stop it; the findings in order."""
+async def examine(database: Database, *, workers: int | None = None) -> list[Finding]:
+    """Start ``database``, look at the server through it, stop it; the findings in order.
+
+    ``workers``: the processes that each open the pools; default ``DB_WORKERS``.
+    """
     findings: list[Finding] = []
+    settings = database.settings
+    workers = settings.workers if workers is None else workers
     try:
         started = time.monotonic()
         try:
-            await database.start()
+            # The budget is a finding here, not a refusal to start.
+            database.settings = settings.model_copy(update={"budget_check": "off"})
+            try:
+                await database.start()
+            finally:
+                database.settings = settings
             connection = await database.engine.connect()
         except Exception as error:
             if isinstance(error, DatabaseError):
@@ -95,11 +105,19 @@ async def examine(database: Database, *, workers: int) -> list[Finding]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
-        type=int,
-        default=int(os.environ.get("WEB_CONCURRENCY", "1")),
+        type=_positive,
+        default=None,
         metavar="N",
-        help="processes that each open the pools (default: WEB_CONCURRENCY, else 1)",
+        help="processes that each open the pools (default: DB_WORKERS, else WEB_CONCURRENCY, "
+        "else 1)",
     )
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number of processes")
+    return number
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -252,38 +270,44 @@ def _timeouts(database: Database, facts: ServerFacts, _workers: int) -> list[Fin
 
 
 def _connection_budget(database: Database, facts: ServerFacts, workers: int) -> list[Finding]:
-    if facts.max_connections is None:
+    if facts.limits is None:
         return []
-    settings = database.settings
-    per_process = (
-        settings.pool_size
-        + settings.max_overflow
-        + settings.effective_read_pool_size
-        + settings.effective_read_max_overflow
-        + 1  # the probe's connection
-    )
-    needed = workers * per_process
-    budget = facts.max_connections - facts.reserved_connections
-    arithmetic = (
-        f"{workers} worker(s) x {per_process} connections "
-        f"(pool {settings.pool_size}+{settings.max_overflow}, read pool "
-        f"{settings.effective_read_pool_size}+{settings.effective_read_max_overflow}, probe 1) "
-        f"= {needed}; the server allows {facts.max_connections} - "
-        f"{facts.reserved_connections} reserved = {budget}"
-    )
-    if needed > budget:
+    settings = database.settings.model_copy(update={"workers": workers})
+    budget = connection_budget(settings, facts.limits)
+    arithmetic = budget.arithmetic()
+    available = budget.available
+    if available is None:
         return [
             Finding(
-                "error",
+                "warning",
                 "connections",
-                arithmetic,
-                "lower DB_POOL_SIZE/DB_MAX_OVERFLOW/DB_READ_*, run fewer workers, "
-                "or raise the server's max_connections",
+                f"not checked: {arithmetic}",
+                "check that the pooler's max_client_conn exceeds this",
             )
         ]
-    if needed > budget * _BUDGET_WARNING:
-        return [Finding("warning", "connections", arithmetic, "little room for other clients")]
-    return [Finding("ok", "connections", arithmetic)]
+    findings = []
+    if budget.needed > available:
+        findings.append(Finding("error", "connections", arithmetic, ADVICE))
+    elif budget.needed > available * _BUDGET_WARNING:
+        findings.append(
+            Finding("warning", "connections", arithmetic, "little room for other clients")
+        )
+    else:
+        findings.append(Finding("ok", "connections", arithmetic))
+    # Not counted at startup, where the app's own workers are among them: here they are
+    # worth a look.
+    in_use = facts.limits.in_use
+    if in_use is not None and budget.needed <= available < budget.needed + in_use - 1:
+        findings.append(
+            Finding(
+                "warning",
+                "connections",
+                f"{in_use - 1} other connection(s) are open on the server now; "
+                f"with them, {budget.needed + in_use - 1} > {available}",
+                "if they are not this app's own workers, leave room for them",
+            )
+        )
+    return findings
 
 
 def _pooler(_database: Database, facts: ServerFacts, _workers: int) -> list[Finding]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
+from typing import TypeVar
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -20,6 +22,8 @@ from .engine import create_engine
 from .settings import DatabaseSettings
 
 __all__ = ["Probe"]
+
+T = TypeVar("T")
 
 
 class Probe:
@@ -65,6 +69,11 @@ class Probe:
         """Make a new connection and ping it; raise if either fails."""
         async with asyncio.timeout(self._timeout), self._engine.connect() as connection:
             await connection.run_sync(self._ping)
+
+    async def read(self, reading: Callable[[Connection], T]) -> T:
+        """Run ``reading`` on a new connection, within ``health_timeout``; raise if it fails."""
+        async with asyncio.timeout(self._timeout), self._engine.connect() as connection:
+            return await connection.run_sync(reading)
 
     async def close(self) -> None:
         task = self._pinging

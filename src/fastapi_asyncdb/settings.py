@@ -46,6 +46,8 @@ DEFAULT_URL = "sqlite+aiosqlite:///./data/app.db"
 MAX_SECONDS = 2_147_483
 Seconds: TypeAlias = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
 """A duration in seconds: finite, positive, at most ``MAX_SECONDS``."""
+# Far more processes than one server serves; a larger value is a typo.
+MAX_WORKERS = 10_000
 SecondsOrZero: TypeAlias = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
 
 PasswordProvider = Callable[[], str | Awaitable[str]]
@@ -140,6 +142,19 @@ class DatabaseSettings(BaseSettings):
         default=True, description="Keep bound parameter values out of logs and exceptions."
     )
     application_name: str = "fastapi-asyncdb"
+
+    # -- workers and the connection budget (docs/operating.md) -------------------------
+    workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] = Field(
+        default=1,
+        validation_alias=AliasChoices("DB_WORKERS", "WEB_CONCURRENCY"),
+        description="Processes that each open these pools against the server "
+        "(default: WEB_CONCURRENCY, else 1); the startup check counts them.",
+    )
+    budget_check: Literal["refuse", "warn", "off"] = Field(
+        default="refuse",
+        description="At startup, when workers x pools exceed what the server allows: refuse "
+        "to start (ConfigurationError), log a warning, or do not check.",
+    )
 
     # -- TLS (docs/tls.md) --------------------------------------------------------------
     tls: TlsMode | None = Field(
@@ -353,6 +368,9 @@ def _check_async_url(raw: str) -> None:
 def _env_name(field: str) -> str:
     if field == "url":
         return "DATABASE_URL"
+    if field == "workers":
+        # The value may have come from either; both are named.
+        return "DB_WORKERS (or WEB_CONCURRENCY)"
     # A key a .env file gave keeps the prefix it was written with.
     return field.upper() if field.lower().startswith("db_") else f"DB_{field.upper()}"
 
@@ -364,7 +382,11 @@ def _warn_of_misspelled_variables(environment: Mapping[str, str]) -> None:
     script, say), so unknown names cannot be refused; but ``DB_STATEMENT_TIMOUT`` or
     ``DB_TLS_MODE``, silently ignored, would leave a protection off.
     """
-    known = [_env_name(name) for name in DatabaseSettings.model_fields if name not in CODE_ONLY]
+    known = [
+        "DB_WORKERS" if name == "workers" else _env_name(name)
+        for name in DatabaseSettings.model_fields
+        if name not in CODE_ONLY
+    ]
     for name in environment:
         upper = name.upper()
         if not upper.startswith("DB_") or upper in known:
@@ -388,6 +410,8 @@ def _explain(error: ValidationError) -> str:
             lines.append(message)  # a check across settings names them itself
             continue
         field = str(item["loc"][0])
+        # An error's location is the alias: pydantic names the first one, whichever gave it.
+        field = {"DB_WORKERS": "workers", "WEB_CONCURRENCY": "workers"}.get(field, field)
         if item["type"] == "extra_forbidden":
             message = "is not a setting of fastapi-asyncdb; check the spelling"
         name = f"{field}=" if field in CODE_ONLY else f"{_env_name(field)} ({field})"

@@ -362,4 +362,14 @@ async def test_doctor_exits_one_on_an_error_and_prints_no_password(database_url:
 async def test_doctor_counts_connections_for_the_workers_it_is_told_of(database_url: str) -> None:
     ran = await run("doctor", "--workers", "1000", env=environment(database_url))
     assert ran.status == 1, ran.output
-    assert "1000 worker(s) x 31 connections" in ran.stdout
+    assert "1000 workers x (10 + 5 write + 10 + 5 read + 1 probe) = 31000" in ran.stdout
+
+
+@pytest.mark.backends("postgresql", "mysql")
+@pytest.mark.parametrize("variable", ["DB_WORKERS", "WEB_CONCURRENCY"])
+async def test_doctor_counts_the_workers_the_settings_name_by_default(
+    database_url: str, variable: str
+) -> None:
+    ran = await run("doctor", env=environment(database_url, **{variable: "1000"}))
+    assert ran.status == 1, ran.output
+    assert "[FAIL] connections: 1000 workers x" in ran.stdout

@@ -50,7 +50,7 @@ async def test_more_connections_than_the_server_allows_is_an_error_with_the_arit
     findings = await examine(database, workers=8)
     (budget,) = by_check(findings, "connections")
     assert budget.level == "error"
-    assert "8 worker(s) x 401 connections" in budget.message
+    assert "8 workers x (100 + 100 write + 100 + 100 read + 1 probe) = 3208" in budget.message
     assert "max_connections" in budget.advice
 
 

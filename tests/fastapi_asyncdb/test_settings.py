@@ -217,3 +217,33 @@ def test_nested_secret_connect_args_are_hidden_and_reach_the_driver() -> None:
         "app.auth_token": SECRET,
         "search_path": "x",
     }
+
+
+def test_workers_default_to_web_concurrency_else_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert DatabaseSettings().workers == 1
+    monkeypatch.setenv("WEB_CONCURRENCY", "4")
+    assert DatabaseSettings().workers == 4
+    monkeypatch.setenv("DB_WORKERS", "3")
+    assert DatabaseSettings().workers == 3
+    assert DatabaseSettings(workers=2).workers == 2
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many", "100000"])
+@pytest.mark.parametrize("variable", ["DB_WORKERS", "WEB_CONCURRENCY"])
+def test_an_impossible_worker_count_is_refused_naming_both_variables(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError, match=r"DB_WORKERS \(or WEB_CONCURRENCY\) \(workers\)"):
+        DatabaseSettings()
+
+
+def test_the_budget_check_refuses_by_default_and_takes_only_its_three_modes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert DatabaseSettings().budget_check == "refuse"
+    monkeypatch.setenv("DB_BUDGET_CHECK", "warn")
+    assert DatabaseSettings().budget_check == "warn"
+    monkeypatch.setenv("DB_BUDGET_CHECK", "ignore")
+    with pytest.raises(ConfigurationError, match="DB_BUDGET_CHECK"):
+        DatabaseSettings()

@@ -32,6 +32,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from fastapi_asyncdb import DatabaseSettings
+from fastapi_asyncdb.backends import ConnectionLimits
+from fastapi_asyncdb.budget import connection_budget
 from fastapi_asyncdb.migrations import alembic_config
 from ledger.migrate import ALEMBIC_INI
 from ledger.models import Base
@@ -75,18 +77,15 @@ def run_seed() -> int:
 
 
 def most_connections(workers: int) -> int:
-    """What docs/operating.md says N workers open at most: every pool, and the probe's one."""
+    """What docs/operating.md says N workers open at most: every pool, and the probe's one.
+
+    The arithmetic the startup check and the doctor use.
+    """
     settings = DatabaseSettings(
-        **{name.removeprefix("DB_").lower(): v for name, v in SETTINGS.items()}
+        workers=workers, **{name.removeprefix("DB_").lower(): v for name, v in SETTINGS.items()}
     )
-    per_worker = (
-        settings.pool_size
-        + settings.max_overflow
-        + settings.effective_read_pool_size
-        + settings.effective_read_max_overflow
-        + 1
-    )
-    return workers * per_worker
+    limits = ConnectionLimits(max_connections=None)
+    return connection_budget(settings, limits).needed
 
 
 @pytest.fixture
@@ -172,7 +171,11 @@ async def test_ledger_workers_migrate_once_both_serve_and_keep_the_books(
     rng = random.Random(seed)
     url = empty_database_url
     application_name = f"ledger-{uuid.uuid4().hex[:12]}"
-    environment = server_environment(url, **SETTINGS, DB_APPLICATION_NAME=application_name)
+    # WEB_CONCURRENCY, as a platform sets it: the library's DB_WORKERS default, so the
+    # startup check counts both workers' pools.
+    environment = server_environment(
+        url, **SETTINGS, DB_APPLICATION_NAME=application_name, WEB_CONCURRENCY=WORKERS
+    )
     counts: list[int] = []
     watcher = asyncio.create_task(watch_connections(url, application_name, counts))
     log_path = tmp_path / "server.log"

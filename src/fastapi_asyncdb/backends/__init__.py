@@ -16,12 +16,12 @@ from sqlalchemy.engine import Dialect
 
 from ..errors import ConfigurationError
 from ..managed import check_connect_options
-from .base import Backend, ServerFacts
+from .base import Backend, ConnectionLimits, ServerFacts
 
 if TYPE_CHECKING:
     from ..settings import DatabaseSettings
 
-__all__ = ["Backend", "ServerFacts", "backend_class_for_dialect", "resolve"]
+__all__ = ["Backend", "ConnectionLimits", "ServerFacts", "backend_class_for_dialect", "resolve"]
 
 
 @cache

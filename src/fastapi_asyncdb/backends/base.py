@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Backend",
+    "ConnectionLimits",
     "ServerFacts",
     "driver_error",
     "milliseconds",
@@ -41,6 +42,31 @@ __all__ = [
 ]
 
 MIGRATION_LOCK_POLL_INTERVAL = 0.2
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What bounds the connections this client may open, as the server (or pooler) says.
+
+    Read at startup for the connection budget and by the doctor: one reading, so the
+    two never disagree.
+    """
+
+    max_connections: int | None
+    """Connections accepted in all; None when a pooler stands between and does not say."""
+    reserved: int = 0
+    """Of those, the ones this client cannot have (kept for superusers, say)."""
+    reserved_detail: str = ""
+    """Where ``reserved`` comes from, e.g. the server settings that add up to it."""
+    account_limit: int | None = None
+    """A tighter limit on this role or database (CONNECTION LIMIT, max_user_connections)."""
+    account_limit_detail: str = ""
+    in_use: int | None = None
+    """Client connections open on the server now, this reading's own included."""
+    limited_by: str = "the server"
+    """Whose limits these are: ``the server``, or the pooler's (max_client_conn)."""
+    pooler: str | None = None
+    """The pooler or proxy seen between the client and the server, described."""
 
 
 @dataclass
@@ -54,9 +80,8 @@ class ServerFacts:
     tls_detail: str = ""
     timeouts: dict[str, float | None] = field(default_factory=dict)
     """The limits in force on this connection, in seconds, by setting name; None: off."""
-    max_connections: int | None = None
-    reserved_connections: int = 0
-    connections_in_use: int | None = None
+    limits: ConnectionLimits | None = None
+    """What bounds this client's connections; None where nothing does (SQLite)."""
     superuser: bool | None = None
     owns_schema: bool | None = None
     pooler: str | None = None
@@ -86,6 +111,8 @@ class Backend:
     """The driver may run compiled statements itself (``Prepared``, ``run_statement``)."""
     connect_timeout_bounds_login: ClassVar[bool] = True
     """The driver's connect timeout covers the whole login, not only the TCP connect."""
+    limits_connections: ClassVar[bool] = False
+    """The server caps its connections (``connection_limits`` reads the caps)."""
     owned_connect_arguments: ClassVar[Mapping[str, str]] = {}
     """Connect arguments the library sets, by the setting that controls each (nested ones
     as ``server_settings.name``): ``connect_args=`` may not set them. Whatever else
@@ -131,6 +158,11 @@ class Backend:
         return ServerFacts(
             product=f"{connection.dialect.name} {connection.dialect.server_version_info}"
         )
+
+    def connection_limits(self, connection: Connection) -> ConnectionLimits | None:
+        """What bounds this client's connections (when ``limits_connections``); run in
+        ``run_sync``, on a connection of its own: it may commit."""
+        return None
 
     def classify(self, error: BaseException) -> ErrorKind:
         """The kind of a failure: the library's own errors, SQLAlchemy's, the driver's."""

@@ -14,7 +14,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from .. import _compat
 from ..errors import ConfigurationError, ErrorKind
 from ..tls import connect_context, tls_request
-from .base import Backend, ServerFacts, milliseconds, poll_migration_lock
+from .base import Backend, ConnectionLimits, ServerFacts, milliseconds, poll_migration_lock
 
 __all__ = ["MySQL"]
 
@@ -43,6 +43,7 @@ class MySQL(Backend):
     dialects = ("mysql", "mariadb")
     driver = "asyncmy"
     extra = "mysql"
+    limits_connections = True
     sync_default_driver = "mysqldb"
     connect_timeout_bounds_login = False
     owned_connect_arguments: ClassVar[Mapping[str, str]] = {
@@ -105,13 +106,26 @@ class MySQL(Backend):
         else:
             statement = float(scalar("SELECT @@max_execution_time")) / 1000
         facts.timeouts["statement_timeout"] = statement or None
-        facts.max_connections = int(scalar("SELECT @@max_connections"))
-        facts.connections_in_use = int(
-            connection.execute(text("SHOW STATUS LIKE 'Threads_connected'")).one()[1]
-        )
+        facts.limits = self.connection_limits(connection)
         grants = " ".join(str(row[0]) for row in connection.execute(text("SHOW GRANTS")))
         facts.superuser = "ALL PRIVILEGES ON *.*" in grants or " SUPER" in grants
         return facts
+
+    def connection_limits(self, connection: Connection) -> ConnectionLimits:
+        # Nothing is reserved: the server admits one connection beyond max_connections
+        # for an administrator (SUPER, CONNECTION ADMIN), and MariaDB's extra_port its
+        # extra_max_connections; both come on top, none is taken from the app's share.
+        # The session's max_user_connections is this account's limit when it has one.
+        total, per_user = connection.execute(
+            text("SELECT @@max_connections, @@max_user_connections")
+        ).one()
+        in_use = connection.execute(text("SHOW STATUS LIKE 'Threads_connected'")).one()[1]
+        return ConnectionLimits(
+            int(total),
+            account_limit=int(per_user) if int(per_user) > 0 else None,
+            account_limit_detail="max_user_connections" if int(per_user) > 0 else "",
+            in_use=int(in_use),
+        )
 
     def ping(self, dialect: Dialect, dbapi_connection: Any, *, timeout: float) -> None:
         # The dialect's ping waits as long as the read timeout (the command timeout):

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .. import _compat
 from ..errors import ConfigurationError, ErrorKind
 from ..tls import connect_context
-from .base import Backend, ServerFacts, milliseconds, poll_migration_lock
+from .base import Backend, ConnectionLimits, ServerFacts, milliseconds, poll_migration_lock
 
 if TYPE_CHECKING:
     from ..settings import DatabaseSettings
@@ -64,6 +64,21 @@ def _pooler(connection: Connection) -> str | None:
     return None
 
 
+# Connection slots kept from roles without special rights (reserved_connections: 16+).
+_RESERVED_SETTINGS = ("superuser_reserved_connections", "reserved_connections")
+
+
+def _pooler_limits(_connection: Connection, pooler: str) -> ConnectionLimits:
+    """The pooler's limits on this client's connections, when the pooler tells them.
+
+    Through a pooler the server's max_connections bounds the pooler's own server
+    connections, not the clients': PgBouncer's max_client_conn does. The seam for
+    reading it (PgBouncer's admin console, or a setting naming it); until then the
+    limit is unknown and the budget says it could not check.
+    """
+    return ConnectionLimits(None, limited_by="the pooler (max_client_conn)", pooler=pooler)
+
+
 class PostgreSQL(Backend):
     name = "postgresql"
     dialects = ("postgresql",)
@@ -71,6 +86,7 @@ class PostgreSQL(Backend):
     extra = "postgresql"
     sync_default_driver = "psycopg2"
     fast_path = True
+    limits_connections = True
     owned_connect_arguments: ClassVar[Mapping[str, str]] = {
         "timeout": "DB_CONNECT_TIMEOUT (connect_timeout)",
         "command_timeout": "DB_COMMAND_TIMEOUT (command_timeout)",
@@ -130,9 +146,9 @@ class PostgreSQL(Backend):
         def scalar(sql: str) -> Any:
             return connection.execute(text(sql)).scalar()
 
-        pooler = _pooler(connection)  # first: it needs transactions of its own
+        limits = self.connection_limits(connection)  # first: it needs transactions of its own
         facts = ServerFacts(product="PostgreSQL " + str(scalar("SHOW server_version")).split()[0])
-        facts.pooler = pooler
+        facts.limits, facts.pooler = limits, limits.pooler
         tls = connection.execute(
             text("SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
         ).one_or_none()
@@ -147,9 +163,6 @@ class PostgreSQL(Backend):
             facts.timeouts[_TIMEOUT_SETTINGS[name]] = (
                 milliseconds_set / 1000 if milliseconds_set else None
             )
-        facts.max_connections = int(scalar("SHOW max_connections"))
-        facts.reserved_connections = int(scalar("SHOW superuser_reserved_connections"))
-        facts.connections_in_use = int(scalar("SELECT count(*) FROM pg_stat_activity"))
         facts.superuser = bool(scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
         facts.owns_schema = bool(
             scalar(
@@ -158,6 +171,49 @@ class PostgreSQL(Backend):
             )
         )
         return facts
+
+    def connection_limits(self, connection: Connection) -> ConnectionLimits:
+        pooler = _pooler(connection)  # first: it needs transactions of its own
+        if pooler is not None:
+            return _pooler_limits(connection, pooler)
+        names = ["max_connections", *_RESERVED_SETTINGS]
+        settings = {
+            str(name): int(setting)
+            for name, setting in connection.execute(
+                text("SELECT name, setting FROM pg_settings WHERE name = ANY(:names)"),
+                {"names": names},
+            )
+        }
+        reserved = {name: settings[name] for name in _RESERVED_SETTINGS if name in settings}
+        account = connection.execute(
+            text(
+                "SELECT r.rolname, r.rolconnlimit, r.rolsuper, d.datname, d.datconnlimit "
+                "FROM pg_roles r, pg_database d "
+                "WHERE r.rolname = current_user AND d.datname = current_database()"
+            )
+        ).one()
+        account_limits: list[tuple[int, str]] = []
+        if not account.rolsuper:  # neither CONNECTION LIMIT binds a superuser; -1: none
+            if account.rolconnlimit >= 0:
+                account_limits.append(
+                    (account.rolconnlimit, f"role {account.rolname}'s CONNECTION LIMIT")
+                )
+            if account.datconnlimit >= 0:
+                account_limits.append(
+                    (account.datconnlimit, f"database {account.datname}'s CONNECTION LIMIT")
+                )
+        tightest = min(account_limits, default=None)
+        in_use = connection.execute(
+            text("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
+        ).scalar()
+        return ConnectionLimits(
+            settings["max_connections"],
+            reserved=sum(reserved.values()),
+            reserved_detail=" + ".join(f"{value} {name}" for name, value in reserved.items()),
+            account_limit=None if tightest is None else tightest[0],
+            account_limit_detail="" if tightest is None else tightest[1],
+            in_use=None if in_use is None else int(in_use),
+        )
 
     def login_refusal(self, error: BaseException) -> bool:
         # too_many_connections, invalid_authorization (28xxx), invalid_catalog_name (3D)

@@ -30,6 +30,7 @@ from .problems import (
     validation_exception_handler,
 )
 from .request_scope import RequestScope
+from .startup import StartupRefusal, noting_refusals
 
 __all__ = ["install"]
 
@@ -59,6 +60,8 @@ def install(
       run ``disconnect_watch_after`` seconds, so its queries stop.
     - At startup, a streaming (generator) endpoint that depends on ``SessionDep`` is
       refused: its session would be committed before the first byte of its body.
+    - A startup refused for its configuration (``ConfigurationError``: a streaming
+      endpoint, the connection budget) is reported in one line, without a traceback.
     """
     setattr(app.state, STATE_KEY, database)
     handler = DatabaseErrorHandler(database, answers)
@@ -80,10 +83,12 @@ def install(
             health_router(database, retry_after=database.settings.unavailable_retry_after),
             prefix=health_prefix,
         )
-    _check_routes_at_startup(app)
+    refusals: list[ConfigurationError] = []
+    app.add_middleware(StartupRefusal, refusals=refusals)
+    _check_routes_at_startup(app, refusals)
 
 
-def _check_routes_at_startup(app: FastAPI) -> None:
+def _check_routes_at_startup(app: FastAPI, refusals: list[ConfigurationError]) -> None:
     # Routes are usually added after install(); the lifespan sees them all.
     original = app.router.lifespan_context
 
@@ -93,7 +98,7 @@ def _check_routes_at_startup(app: FastAPI) -> None:
         async with original(lifespan_app) as state:
             yield state
 
-    app.router.lifespan_context = lifespan
+    app.router.lifespan_context = noting_refusals(lifespan, refusals)
 
 
 def _refuse_streaming_sessions(app: FastAPI) -> None:

@@ -164,7 +164,10 @@ async def test_a_full_server_is_reported_reachable_and_trips_no_breaker(
         await connection.execute(text("CREATE ROLE health_limited LOGIN CONNECTION LIMIT 2"))
     limited = make_url(database_url).set(username="health_limited").render_as_string(False)
     try:
-        database = Database(url=limited, pool_size=1, max_overflow=1, read_pool_size=1)
+        # Over the role's limit on purpose: the startup check would refuse it.
+        database = Database(
+            url=limited, pool_size=1, max_overflow=1, read_pool_size=1, budget_check="off"
+        )
         async with database.lifespan():
             assert (await database.check_health())["reachable"] is True  # the probe: 1
             async with database.transaction() as session:  # the pool: 2, the limit
