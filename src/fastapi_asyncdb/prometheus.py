@@ -10,6 +10,7 @@ Needs ``fastapi-asyncdb[prometheus]``.
 
 from __future__ import annotations
 
+import logging
 import math
 import weakref
 from collections.abc import Iterable, Iterator
@@ -23,13 +24,14 @@ from prometheus_client.core import (
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
 from .database import Database
-from .errors import ConfigurationError
 from .metrics import HistogramSnapshot
 from .metrics import Metric as DatabaseMetric
 
 __all__ = ["PREFIX", "DatabaseCollector", "register"]
 
 PREFIX = "fastapi_asyncdb_"
+
+logger = logging.getLogger(__name__)
 
 _collectors: weakref.WeakKeyDictionary[CollectorRegistry, DatabaseCollector] = (
     weakref.WeakKeyDictionary()
@@ -39,8 +41,10 @@ _collectors: weakref.WeakKeyDictionary[CollectorRegistry, DatabaseCollector] = (
 def register(database: Database, registry: CollectorRegistry | None = None) -> DatabaseCollector:
     """Expose ``database``'s metrics in ``registry`` (default: prometheus_client's own).
 
-    Registering the same database again does nothing; two databases need different
-    ``DB_POOL_NAME`` values, or their samples would be indistinguishable.
+    Registering the same database again does nothing. Another database registered
+    under a pool name already there replaces the first: an app built again in the same
+    process reports its new database. Two databases of one app need different
+    ``DB_POOL_NAME`` values.
     """
     target = REGISTRY if registry is None else registry
     collector = _collectors.get(target)
@@ -58,14 +62,16 @@ class DatabaseCollector(Collector):
         self._databases: list[Database] = []
 
     def add(self, database: Database) -> None:
-        if any(known is database for known in self._databases):
-            return
         pool = database.metrics.pool
-        if any(known.metrics.pool == pool for known in self._databases):
-            raise ConfigurationError(
-                f"another database in this registry already has the pool name {pool!r}: "
-                "give each its own DB_POOL_NAME"
-            )
+        for known in self._databases:
+            if known is database:
+                return
+            if known.metrics.pool == pool:
+                # An app built again in the same process (a test suite, a reload) brings
+                # a new Database under the same name: it takes the old one's place.
+                logger.info("metrics of pool %r now come from another Database", pool)
+                self._databases.remove(known)
+                break
         self._databases.append(database)
 
     def describe(self) -> Iterable[Metric]:
