@@ -82,7 +82,9 @@ class Gate:
         """Waiters that can still be granted a slot: not timed out, cancelled or granted."""
         if self._refusal is not None:
             return 0  # the gate's own turns are not waiters
-        return sum(not turn.done() for turn in self._turns)
+        # A copy, taken in one step: metrics exporters ask from threads of their own,
+        # and iterating the queue while the loop changes it would raise.
+        return sum(not turn.done() for turn in tuple(self._turns))
 
     async def enter(self) -> None:
         metrics = self._metrics

@@ -211,7 +211,11 @@ class DatabaseMetrics:
             self.disconnect_cancellations += 1
 
     def collect(self) -> Iterator[Metric]:
-        """Every metric family, read now; cheap enough to scrape every second."""
+        """Every metric family, read now; cheap enough to scrape every second.
+
+        Safe from an exporter's own thread: every collection is copied in one step
+        (``dict()``, ``tuple()`` in C, under the GIL) before it is iterated.
+        """
         pool = {"pool": self.pool}
         yield from self._pool_gauges()
         per_role = [({**pool, "role": name}, role) for name, role in self.roles.items()]
@@ -261,13 +265,13 @@ class DatabaseMetrics:
             "unavailable_responses",
             "counter",
             "503 answers served, by why the database was unavailable.",
-            [({**pool, "cause": cause}, n) for cause, n in sorted(self.unavailable.items())],
+            [({**pool, "cause": cause}, n) for cause, n in sorted(dict(self.unavailable).items())],
         )
         yield Metric(
             "retries",
             "counter",
             "Units of work repeated by run_transaction, by the kind of failure.",
-            [({**pool, "cause": cause}, n) for cause, n in sorted(self.retries.items())],
+            [({**pool, "cause": cause}, n) for cause, n in sorted(dict(self.retries).items())],
         )
         yield Metric(
             "disconnect_cancellations",

@@ -41,9 +41,8 @@ def metrics_router(
     router = APIRouter()
 
     @router.get(path, include_in_schema=False)
-    def metrics(request: Request) -> Response:
-        # A plain def: rendering is CPU work, so it runs in the thread pool, off the loop
-        # that serves the requests being measured.
+    async def metrics(request: Request) -> Response:
+        # On the loop: a scrape is short, and a thread would cost more than the render.
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         return Response(encoder(target), media_type=content_type)
 
