@@ -10,7 +10,8 @@ waiting on PostgreSQL is not counted. Then the hooks alone, without a database: 
 read unit's hooks do (a gate admission and a unit duration observed, two clock reads),
 timed in a loop.
 
-Run: BENCH_DB=metrics_bench .venv/bin/python -m bench.metrics_cost [--rounds 15]
+Run: BENCH_DB=metrics_bench .venv/bin/python -m bench.metrics_cost [--rounds 15] [--control]
+(``--control``: metrics off on both sides, to see the noise of the machine.)
 """
 
 from __future__ import annotations
@@ -64,17 +65,19 @@ def _hooks_alone(repeat: int) -> float:
     clock = time.perf_counter
 
     def hooks() -> None:
-        metrics.gate_wait.observe(0.0)
+        metrics.gate_wait.observe_zero()
         started = clock()
         metrics.unit("read", "ok", clock() - started)
 
     return min(timeit.repeat(hooks, number=repeat, repeat=5)) * 1e6 / repeat
 
 
-async def measure(rounds: int, reads: int, writes: int) -> dict[str, dict[str, list[float]]]:
+async def measure(
+    rounds: int, reads: int, writes: int, *, control: bool = False
+) -> dict[str, dict[str, list[float]]]:
     await prepare()
     async with (
-        Database(url=SQLALCHEMY_URL, pool_size=2, max_overflow=0, metrics=True) as metered,
+        Database(url=SQLALCHEMY_URL, pool_size=2, max_overflow=0, metrics=not control) as metered,
         Database(url=SQLALCHEMY_URL, pool_size=2, max_overflow=0, metrics=False) as unmetered,
     ):
         contenders = {"metered": _units(metered), "unmetered": _units(unmetered)}
@@ -99,11 +102,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--reads", type=int, default=1000, help="read units per block")
     parser.add_argument("--writes", type=int, default=200, help="write units per block")
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="metrics off on both sides: the difference this run finds is the noise",
+    )
     args = parser.parse_args()
-    results = asyncio.run(measure(args.rounds, args.reads, args.writes))
+    results = asyncio.run(measure(args.rounds, args.reads, args.writes, control=args.control))
     print(
         f"database {BENCH_DB}; {args.rounds} rounds of {args.reads} reads and {args.writes} "
         "writes per contender, interleaved; median us CPU per unit of work (min-max)"
+        + ("; CONTROL: metrics off on both sides" if args.control else "")
     )
     print()
     print("| unit of work | metrics off | metrics on | on - off, paired | on / off |")

@@ -91,7 +91,7 @@ class Gate:
         if self._free:
             self._free -= 1
             if metrics is not None:
-                metrics.gate_wait.observe(0.0)
+                metrics.gate_wait.observe_zero()
             return
         if self._refusal is not None:
             raise DatabaseUnavailableError(
