@@ -8,7 +8,7 @@ of unit: a ``Prepared`` primary-key read on ``read_connection()`` (the fast path
 write unit (``transaction()`` with one ``UPDATE``). CPU is ``time.process_time()``:
 waiting on PostgreSQL is not counted. Then the hooks alone, without a database: what a
 read unit's hooks do (a gate admission and a unit duration observed, two clock reads),
-timed in a loop.
+timed in a loop, and the calls metrics add to a read unit, counted with ``sys.setprofile``.
 
 Run: BENCH_DB=metrics_bench .venv/bin/python -m bench.metrics_cost [--rounds 15] [--control]
 (``--control``: metrics off on both sides, to see the noise of the machine.)
@@ -20,9 +20,12 @@ import argparse
 import asyncio
 import random
 import statistics
+import sys
 import time
 import timeit
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from types import FrameType
 
 from sqlalchemy import bindparam, select, update
 
@@ -72,9 +75,38 @@ def _hooks_alone(repeat: int) -> float:
     return min(timeit.repeat(hooks, number=repeat, repeat=5)) * 1e6 / repeat
 
 
+async def _extra_calls(metered: Unit, unmetered: Unit, units: int = 100) -> dict[str, float]:
+    """Python and C calls per unit that metrics add, counted with ``sys.setprofile``."""
+
+    async def calls(unit: Unit) -> Counter[str]:
+        counted: Counter[str] = Counter()
+
+        def profile(frame: FrameType, event: str, arg: object) -> None:
+            if event == "call":
+                counted[frame.f_code.co_qualname] += 1
+            elif event == "c_call":
+                counted[getattr(arg, "__qualname__", repr(arg))] += 1
+
+        sys.setprofile(profile)
+        try:
+            for _ in range(units):
+                await unit()
+        finally:
+            sys.setprofile(None)
+        return counted
+
+    on, off = await calls(metered), await calls(unmetered)
+    # The random row ids make a few calls vary; a hook is called once per unit or more.
+    return {
+        name: (on[name] - off[name]) / units
+        for name in on | off
+        if abs(on[name] - off[name]) >= units
+    }
+
+
 async def measure(
     rounds: int, reads: int, writes: int, *, control: bool = False
-) -> dict[str, dict[str, list[float]]]:
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, float]]:
     await prepare()
     async with (
         Database(url=SQLALCHEMY_URL, pool_size=2, max_overflow=0, metrics=not control) as metered,
@@ -85,6 +117,9 @@ async def measure(
         for units in contenders.values():  # warm: statement caches, plans, connections
             for name, unit in units.items():
                 await _cpu_per_unit(unit, 200 if name == "Prepared read" else 50)
+        extra = await _extra_calls(
+            contenders["metered"]["Prepared read"], contenders["unmetered"]["Prepared read"]
+        )
         results: dict[str, dict[str, list[float]]] = {
             kind: {name: [] for name in contenders} for kind in counts
         }
@@ -94,7 +129,7 @@ async def measure(
                 for name in order:
                     cost = await _cpu_per_unit(contenders[name][kind], count)
                     results[kind][name].append(cost)
-        return results
+        return results, extra
 
 
 def main() -> None:
@@ -108,7 +143,9 @@ def main() -> None:
         help="metrics off on both sides: the difference this run finds is the noise",
     )
     args = parser.parse_args()
-    results = asyncio.run(measure(args.rounds, args.reads, args.writes, control=args.control))
+    results, extra = asyncio.run(
+        measure(args.rounds, args.reads, args.writes, control=args.control)
+    )
     print(
         f"database {BENCH_DB}; {args.rounds} rounds of {args.reads} reads and {args.writes} "
         "writes per contender, interleaved; median us CPU per unit of work (min-max)"
@@ -130,6 +167,8 @@ def main() -> None:
         )
     print()
     print(f"hooks of one read unit alone, metrics on: {_hooks_alone(200_000):.2f} us")
+    added = ", ".join(f"{name} x{count:g}" for name, count in sorted(extra.items()))
+    print(f"calls a Prepared read unit adds with metrics on: {added or 'none'}")
 
 
 if __name__ == "__main__":
