@@ -237,14 +237,15 @@ async def test_a_terminated_backend_is_counted_as_a_pre_ping_failure(url: str) -
 
 
 @pytest.mark.backends("postgresql", "mysql")
-async def test_a_retried_deadlock_is_counted_once(url: str) -> None:
+async def test_each_retry_of_a_deadlock_is_counted(url: str) -> None:
     async with Database(url=url, pool_size=4) as database:
         await create_tables(database)
         async with database.transaction() as session:
             session.add_all([Note(id=1, body="a"), Note(id=2, body="b")])
         runs, results = await deadlock_pair(database, Retry(attempts=3))
         assert sorted(str(result) for result in results) == ["left", "right"]
-        assert sample(database, "retries", cause="retryable") == len(runs) - 2 == 1
+        # Every run past the first of each unit is one retry (a retry may deadlock again).
+        assert sample(database, "retries", cause="retryable") == len(runs) - 2 >= 1
 
 
 @pytest.mark.backends("postgresql")
