@@ -21,13 +21,14 @@ Needs ``fastapi-asyncdb[otel]`` and, to export, the OpenTelemetry SDK.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 
 from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Observation
 from opentelemetry.metrics import get_meter_provider as global_meter_provider
 
 from .database import Database
-from .metrics import BUCKETS, HistogramSnapshot, Metric
+from .metrics import BUCKETS, DatabaseMetrics, HistogramSnapshot, Metric
 
 __all__ = ["instrument"]
 
@@ -45,13 +46,25 @@ _OBSERVED: Mapping[str, tuple[str, str, Mapping[str, str]]] = {
 }
 _STATE = "db.client.connection.state"
 _LABELS = {"pool": POOL, "role": ROLE, "cause": "fastapi_asyncdb.cause"}
+# The providers each database's metrics are already in: a second instrument() with the
+# same provider would record every duration twice.
+_instrumented: weakref.WeakKeyDictionary[DatabaseMetrics, list[MeterProvider]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def instrument(database: Database, meter_provider: MeterProvider | None = None) -> None:
-    """Create the instruments of ``database``'s metrics in ``meter_provider`` (default: global)."""
+    """Create the instruments of ``database``'s metrics in ``meter_provider`` (default: global).
+
+    Calling it again with the same provider does nothing.
+    """
     provider = meter_provider or global_meter_provider()
-    meter = provider.get_meter("fastapi_asyncdb")
     metrics = database.metrics
+    providers = _instrumented.setdefault(metrics, [])
+    if any(known is provider for known in providers):
+        return
+    providers.append(provider)
+    meter = provider.get_meter("fastapi_asyncdb")
 
     def observe(names: Iterable[str]) -> Callable[[CallbackOptions], Iterable[Observation]]:
         wanted = set(names)

@@ -55,7 +55,9 @@ def one(found: dict[str, list[tuple[dict[str, Any], Any]]], name: str, **attribu
 async def test_in_memory_reader_sees_the_semantic_convention_metrics(url: str) -> None:
     reader = InMemoryMetricReader()
     database = Database(url=url, pool_name="otel", pool_size=1, max_overflow=0, pool_timeout=0.2)
-    instrument(database, MeterProvider(metric_readers=[reader]))
+    provider = MeterProvider(metric_readers=[reader])
+    instrument(database, provider)
+    instrument(database, provider)  # again: nothing is recorded twice
     pool = {"db.client.connection.pool.name": "otel"}
     async with database:
         for _ in range(3):
