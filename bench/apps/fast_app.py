@@ -30,7 +30,8 @@ from fastapi_asyncdb import Database, Prepared, ReadConnectionDep, install
 
 db = Database()
 app = FastAPI(lifespan=db.lifespan)
-install(app, db)
+# /metrics: bench.overload checks the server's count of 503s against its clients'.
+install(app, db, metrics=True)
 
 
 class WorldOut(BaseModel):

@@ -14,8 +14,15 @@ from sqlalchemy.pool import NullPool
 from . import redaction
 from .backends import Backend
 from .connection_health import ConnectionHealth
-from .errors import ConfigurationError, DatabaseUnavailableError, ErrorKind, ReadOnlySessionError
+from .errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    ErrorKind,
+    ReadOnlySessionError,
+    UnavailableCause,
+)
 from .managed import NewConnections, PasswordProviderError, merged_connect_args
+from .metrics import RoleMetrics
 from .settings import DatabaseSettings
 from .tls import tls_request, url_without_tls
 
@@ -25,7 +32,10 @@ _MISCONFIGURATION = (TypeError, AttributeError, ImportError)
 
 
 def health_rules(
-    settings: DatabaseSettings, backend: Backend, dialect: Dialect
+    settings: DatabaseSettings,
+    backend: Backend,
+    dialect: Dialect,
+    metrics: RoleMetrics | None = None,
 ) -> ConnectionHealth:
     """The health rules of the settings, with the backend's own ping."""
 
@@ -36,6 +46,7 @@ def health_rules(
         ping=ping if settings.pool_pre_ping else None,
         ping_after_idle=settings.pre_ping_after_idle,
         recycle=settings.pool_recycle,
+        metrics=metrics,
     )
 
 
@@ -45,6 +56,7 @@ def create_engine(
     *,
     read_only: bool,
     on_connect_failure: Callable[[BaseException], None] | None = None,
+    metrics: RoleMetrics | None = None,
 ) -> tuple[AsyncEngine, ConnectionHealth]:
     """An engine for the primary (read-write) or the read-only role, and its health rules.
 
@@ -97,8 +109,10 @@ def create_engine(
         **options,
     )
     sync_engine = engine.sync_engine
-    health = health_rules(settings, backend, sync_engine.dialect)
+    health = health_rules(settings, backend, sync_engine.dialect, metrics)
     health.install(sync_engine)
+    if metrics is not None:
+        metrics.watch(sync_engine)
     backend.install_connection_setup(sync_engine, read_only=read_only)
     _install_connect_guard(
         sync_engine,
@@ -146,6 +160,7 @@ def _install_connect_guard(
                 retry_after=settings.unavailable_retry_after,
                 # Hosts, users and the driver's words are for the logs, not for clients.
                 detail="the database cannot be reached",
+                cause=UnavailableCause.UNREACHABLE,
             )
             # The breaker fails requests fast while new connections cannot be made at
             # all; a server that answered with a refusal (too many connections, a login
@@ -241,6 +256,7 @@ def _install_error_translation(
             return DatabaseUnavailableError(
                 f"the database did not answer within {settings.command_timeout:g} s",
                 retry_after=settings.unavailable_retry_after,
+                cause=UnavailableCause.TIMEOUT,
             )
         if read_only and backend.classify(error) is ErrorKind.READ_ONLY:
             return ReadOnlySessionError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import perf_counter
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
@@ -18,6 +19,7 @@ from .backends import Backend
 from .connections import ConnectionSource, PooledConnections, WarmConnections
 from .engine import create_engine
 from .errors import NestedUnitOfWorkError
+from .metrics import RoleMetrics
 from .probe import Probe
 from .settings import DatabaseSettings
 
@@ -38,12 +40,22 @@ class Role:
         read_only: bool,
         probe: Probe,
         session_class: type[AsyncSession] = AsyncSession,
+        metrics: RoleMetrics | None = None,
     ) -> None:
         self.name = name
         self.read_only = read_only
-        self.breaker = Breaker(probe.connect, retry_after=settings.unavailable_retry_after)
+        self.metrics = metrics
+        # Read units are timed by AdmittedConnection; write units by their own code.
+        self.read_metrics = metrics if read_only else None
+        self.breaker = Breaker(
+            probe.connect, retry_after=settings.unavailable_retry_after, metrics=metrics
+        )
         self.engine, health = create_engine(
-            settings, backend, read_only=read_only, on_connect_failure=self.breaker.trip
+            settings,
+            backend,
+            read_only=read_only,
+            on_connect_failure=self.breaker.trip,
+            metrics=metrics,
         )
         self.sessionmaker = async_sessionmaker(
             self.engine,
@@ -64,8 +76,12 @@ class Role:
         else:
             capacity = settings.pool_size + settings.max_overflow
         self.gate = Gate(
-            capacity, timeout=settings.pool_timeout, retry_after=settings.unavailable_retry_after
+            capacity,
+            timeout=settings.pool_timeout,
+            retry_after=settings.unavailable_retry_after,
+            metrics=metrics,
         )
+        self.pool_size = settings.effective_read_pool_size if read_only else settings.pool_size
         # Only read connections stay warm: they carry no transaction between units of
         # work. (A NullPool makes a connection per checkout anyway.)
         self.connections: ConnectionSource
@@ -108,6 +124,7 @@ class Role:
             "waiting": self.gate.waiting,
             "checked_out": self.connections.lent,
             "idle": self.connections.idle,
+            "overflow": max(0, self.connections.lent + self.connections.idle - self.pool_size),
         }
 
     async def dispose(self) -> None:
@@ -144,11 +161,12 @@ class AdmittedConnection:
     path, and each generator layer costs a few microseconds in and out.
     """
 
-    __slots__ = ("_held", "_role")
+    __slots__ = ("_held", "_role", "_started")
 
     def __init__(self, role: Role) -> None:
         self._role = role
         self._held: _Held | None = None
+        self._started = 0.0
 
     async def __aenter__(self) -> AsyncConnection:
         role = self._role
@@ -174,14 +192,19 @@ class AdmittedConnection:
         self._held = held = _Held(connection, task)
         if task is not None:
             role.held[task] = held
+        if role.read_metrics is not None:
+            self._started = perf_counter()
         return connection
 
-    async def __aexit__(self, *_exc_info: object) -> None:
+    async def __aexit__(self, error_type: type[BaseException] | None, *_exc_info: object) -> None:
         held, role = self._held, self._role
         assert held is not None
         held.units -= 1
         if held.units:
             return
+        if role.read_metrics is not None:
+            outcome = "ok" if error_type is None else "error"
+            role.read_metrics.unit("read", outcome, perf_counter() - self._started)
         if held.task is not None:
             role.held.pop(held.task, None)
         try:

@@ -136,6 +136,16 @@ class DatabaseSettings(BaseSettings):
         description="At shutdown, how long units of work in flight get to end before they are "
         "cancelled and rolled back; 0 cancels them at once.",
     )
+    pool_name: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,62}$",
+        description="The pool label of this database's metrics (letters, digits, _ . : -).",
+    )
+    metrics: bool = Field(
+        default=True,
+        description="Count units of work, waits and failures for the metrics; the pool "
+        "gauges, read at scrape time, work either way.",
+    )
     echo: bool = False
     echo_pool: bool = False
     hide_parameters: bool = Field(

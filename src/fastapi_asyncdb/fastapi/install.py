@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
@@ -32,6 +32,9 @@ from .problems import (
 from .request_scope import RequestScope
 from .startup import StartupRefusal, noting_refusals
 
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
 __all__ = ["install"]
 
 DEFAULT_MAX_BODY_SIZE = 1024 * 1024
@@ -47,6 +50,8 @@ def install(
     max_body_size: int | None = DEFAULT_MAX_BODY_SIZE,
     cancel_on_disconnect: bool = True,
     disconnect_watch_after: float = 0.5,
+    metrics: bool | CollectorRegistry = False,
+    metrics_path: str = "/metrics",
 ) -> None:
     """Wire ``database`` into ``app``: dependencies, error answers, health routes, middleware.
 
@@ -58,6 +63,9 @@ def install(
     - ``max_body_size``: larger request bodies are answered 413 (None: no limit).
     - ``cancel_on_disconnect``: a request whose client leaves is cancelled once it has
       run ``disconnect_watch_after`` seconds, so its queries stop.
+    - ``metrics``: ``True`` serves the database's metrics, in prometheus_client's default
+      registry, at ``metrics_path``; a ``CollectorRegistry`` serves that registry with
+      them in it. Off by default: the route tells whoever reaches the app its load.
     - At startup, a streaming (generator) endpoint that depends on ``SessionDep`` is
       refused: its session would be committed before the first byte of its body.
     - A startup refused for its configuration (``ConfigurationError``: a streaming
@@ -73,7 +81,11 @@ def install(
         _document_problems(app)
     # Starlette puts the last middleware added outermost.
     if cancel_on_disconnect:
-        app.add_middleware(CancelOnDisconnect, watch_after=disconnect_watch_after)
+        app.add_middleware(
+            CancelOnDisconnect,
+            watch_after=disconnect_watch_after,
+            on_cancel=database.metrics.cancelled_on_disconnect,
+        )
     # Outside the disconnect watch: units of work end after a cancellation was dealt with.
     app.add_middleware(RequestScope, answer=handler.response)
     if max_body_size is not None:
@@ -85,6 +97,11 @@ def install(
         )
     refusals: list[ConfigurationError] = []
     app.add_middleware(StartupRefusal, refusals=refusals)
+    if metrics is not False:
+        from .metrics_route import metrics_router
+
+        registry = None if metrics is True else metrics
+        app.include_router(metrics_router(database, registry, path=metrics_path))
     _check_routes_at_startup(app, refusals)
 
 

@@ -158,6 +158,8 @@ class DatabaseErrorHandler:
             detail = str(error)
         if answer.retry_after and retry_after is None:
             retry_after = self.database.settings.unavailable_retry_after
+        if answer.status == 503:
+            self.database.metrics.served_unavailable(error, kind)
         logger.log(
             answer.log_level,
             "database error answered %d (%s): %s",

@@ -1,0 +1,76 @@
+"""A fault run through ``db_faults``: its 503s by cause and its one trip, in every exporter."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import UserSuite
+
+pytest_plugins = ["pytester"]
+
+FAULT_METRICS = """
+def counted(db, name, **labels):
+    for metric in db.metrics.collect():
+        if metric.name == name:
+            return sum(
+                value
+                for sample_labels, value in metric.samples
+                if all(sample_labels.get(key) == wanted for key, wanted in labels.items())
+            )
+    raise KeyError(name)
+
+async def test_a_fault_is_counted_by_cause_and_trips_the_breaker_once(client, db, db_faults):
+    before = {
+        cause: counted(db, "unavailable_responses", cause=cause)
+        for cause in ("unreachable", "breaker_open")
+    }
+    trips = counted(db, "breaker_trips", role="read")
+    async with db_faults.unreachable():
+        statuses = [(await client.get("/notes")).status_code for _ in range(4)]
+        assert counted(db, "breaker_open", role="read") == 1
+    assert statuses == [503] * 4
+    assert counted(db, "unavailable_responses", cause="unreachable") - before["unreachable"] == 1
+    assert counted(db, "unavailable_responses", cause="breaker_open") - before["breaker_open"] == 3
+    assert counted(db, "breaker_trips", role="read") - trips == 1
+    assert counted(db, "breaker_open", role="read") == 0
+
+async def test_a_scrape_and_an_otel_reader_show_the_fault(client, db, db_faults):
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from fastapi_asyncdb.otel import instrument
+    from fastapi_asyncdb.prometheus import register
+
+    registry, reader = CollectorRegistry(), InMemoryMetricReader()
+    register(db, registry)
+    instrument(db, MeterProvider(metric_readers=[reader]))
+    before = counted(db, "unavailable_responses", cause="breaker_open")
+    async with db_faults.unreachable():
+        for _ in range(3):
+            assert (await client.get("/notes")).status_code == 503
+    expected = counted(db, "unavailable_responses", cause="breaker_open")
+    assert expected - before == 2
+    scraped = {
+        (sample.name, sample.labels.get("cause")): sample.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+    }
+    assert scraped["fastapi_asyncdb_unavailable_responses_total", "breaker_open"] == expected
+    points = {
+        (metric.name, point.attributes.get("fastapi_asyncdb.cause")): point.value
+        for resource in reader.get_metrics_data().resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        for point in metric.data.data_points
+        if metric.name == "fastapi_asyncdb.unavailable_responses"
+    }
+    assert points["fastapi_asyncdb.unavailable_responses", "breaker_open"] == expected
+"""
+
+
+@pytest.mark.backends("postgresql", "mysql")
+def test_a_fault_run_shows_in_the_metrics(user_suite: UserSuite) -> None:
+    user_suite.pytester.makepyfile(test_fault_metrics=FAULT_METRICS)
+    user_suite.run().assert_outcomes(passed=2)
