@@ -134,6 +134,11 @@ class DatabaseSettings(BaseSettings):
         description="At shutdown, how long units of work in flight get to end before they are "
         "cancelled and rolled back; 0 cancels them at once.",
     )
+    slow_statement_threshold: Seconds | None = Field(
+        default=None,
+        description="Log each statement that takes at least this long (WARNING, logger "
+        "fastapi_asyncdb.statements), without its values; None: no such log.",
+    )
     echo: bool = False
     echo_pool: bool = False
     hide_parameters: bool = Field(
