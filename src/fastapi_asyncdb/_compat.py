@@ -218,7 +218,8 @@ def execution_listeners(connection: Connection) -> Iterator[tuple[str, Any]]:
     """Every (event name, listener) on the connection's execution events: its own, its
     engine's and those set on the ``Engine`` class."""
     dispatch: Any = connection.dispatch
-    for name in dispatch._event_names:
+    names: list[str] = connection.engine.dispatch._event_names  # a joined dispatch has none
+    for name in names:
         for listener in getattr(dispatch, name):
             yield name, listener
 
