@@ -218,7 +218,8 @@ def execution_listeners(connection: Connection) -> Iterator[tuple[str, Any]]:
     """Every (event name, listener) on the connection's execution events: its own, its
     engine's and those set on the ``Engine`` class."""
     dispatch: Any = connection.dispatch
-    names: list[str] = connection.engine.dispatch._event_names  # a joined dispatch has none
+    engine_dispatch: Any = connection.engine.dispatch
+    names: list[str] = engine_dispatch._event_names  # a joined dispatch has none
     for name in names:
         for listener in getattr(dispatch, name):
             yield name, listener
