@@ -29,6 +29,7 @@ from .problems import (
     http_exception_handler,
     validation_exception_handler,
 )
+from .request_id import RequestId
 from .request_scope import RequestScope
 
 __all__ = ["install"]
@@ -46,6 +47,7 @@ def install(
     max_body_size: int | None = DEFAULT_MAX_BODY_SIZE,
     cancel_on_disconnect: bool = True,
     disconnect_watch_after: float = 0.5,
+    request_id: bool = True,
 ) -> None:
     """Wire ``database`` into ``app``: dependencies, error answers, health routes, middleware.
 
@@ -57,6 +59,8 @@ def install(
     - ``max_body_size``: larger request bodies are answered 413 (None: no limit).
     - ``cancel_on_disconnect``: a request whose client leaves is cancelled once it has
       run ``disconnect_watch_after`` seconds, so its queries stop.
+    - ``request_id``: each request gets an id (its ``X-Request-ID`` header, or a new
+      one) that slow-statement log lines carry and the response sends back.
     - At startup, a streaming (generator) endpoint that depends on ``SessionDep`` is
       refused: its session would be committed before the first byte of its body.
     """
@@ -75,6 +79,9 @@ def install(
     app.add_middleware(RequestScope, answer=handler.response)
     if max_body_size is not None:
         app.add_middleware(BodyLimit, max_body_size=max_body_size)
+    if request_id:
+        # Outermost: every statement of the request, and its error answers, see the id.
+        app.add_middleware(RequestId)
     if health_prefix is not None:
         app.include_router(
             health_router(database, retry_after=database.settings.unavailable_retry_after),
