@@ -17,7 +17,7 @@ SQLAlchemy runs every statement: slower, never wrong.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar, cast
 
 from sqlalchemy.engine import Connection, CursorResult, RootTransaction
@@ -214,15 +214,24 @@ def has_execution_listeners(connection: Connection) -> bool:
     return bool(connection._has_events or connection.engine._has_events)
 
 
-def execution_listeners(connection: Connection) -> Iterator[tuple[str, Any]]:
-    """Every (event name, listener) on the connection's execution events: its own, its
-    engine's and those set on the ``Engine`` class."""
-    dispatch: Any = connection.dispatch
-    engine_dispatch: Any = connection.engine.dispatch
-    names: list[str] = engine_dispatch._event_names  # a joined dispatch has none
-    for name in names:
-        for listener in getattr(dispatch, name):
-            yield name, listener
+# The execution events a statement run on the driver does not fire (``begin``,
+# ``commit`` and the others still fire: the fast path goes through them as ``execute``).
+_STATEMENT_EVENTS = (
+    "before_execute",
+    "before_cursor_execute",
+    "after_cursor_execute",
+    "after_execute",
+)
+
+
+def execution_listeners(connection: Connection) -> list[Any] | None:
+    """Every listener on the engine's events of a statement's execution (those set on
+    the ``Engine`` class included), which a statement run on the driver bypasses;
+    None when the connection has listeners of its own."""
+    if connection._has_events:
+        return None
+    dispatch: Any = connection.engine.dispatch
+    return [listener for name in _STATEMENT_EVENTS for listener in getattr(dispatch, name)]
 
 
 def may_learn_from(connection: Connection, *, listeners_known: bool = False) -> bool:

@@ -31,8 +31,9 @@ converts values (``Enum``, ``JSON``, ``Numeric(asdecimal=False)``, a ``TypeDecor
 ...), expanding ``IN`` parameters, values given by ``.params()``, any execution option
 on the statement, or on the connection or its engine (``schema_translate_map``,
 ``yield_per``, ...; only ``isolation_level`` is checked at its source instead),
-logging, or a listener to any of the connection's execution events (a listener may
-rewrite statements; tracing instrumentation sees every one).
+logging, or a listener to the events of a statement's execution (a listener may
+rewrite statements), but for those whose work the fast path does itself: OpenTelemetry's
+SQLAlchemy instrumentation and the slow-statement log (``statements``).
 
 Every private SQLAlchemy name used here lives in ``_compat``; without them (another
 SQLAlchemy version), every run goes through SQLAlchemy.

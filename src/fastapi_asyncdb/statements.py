@@ -52,18 +52,15 @@ T = TypeVar("T")
 logger = logging.getLogger("fastapi_asyncdb.statements")
 
 _INSTRUMENTATION = "opentelemetry.instrumentation.sqlalchemy.engine"
-# The instrumentation's listeners, by event: what it does there the fast path does.
-_INSTRUMENTATION_LISTENERS = {
-    "before_cursor_execute": "EngineTracer._before_cur_exec",
-    "after_cursor_execute": "_after_cur_exec",
-}
+# The instrumentation's statement listeners: what they do the fast path does.
+_INSTRUMENTATION_LISTENERS = frozenset({"EngineTracer._before_cur_exec", "_after_cur_exec"})
 _STARTED = "_fastapi_asyncdb_started"
 
 
 class Watch:
     """One engine's observation: the role, the slow threshold, the span attributes."""
 
-    __slots__ = ("attributes", "namespace", "role", "system", "threshold")
+    __slots__ = ("attributes", "listeners", "namespace", "role", "system", "threshold", "verdict")
 
     def __init__(self, engine: Engine, *, role: str | None, threshold: float | None) -> None:
         self.role = role
@@ -71,13 +68,19 @@ class Watch:
         url = engine.url
         self.system = "postgresql" if "postgres" in engine.dialect.name else engine.dialect.name
         self.namespace = url.database
-        attributes: dict[str, str | int] = {"db.system.name": self.system, "db.system": self.system}
+        # The conventions' required and recommended attributes, no more: the SDK checks
+        # each one at each span.
+        attributes: dict[str, str | int] = {"db.system.name": self.system}
         if url.database:
             attributes["db.namespace"] = url.database
         if url.host:
             attributes["server.address"] = url.host
-            attributes["server.port"] = url.port or _DEFAULT_PORTS.get(self.system, 0)
+            if url.port is not None and url.port != _DEFAULT_PORTS.get(self.system):
+                attributes["server.port"] = url.port
         self.attributes = attributes
+        # The engine's execution listeners when last read, and the verdict on them.
+        self.listeners: list[Any] = []
+        self.verdict: bool | None = False
 
     def span_name(self, operation: str) -> str:
         return f"{operation} {self.namespace}" if self.namespace else operation
@@ -103,15 +106,16 @@ def _watch_of(engine: Engine) -> Watch:
     return watch
 
 
-def _is_known(name: str, listener: Any) -> bool | None:
+def _is_known(listener: Any) -> bool | None:
     """True for the instrumentation's listener, False for the library's own, None for
     any other (or the instrumentation's with its commenter, which rewrites the SQL)."""
     if listener is _started or listener is _finished:
         return False
     function = getattr(listener, "__func__", listener)
-    if getattr(function, "__module__", None) != _INSTRUMENTATION or getattr(
-        function, "__qualname__", None
-    ) != _INSTRUMENTATION_LISTENERS.get(name):
+    if (
+        getattr(function, "__module__", None) != _INSTRUMENTATION
+        or getattr(function, "__qualname__", None) not in _INSTRUMENTATION_LISTENERS
+    ):
         return None
     tracer = getattr(listener, "__self__", None)
     if tracer is not None and getattr(tracer, "enable_commenter", True):
@@ -119,22 +123,36 @@ def _is_known(name: str, listener: Any) -> bool | None:
     return True
 
 
+def _verdict(listeners: list[Any]) -> bool | None:
+    """None if any listener is one the fast path cannot stand in for; else whether the
+    instrumentation is among them."""
+    traced = False
+    for listener in listeners:
+        known = _is_known(listener)
+        if known is None:
+            return None
+        traced = traced or known
+    return traced and trace is not None
+
+
 def driver_watch(connection: Connection) -> tuple[bool, Watch | None, bool]:
     """Whether the fast path may run a statement on ``connection`` in spite of its
     execution listeners; what observes it there; whether it is traced.
 
-    Called only when the connection may have listeners. Every listener is checked at
-    each statement: one added at any time sends the statement back to SQLAlchemy.
+    Called only when the connection may have listeners. The listeners are read at each
+    statement (one added at any time sends the statement back to SQLAlchemy); the
+    verdict on them is kept while they stay the same objects.
     """
-    traced = False
-    for name, listener in _compat.execution_listeners(connection):
-        known = _is_known(name, listener)
-        if known is None:
-            return False, None, False
-        traced = traced or known
-    if trace is None:
-        traced = False
+    listeners = _compat.execution_listeners(connection)
+    if listeners is None:
+        return False, None, False
     watch = _watch_of(connection.engine)
+    if watch.listeners != listeners:
+        watch.listeners = listeners
+        watch.verdict = _verdict(listeners)
+    traced = watch.verdict
+    if traced is None:
+        return False, None, False
     if not traced and watch.threshold is None:
         return True, None, False
     return True, watch, traced

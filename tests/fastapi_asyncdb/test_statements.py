@@ -109,10 +109,9 @@ async def test_fast_path_spans_follow_the_database_conventions(database: Databas
     assert span.attributes is not None
     assert dict(span.attributes) == {
         "db.system.name": "postgresql",
-        "db.system": "postgresql",
         "db.namespace": url.database,
         "server.address": url.host,
-        "server.port": url.port or 5432,
+        **({} if url.port in (None, 5432) else {"server.port": url.port}),
         "db.query.text": NOTE_BY_ID.statement.compile(dialect=database.engine.dialect).string,
         "db.operation.name": "SELECT",
     }
