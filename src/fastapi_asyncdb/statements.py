@@ -60,7 +60,16 @@ _STARTED = "_fastapi_asyncdb_started"
 class Watch:
     """One engine's observation: the role, the slow threshold, the span attributes."""
 
-    __slots__ = ("attributes", "listeners", "namespace", "role", "system", "threshold", "verdict")
+    __slots__ = (
+        "attributes",
+        "listeners",
+        "namespace",
+        "role",
+        "spans",
+        "system",
+        "threshold",
+        "verdict",
+    )
 
     def __init__(self, engine: Engine, *, role: str | None, threshold: float | None) -> None:
         self.role = role
@@ -81,12 +90,25 @@ class Watch:
         # The engine's execution listeners when last read, and the verdict on them.
         self.listeners: list[Any] = []
         self.verdict: bool | None = False
+        self.spans: dict[str, tuple[str, dict[str, str | int]]] = {}
 
-    def span_name(self, operation: str) -> str:
-        return f"{operation} {self.namespace}" if self.namespace else operation
+    def span_of(self, sql: str) -> tuple[str, dict[str, str | int]]:
+        """The span's name and attributes for a statement, made once per statement (the
+        fast path runs the few statements built once at import; the SDK copies them)."""
+        made = self.spans.get(sql)
+        if made is None:
+            operation = _operation(sql)
+            name = f"{operation} {self.namespace}" if self.namespace else operation
+            attributes = {**self.attributes, "db.query.text": sql, "db.operation.name": operation}
+            if len(self.spans) >= _MAX_SPANS_KEPT:
+                self.spans.clear()
+            made = self.spans[sql] = (name, attributes)
+        return made
 
 
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
+# Statements whose span name and attributes a watch keeps; beyond, it starts again.
+_MAX_SPANS_KEPT = 1000
 _watches: WeakKeyDictionary[Engine, Watch] = WeakKeyDictionary()
 
 
@@ -168,16 +190,8 @@ async def observed(
     """``await run(*arguments)``, the driver running ``sql``, with its span and timing."""
     span = None
     if traced:
-        operation = _operation(sql)
-        span = _tracer.start_span(
-            watch.span_name(operation),
-            kind=SpanKind.CLIENT,
-            attributes={
-                **watch.attributes,
-                "db.query.text": sql,
-                "db.operation.name": operation,
-            },
-        )
+        name, attributes = watch.span_of(sql)
+        span = _tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
     started = time.perf_counter()
     try:
         result = await run(*arguments)

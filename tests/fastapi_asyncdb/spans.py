@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
@@ -34,7 +35,7 @@ def statement_spans() -> list[ReadableSpan]:
 
 
 @contextmanager
-def instrumented(database: Database) -> Iterator[None]:
+def instrumented(database: Database, **options: Any) -> Iterator[None]:
     """The SQLAlchemy instrumentation on the database's engines, as an app puts it,
     with the spans exported so far cleared."""
     instrumentor = SQLAlchemyInstrumentor()
@@ -43,6 +44,7 @@ def instrumented(database: Database) -> Iterator[None]:
         engines=[database.engine.sync_engine, database.read_engine.sync_engine],
         tracer_provider=_provider,
         skip_dep_check=True,
+        **options,
     )
     _exporter.clear()
     try:

@@ -215,12 +215,17 @@ async def test_a_slow_statement_is_logged_once_with_its_role_and_request_id(
 ) -> None:
     token = current_request_id.set("req-42")
     try:
-        with caplog.at_level(logging.WARNING, logger="fastapi_asyncdb.statements"):
+        with (
+            caplog.at_level(logging.WARNING, logger="fastapi_asyncdb.statements"),
+            sqlalchemy_runs() as runs,
+        ):
             async with database.read_connection() as connection:
                 for _ in range(3):
                     await NOTE_BY_ID.one(connection, {"id": 1})
     finally:
         current_request_id.reset(token)
+    # The log's own listeners keep the fast path: SQLAlchemy ran the first read only.
+    assert runs.of(NOTE_BY_ID.statement) == (1 if _fast(database) else 3)
     records = [r for r in caplog.records if r.name == "fastapi_asyncdb.statements"]
     sql = NOTE_BY_ID.statement.compile(dialect=database.engine.dialect).string
     assert len(records) == 3
@@ -243,3 +248,20 @@ async def test_statements_under_the_threshold_are_not_logged(
                 for _ in range(3):
                     await connection.execute(select(1))
     assert [r for r in caplog.records if r.name == "fastapi_asyncdb.statements"] == []
+
+
+@pytest.mark.backends("postgresql")
+async def test_the_instrumentation_with_its_sql_commenter_sends_statements_to_sqlalchemy(
+    database: Database,
+) -> None:
+    # The commenter rewrites the SQL in its listener: only SQLAlchemy can run that.
+    with instrumented(database, enable_commenter=True), sqlalchemy_runs() as runs:
+        async with database.read_connection() as connection:
+            for _ in range(3):
+                await NOTE_BY_ID.one(connection, {"id": 1})
+        spans = statement_spans()
+    assert runs.of(NOTE_BY_ID.statement) == 3
+    assert len(spans) == 3
+    assert {s.instrumentation_scope.name for s in spans if s.instrumentation_scope} == {
+        "opentelemetry.instrumentation.sqlalchemy"
+    }
