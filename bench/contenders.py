@@ -6,7 +6,8 @@
 | recipe | apps/recipe_app.py | hand-written SQLAlchemy, the usual recipe: the floor |
 | default | apps/default_app.py | fastapi-asyncdb the default way (ORM, sessions) |
 | fast | apps/fast_app.py | fastapi-asyncdb the fast way (``Prepared``, ``run_statement``) |
-| traced | apps/traced_app.py | the fast way with every statement traced |
+| traced | apps/traced_app.py | the fast way, traced by OpenTelemetry's SQLAlchemy instrumentation |
+| asyncpg_traced | apps/asyncpg_traced_app.py | asyncpg, traced by its OTel instrumentation |
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Contender:
 
 def _pool_env(name: str, pool: int) -> dict[str, str]:
     size = str(pool)
-    if name == "asyncpg":
+    if name in ("asyncpg", "asyncpg_traced"):
         return {"POOL": size}
     if name == "recipe":
         return {"POOL": size, "POOL_OVERFLOW": "0"}
@@ -55,7 +56,9 @@ def _pool_env(name: str, pool: int) -> dict[str, str]:
 
 _APPS: Final = {
     name: (f"bench.apps.{name}_app:app", PORT_BASE + offset)
-    for offset, name in enumerate(("asyncpg", "recipe", "default", "fast", "traced"))
+    for offset, name in enumerate(
+        ("asyncpg", "recipe", "default", "fast", "traced", "asyncpg_traced")
+    )
 }
 # Those that run fastapi-asyncdb (and read its DB_ settings).
 LIBRARY_CONTENDERS: Final = ("default", "fast", "traced")

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Dialect, Engine, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from . import redaction
+from . import pool_noise, redaction, statements
 from .backends import Backend
 from .connection_health import ConnectionHealth
 from .errors import (
@@ -124,6 +124,12 @@ def create_engine(
     if settings.hide_parameters:
         redaction.install_parameter_redaction(sync_engine)
     _install_error_translation(sync_engine, settings, backend, read_only=read_only)
+    statements.watch_engine(
+        sync_engine,
+        role="read" if read_only else "primary",
+        slow_threshold=settings.slow_statement_threshold,
+    )
+    pool_noise.install(sync_engine.pool)
     return engine, health
 
 

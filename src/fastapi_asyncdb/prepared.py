@@ -31,8 +31,9 @@ converts values (``Enum``, ``JSON``, ``Numeric(asdecimal=False)``, a ``TypeDecor
 ...), expanding ``IN`` parameters, values given by ``.params()``, any execution option
 on the statement, or on the connection or its engine (``schema_translate_map``,
 ``yield_per``, ...; only ``isolation_level`` is checked at its source instead),
-logging, or a listener to any of the connection's execution events (a listener may
-rewrite statements; tracing instrumentation sees every one).
+logging, or a listener to the events of a statement's execution (a listener may
+rewrite statements), but for those whose work the fast path does itself: OpenTelemetry's
+SQLAlchemy instrumentation and the slow-statement log (``statements``).
 
 Every private SQLAlchemy name used here lives in ``_compat``; without them (another
 SQLAlchemy version), every run goes through SQLAlchemy.
@@ -50,7 +51,7 @@ from sqlalchemy.exc import MultipleResultsFound, NoResultFound
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from . import _compat
+from . import _compat, statements
 
 __all__ = ["Prepared", "run_statement"]
 
@@ -225,11 +226,23 @@ class Prepared(Generic[*_Ts]):
         if plan is None:
             return None
         arguments = plan.arguments(parameters)
-        if arguments is None or not _compat.may_read_on_driver(sync):
+        if arguments is None:
+            return None
+        watch, traced, known = None, False, False
+        if _compat.has_execution_listeners(sync):  # tracing, or the slow-statement log
+            known, watch, traced = statements.driver_watch(sync)
+            if not known:
+                return None
+        if not _compat.may_read_on_driver(sync, listeners_known=known):
             return None
         _compat.begin_implicitly(sync)
         try:
-            records = await _compat.driver_fetch(sync, plan.sql, arguments)
+            if watch is None:
+                records = await _compat.driver_fetch(sync, plan.sql, arguments)
+            else:
+                records = await statements.observed(
+                    watch, traced, plan.sql, _compat.driver_fetch, sync, plan.sql, arguments
+                )
         except BaseException as error:
             await _compat.run_in_greenlet(
                 _compat.raise_as_sqlalchemy_would,
@@ -253,10 +266,10 @@ class Prepared(Generic[*_Ts]):
             and sync is not None
             and sync.dialect not in self._plans
             and (parameters is None or isinstance(parameters, Mapping))  # not a list
-            and _compat.may_learn_from(sync)
+            and _may_learn_from(sync)
         )
         result = await connection.execute(self._statement, parameters)
-        if learn and sync is not None and _compat.may_learn_from(sync):
+        if learn and sync is not None and _may_learn_from(sync):
             self._plans[sync.dialect] = self._plan(sync, result, parameters)
         return result
 
@@ -276,6 +289,13 @@ class Prepared(Generic[*_Ts]):
         if plan is None or not _sent_as_planned(plan, result, [parameters]):
             return None
         return plan
+
+
+def _may_learn_from(connection: Connection) -> bool:
+    """``_compat.may_learn_from``, with the listeners whose work the fast path does
+    (tracing, the slow-statement log) accepted."""
+    known = _compat.has_execution_listeners(connection) and statements.driver_watch(connection)[0]
+    return _compat.may_learn_from(connection, listeners_known=known)
 
 
 WriteParameters = Parameters | Sequence[Parameters] | None
@@ -314,17 +334,22 @@ async def run_statement(
     by_dialect = _write_plans.get(statement)
     plans = None if by_dialect is None or shape is None else by_dialect.get(sync.dialect)
     plan = None if plans is None or shape is None else plans.get(shape)
-    if plan is not None and _compat.may_write_on_driver(sync):
+    if plan is not None:
+        watch, traced, known = None, False, False
+        if _compat.has_execution_listeners(sync):
+            known, watch, traced = statements.driver_watch(sync)
         arguments = [plan.arguments(row) for row in rows]
-        if None not in arguments:
-            await _write_on_driver(sync, statement, plan, rows, arguments)
+        if (
+            (known or not _compat.has_execution_listeners(sync))
+            and _compat.may_write_on_driver(sync, listeners_known=known)
+            and None not in arguments
+        ):
+            await _write_on_driver(sync, statement, plan, rows, arguments, watch, traced)
             return
-    learn = (
-        shape is not None and (plans is None or shape not in plans) and _compat.may_learn_from(sync)
-    )
+    learn = shape is not None and (plans is None or shape not in plans) and _may_learn_from(sync)
     async with connection.begin():
         result = await connection.execute(statement, parameters)
-    if learn and shape is not None and _compat.may_learn_from(sync):
+    if learn and shape is not None and _may_learn_from(sync):
         by_dialect = _write_plans.setdefault(statement, WeakKeyDictionary())
         by_dialect.setdefault(sync.dialect, {})[shape] = _write_plan(statement, sync, rows, result)
 
@@ -335,13 +360,19 @@ async def _write_on_driver(
     plan: _Plan,
     rows: Sequence[Parameters],
     arguments: list[Any],  # a list of arguments per row
+    watch: statements.Watch | None,
+    traced: bool,
 ) -> None:
     transaction = _compat.begin_without_io(connection)
     try:
-        if len(arguments) > 1:
-            await _compat.driver_executemany(connection, plan.sql, arguments)
+        run: Any = _compat.driver_executemany if len(arguments) > 1 else _compat.driver_fetch
+        run_arguments = arguments if len(arguments) > 1 else arguments[0]
+        if watch is None:
+            await run(connection, plan.sql, run_arguments)
         else:
-            await _compat.driver_fetch(connection, plan.sql, arguments[0])
+            await statements.observed(
+                watch, traced, plan.sql, run, connection, plan.sql, run_arguments
+            )
     except BaseException as error:
         compiled = _compile_write(statement, connection.dialect, rows)
         await _compat.run_in_greenlet(

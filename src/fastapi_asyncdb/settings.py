@@ -146,6 +146,11 @@ class DatabaseSettings(BaseSettings):
         description="Count units of work, waits and failures for the metrics; the pool "
         "gauges, read at scrape time, work either way.",
     )
+    slow_statement_threshold: Seconds | None = Field(
+        default=None,
+        description="Log each statement that takes at least this long (WARNING, logger "
+        "fastapi_asyncdb.statements), without its values; None: no such log.",
+    )
     echo: bool = False
     echo_pool: bool = False
     hide_parameters: bool = Field(

@@ -127,6 +127,9 @@ def _safely(render: Callable[[BaseException], str], item: BaseException) -> str:
         return f"<{type(error).__name__} rendering {type(item).__name__}>"
 
 
+_EXTRA_FIELDS = ("db_statement", "db_role", "db_duration_s", "request_id")
+
+
 class _EvidenceHandler(logging.Handler):
     def __init__(self, evidence: Evidence) -> None:
         super().__init__(logging.DEBUG)
@@ -136,6 +139,10 @@ class _EvidenceHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.evidence.add(f"log {record.name}", self.format(record))
+        # The fields a structured formatter would write out (slow statements' extra=).
+        extra = {name: getattr(record, name) for name in _EXTRA_FIELDS if hasattr(record, name)}
+        if extra:
+            self.evidence.add(f"log {record.name} extra", repr(extra))
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from .problems import (
     http_exception_handler,
     validation_exception_handler,
 )
+from .request_id import RequestId
 from .request_scope import RequestScope
 from .startup import StartupRefusal, noting_refusals
 
@@ -52,6 +53,7 @@ def install(
     disconnect_watch_after: float = 0.5,
     metrics: bool | CollectorRegistry = False,
     metrics_path: str = "/metrics",
+    request_id: bool = True,
 ) -> None:
     """Wire ``database`` into ``app``: dependencies, error answers, health routes, middleware.
 
@@ -66,6 +68,8 @@ def install(
     - ``metrics``: ``True`` serves the database's metrics, in prometheus_client's default
       registry, at ``metrics_path``; a ``CollectorRegistry`` serves that registry with
       them in it. Off by default: the route tells whoever reaches the app its load.
+    - ``request_id``: each request gets an id (its ``X-Request-ID`` header, or a new
+      one) that slow-statement log lines carry and the response sends back.
     - At startup, a streaming (generator) endpoint that depends on ``SessionDep`` is
       refused: its session would be committed before the first byte of its body.
     - A startup refused for its configuration (``ConfigurationError``: a streaming
@@ -90,6 +94,9 @@ def install(
     app.add_middleware(RequestScope, answer=handler.response)
     if max_body_size is not None:
         app.add_middleware(BodyLimit, max_body_size=max_body_size)
+    if request_id:
+        # Outermost: every statement of the request, and its error answers, see the id.
+        app.add_middleware(RequestId)
     if health_prefix is not None:
         app.include_router(
             health_router(database, retry_after=database.settings.unavailable_retry_after),
