@@ -40,6 +40,7 @@ SQLAlchemy version), every run goes through SQLAlchemy.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Generic, NoReturn, TypeVarTuple, cast
 from weakref import WeakKeyDictionary
@@ -52,11 +53,27 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from . import _compat
 
-__all__ = ["Prepared", "run_statement"]
+__all__ = ["Prepared", "keep_fast_path_off", "run_statement"]
+
+logger = logging.getLogger(__name__)
 
 _Ts = TypeVarTuple("_Ts")
 Parameters = Mapping[str, Any]
 _REQUIRED = object()
+
+
+# Dialects (one per engine) whose statements all go through SQLAlchemy, and why.
+_kept_off: WeakKeyDictionary[Dialect, str] = WeakKeyDictionary()
+_reasons_logged: set[str] = set()
+
+
+def keep_fast_path_off(dialect: Dialect, reason: str) -> None:
+    """Make ``Prepared`` and ``run_statement`` leave every statement of this dialect's
+    engine to SQLAlchemy; the reason is logged once per process."""
+    _kept_off[dialect] = reason
+    if reason not in _reasons_logged:
+        _reasons_logged.add(reason)
+        logger.info("%s", reason)
 
 
 class _Plan:
@@ -265,7 +282,11 @@ class Prepared(Generic[*_Ts]):
     ) -> _Plan | None:
         """A plan when asyncpg alone returns exactly what SQLAlchemy returned in ``result``."""
         dialect = connection.dialect
-        if not _compat.fast_path_supported(connection) or not _compat.cacheable(self._statement):
+        if (
+            dialect in _kept_off
+            or not _compat.fast_path_supported(connection)
+            or not _compat.cacheable(self._statement)
+        ):
             return None
         make_rows = _compat.row_maker(result)
         if make_rows is None:
@@ -383,6 +404,7 @@ def _write_plan(
     """A plan when asyncpg alone sends exactly what SQLAlchemy sent for ``result``."""
     if (
         statement.get_execution_options()
+        or connection.dialect in _kept_off
         or not _compat.fast_path_supported(connection)
         or not _compat.cacheable(statement)
     ):

@@ -69,7 +69,8 @@ class Role:
         # Only read connections stay warm: they carry no transaction between units of
         # work. (A NullPool makes a connection per checkout anyway.)
         self.connections: ConnectionSource
-        if read_only and settings.pool_class != "NullPool":
+        # Only autocommit ones: a read in a transaction leaves it for the pool to end.
+        if read_only and backend.autocommit_reads and settings.pool_class != "NullPool":
             self.connections = WarmConnections(
                 self.engine, health=health, keep=settings.effective_read_pool_size
             )
