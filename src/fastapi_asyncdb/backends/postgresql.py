@@ -243,6 +243,14 @@ class PostgreSQL(Backend):
         self, connection: AsyncConnection, name: str, *, wait: float
     ) -> bool:
         # A session-level advisory lock: held across Alembic's own transactions.
+        if self.settings.pgbouncer == "transaction":
+            # Each transaction may meet another server session: the lock would be taken
+            # in one and the migration run in others, unguarded.
+            raise ConfigurationError(
+                "migrations need one server session for their lock, which PgBouncer's "
+                "transaction pooling does not give: migrate on a direct connection "
+                "(DATABASE_URL to the server, DB_PGBOUNCER=off) or a session-mode pool"
+            )
         return await poll_migration_lock(
             connection,
             text("SELECT pg_try_advisory_lock(CAST(:key AS BIGINT))"),

@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from fastapi_asyncdb import Database
 from fastapi_asyncdb.errors import (
+    ConfigurationError,
     DatabaseUnavailableError,
     ErrorKind,
     ReadOnlySessionError,
@@ -282,3 +283,12 @@ async def test_a_pgbouncer_restart_fails_units_briefly_then_they_recover(
             await asyncio.sleep(0.05)
     assert outcomes[-3:] == ["ok"] * 3
     assert set(outcomes) <= {"ok", ErrorKind.UNAVAILABLE.name}
+
+
+async def test_migrations_are_refused_through_transaction_pooling(
+    pgbouncer_transaction: PgBouncer, pgbouncer_database: str
+) -> None:
+    database = _database(pgbouncer_transaction, pgbouncer_database, "transaction")
+    async with database, database.engine.connect() as connection:
+        with pytest.raises(ConfigurationError, match="one server session"):
+            await database.backend.acquire_migration_lock(connection, "ledger", wait=0)
