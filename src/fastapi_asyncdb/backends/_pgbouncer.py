@@ -73,15 +73,31 @@ def session_limits(settings: DatabaseSettings, *, read_only: bool) -> str:
 
 
 @cache
-def connection_class(after_begin: str) -> type[Any]:
+def connection_class(after_begin: str, *, read_only: bool) -> type[Any]:
     """An asyncpg connection class whose ``BEGIN`` carries ``after_begin`` along.
 
     asyncpg's ``Transaction.start()``, which SQLAlchemy's adapter calls for every
     transaction, sends ``BEGIN`` (with its isolation level, READ ONLY...) through
     ``execute`` without arguments, that is in the simple protocol. One class per text:
     asyncpg takes a class, not an instance, and the text lives on it.
+
+    On the read engine, a ``ROLLBACK`` that meets a closed connection succeeds: the
+    read-only transaction ended with the connection, and the read's answer may already
+    be on its way to the client; the pool then discards the connection at checkout.
     """
     import asyncpg  # the driver: imported when a PgBouncer engine is made
+    from asyncpg.transaction import Transaction
+
+    class ReadTransaction(Transaction):  # type: ignore[misc]
+        __slots__ = ()
+
+        async def rollback(self) -> None:
+            try:
+                if not self._connection.is_closed():
+                    await super().rollback()
+            except (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError):
+                if not self._connection.is_closed():
+                    raise
 
     async def execute(
         self: asyncpg.Connection,
@@ -93,11 +109,20 @@ def connection_class(after_begin: str) -> type[Any]:
             query = f"{query.rstrip().rstrip(';')}; {after_begin}"
         return str(await asyncpg.Connection.execute(self, query, *args, timeout=timeout))
 
-    return type(
-        "PgBouncerTransactionConnection",
-        (asyncpg.Connection,),
-        {"execute": execute, "__doc__": "BEGIN sends the limits with it."},
-    )
+    def transaction(
+        self: asyncpg.Connection,
+        *,
+        isolation: str | None = None,
+        readonly: bool = False,
+        deferrable: bool = False,
+    ) -> Transaction:
+        self._check_open()
+        return ReadTransaction(self, isolation, readonly, deferrable)
+
+    attributes: dict[str, Any] = {"execute": execute, "__doc__": "BEGIN sends the limits."}
+    if read_only:
+        attributes["transaction"] = transaction
+    return type("PgBouncerTransactionConnection", (asyncpg.Connection,), attributes)
 
 
 async def connects_through_pooler(driver_connection: Any, *, timeout: float) -> bool:  # noqa: ASYNC109

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -126,7 +127,7 @@ class PostgreSQL(Backend):
             # help: asyncpg's Sync between Parse and Bind lets PgBouncer switch servers.
             arguments["statement_cache_size"] = 0
             arguments["connection_class"] = _pgbouncer.connection_class(
-                _pgbouncer.begin_limits(settings, read_only=read_only)
+                _pgbouncer.begin_limits(settings, read_only=read_only), read_only=read_only
             )
         if settings.pgbouncer != "off":
             return arguments  # the limits are set after login (install_connection_setup)
@@ -143,6 +144,17 @@ class PostgreSQL(Backend):
 
     def install_connection_setup(self, engine: Engine, *, read_only: bool) -> None:
         settings = self.settings
+        if settings.pgbouncer != "off":
+
+            @event.listens_for(engine, "checkout")
+            def _closed_by_pooler(
+                dbapi_connection: Any, _record: ConnectionPoolEntry, _proxy: Any
+            ) -> None:
+                # PgBouncer closes clients (restart, client_idle_timeout, a failed
+                # server); the pool then makes a new connection instead of a 503.
+                if dbapi_connection.driver_connection.is_closed():
+                    raise DisconnectionError("closed by the pooler")
+
         if settings.pgbouncer == "session":
             commands = _pgbouncer.session_limits(settings, read_only=read_only)
 

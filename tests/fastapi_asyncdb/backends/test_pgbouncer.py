@@ -292,3 +292,22 @@ async def test_migrations_are_refused_through_transaction_pooling(
     async with database, database.engine.connect() as connection:
         with pytest.raises(ConfigurationError, match="one server session"):
             await database.backend.acquire_migration_lock(connection, "ledger", wait=0)
+
+
+@pytest.mark.parametrize("reader", ["session", "connection"])
+async def test_a_read_whose_connection_dies_before_its_end_keeps_its_answer(
+    start_pgbouncer: StartPgBouncer, pgbouncer_database: str, reader: str
+) -> None:
+    bouncer = start_pgbouncer(default_pool_size=2)
+    database = _database(bouncer, pgbouncer_database, "transaction", pool_size=1)
+    async with database:
+        for settle in (0.0, 0.2):  # the loop has seen the socket close, or not yet
+            opened = database.read_session() if reader == "session" else database.read_connection()
+            async with opened as reading:
+                assert (await reading.execute(text("SELECT 1"))).scalar() == 1
+                bouncer.kill()
+                await asyncio.sleep(settle)
+            bouncer.start()
+            # The dead connection is not handed out again.
+            async with database.read_session() as session:
+                assert (await session.execute(text("SELECT 2"))).scalar() == 2
