@@ -91,7 +91,6 @@ SCENARIOS: dict[str, Scenario] = {
             pgbouncer,
             ("postgresql",),
             "through PgBouncer (transaction mode), 2 workers: PgBouncer restarted, paused, killed",
-            in_short_suite=False,
         ),
     )
 }
