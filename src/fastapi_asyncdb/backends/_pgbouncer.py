@@ -105,7 +105,7 @@ def connection_class(after_begin: str, *, read_only: bool) -> type[Any]:
         *args: Any,
         timeout: float | None = None,  # noqa: ASYNC109 - asyncpg's own signature
     ) -> str:
-        if not args and query.startswith("BEGIN"):
+        if not args and after_begin and query.startswith("BEGIN"):
             query = f"{query.rstrip().rstrip(';')}; {after_begin}"
         return str(await asyncpg.Connection.execute(self, query, *args, timeout=timeout))
 
