@@ -326,7 +326,8 @@ async def _check_created_connection(
     if command_timeout != expected["command_timeout"]:
         missing.append(f"command_timeout={expected['command_timeout']} (has {command_timeout})")
     expected_class = expected.get("connection_class")
-    if expected_class is not None and not isinstance(connection, expected_class):
+    # issubclass: asyncpg's metaclass makes isinstance() true of every asyncpg connection.
+    if expected_class is not None and not issubclass(type(connection), expected_class):
         missing.append("the limits in each BEGIN (connection_class, DB_PGBOUNCER=transaction)")
     if (
         expected.get("statement_cache_size") == 0

@@ -311,3 +311,26 @@ async def test_a_read_whose_connection_dies_before_its_end_keeps_its_answer(
             # The dead connection is not handed out again.
             async with database.read_session() as session:
                 assert (await session.execute(text("SELECT 2"))).scalar() == 2
+
+
+@pytest.mark.parametrize("dropped", [None, "connection_class", "statement_cache_size"])
+async def test_an_async_creator_must_pass_the_pgbouncer_arguments_on(
+    pgbouncer_transaction: PgBouncer, pgbouncer_database: str, dropped: str | None
+) -> None:
+    import asyncpg
+
+    async def create(**arguments: Any) -> Any:
+        arguments.pop(dropped or "", None)
+        return await asyncpg.connect(**arguments)
+
+    database = _database(pgbouncer_transaction, pgbouncer_database, "transaction")
+    database.configure(async_creator=create)
+    async with database:
+        if dropped is None:
+            async with database.transaction() as session:
+                limit = (await session.execute(text("SHOW statement_timeout"))).scalar()
+            assert limit == f"{int(LIMIT * 1000)}ms"
+            return
+        with pytest.raises(ConfigurationError, match=f"async_creator=: .*{dropped}"):
+            async with database.transaction() as session:
+                await session.execute(text("SELECT 1"))
