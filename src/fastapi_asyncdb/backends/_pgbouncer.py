@@ -136,6 +136,8 @@ async def connects_through_pooler(driver_connection: Any, *, timeout: float) -> 
         backend_pid = await driver_connection.fetchval("SELECT pg_backend_pid()", timeout=timeout)
     except Exception as error:
         # asyncpg's named statement met another server connection: transaction pooling.
+        # Any other failure is not this check's to report: the connection's first use
+        # meets it again.
         return "prepared statement" in str(error)
     return bool(driver_connection.get_server_pid() != backend_pid)
 
