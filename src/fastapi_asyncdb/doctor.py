@@ -280,6 +280,18 @@ def _connection_budget(database: Database, facts: ServerFacts, workers: int) -> 
         f"= {needed}; the server allows {facts.max_connections} - "
         f"{facts.reserved_connections} reserved = {budget}"
     )
+    if settings.pgbouncer != "off":
+        # The server counts PgBouncer's server connections, not the app's.
+        return [
+            Finding(
+                "ok",
+                "connections",
+                f"{workers} worker(s) x {per_process} connections = {needed} client "
+                f"connections to PgBouncer (DB_PGBOUNCER={settings.pgbouncer})",
+                "they must fit PgBouncer's max_client_conn, and its server pools the "
+                f"server's {facts.max_connections} - {facts.reserved_connections} reserved",
+            )
+        ]
     if needed > budget:
         return [
             Finding(

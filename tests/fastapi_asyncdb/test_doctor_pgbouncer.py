@@ -73,3 +73,19 @@ async def test_the_setting_without_a_pooler_is_a_warning(
     (pooler,) = by_check(findings, "pooler")
     assert pooler.level == "warning"
     assert "no pooler" in pooler.message
+
+
+async def test_the_budget_through_pgbouncer_is_the_pooler_s_not_the_server_s(
+    pgbouncer_transaction: PgBouncer, pgbouncer_database: str
+) -> None:
+    database = Database(
+        url=pgbouncer_transaction.url(pgbouncer_database),
+        pgbouncer="transaction",
+        pool_size=100,
+        max_overflow=100,
+    )
+    findings = await examine(database, workers=8)
+    (budget,) = by_check(findings, "connections")
+    assert budget.level == "ok"
+    assert "8 worker(s) x 401 connections = 3208 client connections to PgBouncer" in budget.message
+    assert "max_client_conn" in budget.advice
