@@ -217,3 +217,23 @@ def test_nested_secret_connect_args_are_hidden_and_reach_the_driver() -> None:
         "app.auth_token": SECRET,
         "search_path": "x",
     }
+
+
+def test_pgbouncer_mode_is_read_from_the_environment_and_refused_off_postgresql(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://app@pgbouncer.internal:6432/app")
+    monkeypatch.setenv("DB_PGBOUNCER", "transaction")
+    assert DatabaseSettings().pgbouncer == "transaction"
+    with pytest.raises(ConfigurationError, match=r"DB_PGBOUNCER .* applies to PostgreSQL only"):
+        DatabaseSettings(url="sqlite+aiosqlite:///./data/app.db")
+    with pytest.raises(ConfigurationError, match=r"DB_PGBOUNCER \(pgbouncer\)"):
+        DatabaseSettings(pgbouncer="statement")
+
+
+def test_pgbouncer_transaction_mode_owns_the_statement_cache_and_connection_class() -> None:
+    url = "postgresql+asyncpg://app@pgbouncer.internal:6432/app"
+    with pytest.raises(ConfigurationError, match="statement_cache_size is set by"):
+        Database(url=url, pgbouncer="transaction", connect_args={"statement_cache_size": 10})
+    # Off, the argument is the user's to give.
+    Database(url=url, connect_args={"statement_cache_size": 10})
