@@ -109,5 +109,8 @@ async def test_a_pgbouncer_restart_answers_503_then_recovers_without_hanging(
             for answer in await asyncio.gather(client.get("/read"), client.post("/write")):
                 statuses.append(answer.status_code)
             assert time.monotonic() - started < REQUEST_BOUND
+        ready = await client.get("/health/ready")
     assert statuses[-4:] == [200] * 4
     assert set(statuses) <= {200, 503}
+    assert ready.status_code == 200
+    assert ready.json()["reachable"] is True
