@@ -134,7 +134,7 @@ def _fast_path_status(connection: Connection, database: Database) -> Finding:
         return Finding(
             "ok", "fast path", f"not available on {backend.name}: SQLAlchemy runs every statement"
         )
-    off = backend.fast_path_off_reason()
+    off = backend.write_fast_path_off_reason()
     if off is not None:
         return Finding("ok", "fast path", off)
     if not _compat.fast_path_supported(connection):

@@ -16,7 +16,7 @@ from .backends import Backend
 from .connection_health import ConnectionHealth
 from .errors import ConfigurationError, DatabaseUnavailableError, ErrorKind, ReadOnlySessionError
 from .managed import NewConnections, PasswordProviderError, merged_connect_args
-from .prepared import keep_fast_path_off
+from .prepared import keep_write_fast_path_off
 from .settings import DatabaseSettings
 from .tls import tls_request, url_without_tls
 
@@ -98,9 +98,9 @@ def create_engine(
         **options,
     )
     sync_engine = engine.sync_engine
-    fast_path_off = backend.fast_path_off_reason()
+    fast_path_off = backend.write_fast_path_off_reason()
     if fast_path_off is not None:
-        keep_fast_path_off(sync_engine.dialect, fast_path_off)
+        keep_write_fast_path_off(sync_engine.dialect, fast_path_off)
     health = health_rules(settings, backend, sync_engine.dialect)
     health.install(sync_engine)
     backend.install_connection_setup(sync_engine, read_only=read_only)

@@ -9,7 +9,9 @@ may meet another server connection: only ``SET LOCAL`` inside a transaction hold
 so the limits ride in ``BEGIN``'s own message (the simple protocol runs several
 commands in one message: no round trip added), and a named prepared statement may
 be missing on the next server connection, so asyncpg keeps none (its unnamed
-statement is parsed again with each execution, in the same message).
+statement is parsed again with each execution, in the same message). Reads run in
+read-only transactions, where the limits reach them too; ``run_statement``'s fast
+path, which writes outside any transaction, is off.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TRANSACTION_MODE_FAST_PATH = (
-    "the fast path is off (DB_PGBOUNCER=transaction): it runs statements outside a "
-    "transaction, where PgBouncer's transaction pooling leaves no SET LOCAL to bound them; "
-    "Prepared and run_statement go through SQLAlchemy"
+    "run_statement's fast path is off (DB_PGBOUNCER=transaction): it runs a write outside "
+    "a transaction, where PgBouncer's transaction pooling leaves no SET LOCAL to bound it; "
+    "SQLAlchemy runs it between BEGIN and COMMIT (Prepared reads keep theirs, inside the "
+    "read-only transaction)"
 )
 
 
@@ -57,11 +60,12 @@ def _limits(settings: DatabaseSettings) -> list[tuple[str, int]]:
     ]
 
 
-def begin_limits(settings: DatabaseSettings, *, read_only: bool) -> str:
-    """What follows ``BEGIN`` in its message in transaction mode: read-only, then limits."""
-    commands = ["SET TRANSACTION READ ONLY"] if read_only else []
-    commands += [f"SET LOCAL {name} = {value}" for name, value in _limits(settings)]
-    return "; ".join(commands)
+def begin_limits(settings: DatabaseSettings) -> str:
+    """What follows ``BEGIN`` in its message in transaction mode: the limits.
+
+    (The read engine's ``BEGIN`` says ``READ ONLY`` itself: its adapter is read-only.)
+    """
+    return "; ".join(f"SET LOCAL {name} = {value}" for name, value in _limits(settings))
 
 
 def session_limits(settings: DatabaseSettings, *, read_only: bool) -> str:

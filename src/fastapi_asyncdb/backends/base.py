@@ -113,9 +113,9 @@ class Backend:
         """
         return True
 
-    def fast_path_off_reason(self) -> str | None:
-        """Why ``Prepared`` and ``run_statement`` must leave every statement to
-        SQLAlchemy with these settings, or None when the fast path may run."""
+    def write_fast_path_off_reason(self) -> str | None:
+        """Why ``run_statement`` must leave every write to SQLAlchemy with these
+        settings, or None when its fast path may run."""
         return None
 
     def connect_failure_hint(self, reason: str) -> str:

@@ -106,7 +106,7 @@ class PostgreSQL(Backend):
         # Transaction pooling: an autocommit read has no transaction for SET LOCAL.
         return self.settings.pgbouncer != "transaction"
 
-    def fast_path_off_reason(self) -> str | None:
+    def write_fast_path_off_reason(self) -> str | None:
         if self.settings.pgbouncer == "transaction":
             return _pgbouncer.TRANSACTION_MODE_FAST_PATH
         return None
@@ -127,7 +127,7 @@ class PostgreSQL(Backend):
             # help: asyncpg's Sync between Parse and Bind lets PgBouncer switch servers.
             arguments["statement_cache_size"] = 0
             arguments["connection_class"] = _pgbouncer.connection_class(
-                _pgbouncer.begin_limits(settings, read_only=read_only), read_only=read_only
+                _pgbouncer.begin_limits(settings), read_only=read_only
             )
         if settings.pgbouncer != "off":
             return arguments  # the limits are set after login (install_connection_setup)
@@ -154,6 +154,14 @@ class PostgreSQL(Backend):
                 # server); the pool then makes a new connection instead of a 503.
                 if dbapi_connection.driver_connection.is_closed():
                     raise DisconnectionError("closed by the pooler")
+
+        if settings.pgbouncer == "transaction" and read_only:
+
+            @event.listens_for(engine, "connect")
+            def _read_only(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+                # Every transaction of the read engine begins READ ONLY (the adapter's
+                # own mode, which the fast path recognises as a read-only path).
+                dbapi_connection.readonly = True
 
         if settings.pgbouncer == "session":
             commands = _pgbouncer.session_limits(settings, read_only=read_only)

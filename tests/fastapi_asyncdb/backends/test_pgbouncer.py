@@ -15,7 +15,18 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, Table, bindparam, insert, select, text, update
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    Table,
+    bindparam,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import DBAPIError
 
 from fastapi_asyncdb import Database
@@ -27,6 +38,7 @@ from fastapi_asyncdb.errors import (
 )
 from fastapi_asyncdb.prepared import Prepared
 from fastapi_asyncdb.retry import Retry
+from tests.fastapi_asyncdb.prepared_runs import sqlalchemy_runs
 from tests.servers.pgbouncer import PgBouncer
 
 pytestmark = [pytest.mark.usefixtures("clean_environment")]
@@ -334,3 +346,33 @@ async def test_an_async_creator_must_pass_the_pgbouncer_arguments_on(
         with pytest.raises(ConfigurationError, match=f"async_creator=: .*{dropped}"):
             async with database.transaction() as session:
                 await session.execute(text("SELECT 1"))
+
+
+async def test_prepared_reads_run_on_the_driver_inside_the_limits_of_their_transaction(
+    through: tuple[Database, Table, PgBouncer],
+) -> None:
+    database, table, _ = through
+    await database.run_statement(insert(table), [{"id": 1, "value": 7}])
+    by_id = Prepared(select(table.c.value).where(table.c.id == bindparam("id")))
+    slow = Prepared(select(func.pg_sleep(bindparam("seconds"))))
+    bump = update(table).values(value=table.c.value + 1)
+    with sqlalchemy_runs() as runs:
+        for _ in range(4):
+            async with database.read_connection() as connection:
+                assert await by_id.scalar(connection, {"id": 1}) == 7
+        for _ in range(3):
+            async with database.read_connection() as connection:
+                await slow.all(connection, {"seconds": 0})
+        for _ in range(3):
+            await database.run_statement(bump)
+        started = time.monotonic()
+        with pytest.raises(DBAPIError) as cancelled:
+            async with database.read_connection() as connection:
+                await slow.all(connection, {"seconds": SLEEP})
+    # The first run of each statement teaches the fast path.
+    assert runs.of(by_id.statement) == 1
+    assert runs.of(slow.statement) == 1
+    # Writes keep to SQLAlchemy in transaction mode: no BEGIN on the driver's path.
+    assert runs.of(bump) == (3 if database.settings.pgbouncer == "transaction" else 1)
+    assert database.classify(cancelled.value) is ErrorKind.TIMEOUT
+    assert time.monotonic() - started < SLEEP / 2
