@@ -11,13 +11,14 @@ import asyncio
 import logging
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from .admission import Breaker, Gate
 from .backends import Backend
 from .connections import ConnectionSource, PooledConnections, WarmConnections
 from .engine import create_engine
-from .errors import NestedUnitOfWorkError
+from .errors import DatabaseError, DatabaseUnavailableError, ErrorKind, NestedUnitOfWorkError
 from .probe import Probe
 from .settings import DatabaseSettings
 
@@ -41,6 +42,8 @@ class Role:
     ) -> None:
         self.name = name
         self.read_only = read_only
+        self.backend = backend
+        self.settings = settings
         self.breaker = Breaker(probe.connect, retry_after=settings.unavailable_retry_after)
         self.engine, health = create_engine(
             settings, backend, read_only=read_only, on_connect_failure=self.breaker.trip
@@ -80,6 +83,20 @@ class Role:
         self.held: dict[asyncio.Task[Any], _Held] = {}
         # Set while Database.isolated() runs every unit on one connection.
         self.isolated = False
+
+    def lost_in_setup(self, error: BaseException) -> DatabaseUnavailableError | None:
+        """The driver's own error, raised unwrapped by SQLAlchemy's setup of a new
+        connection (its connect events), as the unavailable database it means; None
+        for anything else."""
+        if isinstance(error, SQLAlchemyError | DatabaseError) or not isinstance(error, Exception):
+            return None
+        if self.backend.classify(error) is not ErrorKind.UNAVAILABLE:
+            return None
+        return DatabaseUnavailableError(
+            f"a new connection was lost while being set up ({type(error).__name__})",
+            retry_after=self.settings.unavailable_retry_after,
+            detail="the database cannot be reached",
+        )
 
     def connection(self) -> AdmittedConnection:
         """Admission, then a connection; both given back on exit."""
@@ -169,8 +186,11 @@ class AdmittedConnection:
         await role.gate.enter()
         try:
             connection = await role.connections.take()
-        except BaseException:
+        except BaseException as error:
             role.gate.leave()
+            lost = role.lost_in_setup(error)
+            if lost is not None:
+                raise lost from error
             raise
         self._held = held = _Held(connection, task)
         if task is not None:

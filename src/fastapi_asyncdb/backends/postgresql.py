@@ -254,6 +254,12 @@ class PostgreSQL(Backend):
     def classify_driver_error(self, error: BaseException) -> ErrorKind | None:
         sqlstate = getattr(error, "sqlstate", None)
         if not isinstance(sqlstate, str):
+            # asyncpg's own words for a connection closed under it (no SQLSTATE):
+            # PgBouncer dropped the client, or the server went away.
+            if type(error).__module__.startswith("asyncpg") and "connection is closed" in str(
+                error
+            ):
+                return ErrorKind.UNAVAILABLE
             return None
         if sqlstate.startswith("08"):  # connection_exception
             return ErrorKind.UNAVAILABLE

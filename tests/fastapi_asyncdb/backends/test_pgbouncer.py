@@ -376,3 +376,41 @@ async def test_prepared_reads_run_on_the_driver_inside_the_limits_of_their_trans
     assert runs.of(bump) == (3 if database.settings.pgbouncer == "transaction" else 1)
     assert database.classify(cancelled.value) is ErrorKind.TIMEOUT
     assert time.monotonic() - started < SLEEP / 2
+
+
+async def test_a_connection_lost_while_being_set_up_is_an_unavailable_database(
+    start_pgbouncer: StartPgBouncer, pgbouncer_database: str
+) -> None:
+    """PgBouncer lets the login through, then drops the client while it waits for a
+    server: in SQLAlchemy's setup of the new connection (its type codecs' queries, whose
+    errors SQLAlchemy raises unwrapped) or at the first statement."""
+    import asyncpg
+
+    bouncer = start_pgbouncer(default_pool_size=1, query_wait_timeout=LIMIT)
+    holder = await asyncpg.connect(bouncer.dsn(pgbouncer_database), statement_cache_size=0)
+    database = _database(bouncer, pgbouncer_database, "transaction")
+    try:
+        async with database:
+            async with database.read_session() as session:  # the dialect learns the server
+                await session.execute(text("SELECT 1"))
+            await database.read_engine.dispose()  # the next read needs a new connection
+            async with holder.transaction():  # the only server connection, held
+                with pytest.raises((DBAPIError, DatabaseUnavailableError)) as lost:
+                    async with database.read_session() as session:
+                        await session.execute(text("SELECT 1"))
+    finally:
+        await holder.close()
+    assert database.classify(lost.value) is ErrorKind.UNAVAILABLE
+
+
+async def test_the_driver_s_closed_connection_error_is_an_unavailable_database(
+    pgbouncer_transaction: PgBouncer, pgbouncer_database: str
+) -> None:
+    import asyncpg
+
+    client = await asyncpg.connect(pgbouncer_transaction.dsn(pgbouncer_database))
+    await client.close()
+    with pytest.raises(asyncpg.InterfaceError) as closed:
+        await client.set_type_codec("json", encoder=str, decoder=str, schema="pg_catalog")
+    database = _database(pgbouncer_transaction, pgbouncer_database, "transaction")
+    assert database.classify(closed.value) is ErrorKind.UNAVAILABLE
