@@ -132,7 +132,8 @@ async def pgbouncer(db: str, options: Options) -> ScenarioResult:
                     f"peak server connections {sampler.peak_connections} > PgBouncer's "
                     f"{SERVER_CONNECTIONS}"
                 )
-            await harness.check(settings.deadline_s)
+            # PgBouncer failing is the database unavailable: a 503, never a 500.
+            await harness.check(settings.deadline_s, strict_500=True)
             return harness.result
     finally:
         bouncer.remove()
