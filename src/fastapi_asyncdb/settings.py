@@ -211,6 +211,11 @@ class DatabaseSettings(BaseSettings):
         url = self.sqlalchemy_url
         if self.pgbouncer != "off" and url.get_backend_name() != "postgresql":
             raise ValueError("DB_PGBOUNCER (pgbouncer) applies to PostgreSQL only")
+        if self.pgbouncer != "off" and self.connect_args.get("server_settings"):
+            raise ValueError(
+                "connect_args=: PgBouncer refuses server_settings at login, or drops them "
+                "unapplied (DB_PGBOUNCER); set them on the role or database (ALTER ROLE ... SET)"
+            )
         if self.password is not None and (url.password is not None or "password" in url.query):
             raise ValueError("password=: DATABASE_URL carries a password too; give it in one place")
         return self

@@ -237,3 +237,11 @@ def test_pgbouncer_transaction_mode_owns_the_statement_cache_and_connection_clas
         Database(url=url, pgbouncer="transaction", connect_args={"statement_cache_size": 10})
     # Off, the argument is the user's to give.
     Database(url=url, connect_args={"statement_cache_size": 10})
+
+
+def test_server_settings_are_refused_through_pgbouncer() -> None:
+    url = "postgresql+asyncpg://app@pgbouncer.internal:6432/app"
+    extra = {"server_settings": {"search_path": "app"}}
+    with pytest.raises(ConfigurationError, match="PgBouncer refuses server_settings"):
+        DatabaseSettings(url=url, pgbouncer="session", connect_args=extra)
+    DatabaseSettings(url=url, connect_args=extra)
