@@ -103,6 +103,7 @@ def fast_path_supported(connection: Connection) -> bool:
                 "_execute_mutex",
                 "_prepare",
                 "_check_type_cache_invalidation",
+                "_start_transaction",
                 "_handle_exception",
                 "_transaction",
                 "isolation_level",
@@ -266,12 +267,14 @@ def may_read_on_driver(connection: Connection, *, listeners_known: bool = False)
     if options and not _NEUTRAL_OPTIONS.issuperset(options):
         return False
     adapter: Any = fairy.dbapi_connection
-    # In a transaction the adapter would send BEGIN with the statement. A read with
+    # Autocommit: the statement is all there is. Read-only (the read engine behind
+    # PgBouncer's transaction pooling): ``driver_fetch`` begins the adapter's
+    # transaction first, as its cursor would, and nothing in it can write. A read with
     # parameters or without reaches the dialect's do_execute (do_execute_no_params
     # needs an execution option, and there is none).
     return (
         adapter is not None
-        and adapter.isolation_level == "autocommit"
+        and (adapter.isolation_level == "autocommit" or adapter.readonly)
         and not connection.dialect.dispatch.do_execute
     )
 
@@ -362,6 +365,10 @@ async def driver_fetch(connection: Connection, sql: str, arguments: Sequence[Any
     adapter = fairy.dbapi_connection
     dialect: Any = connection.dialect
     async with adapter._execute_mutex:
+        # A read-only adapter's read begins its transaction, as the adapter's cursor
+        # would (writes run on the driver only where nothing begins one).
+        if adapter.readonly and adapter._transaction is None:
+            await adapter._start_transaction()
         try:
             prepared, _attributes = await adapter._prepare(
                 sql, dialect._invalidate_schema_cache_asof

@@ -23,6 +23,7 @@ from .errors import (
 )
 from .managed import NewConnections, PasswordProviderError, merged_connect_args
 from .metrics import RoleMetrics
+from .prepared import keep_write_fast_path_off
 from .settings import DatabaseSettings
 from .tls import tls_request, url_without_tls
 
@@ -92,10 +93,10 @@ def create_engine(
         options.update(
             pool_size=pool_size, max_overflow=max_overflow, pool_timeout=settings.pool_timeout
         )
-        if read_only:
+        if read_only and backend.autocommit_reads:
             # An autocommit connection has no transaction to roll back when returned.
             options["pool_reset_on_return"] = None
-    if read_only:
+    if read_only and backend.autocommit_reads:
         # No BEGIN/ROLLBACK round trips: each statement is its own snapshot.
         options["isolation_level"] = "AUTOCOMMIT"
         # Ending the autobegun transaction of an autocommit connection would still send
@@ -109,6 +110,9 @@ def create_engine(
         **options,
     )
     sync_engine = engine.sync_engine
+    fast_path_off = backend.write_fast_path_off_reason()
+    if fast_path_off is not None:
+        keep_write_fast_path_off(sync_engine.dialect, fast_path_off)
     health = health_rules(settings, backend, sync_engine.dialect, metrics)
     health.install(sync_engine)
     if metrics is not None:
@@ -162,7 +166,7 @@ def _install_connect_guard(
         except Exception as error:
             redaction.redact_connect_error(error, cparams)
             failure = DatabaseUnavailableError(
-                connect_failure_reason(error, settings, cparams),
+                connect_failure_reason(error, settings, cparams, backend),
                 retry_after=settings.unavailable_retry_after,
                 # Hosts, users and the driver's words are for the logs, not for clients.
                 detail="the database cannot be reached",
@@ -177,7 +181,10 @@ def _install_connect_guard(
 
 
 def connect_failure_reason(
-    error: BaseException, settings: DatabaseSettings, arguments: Mapping[str, Any]
+    error: BaseException,
+    settings: DatabaseSettings,
+    arguments: Mapping[str, Any],
+    backend: Backend | None = None,
 ) -> str:
     """``cannot connect to the database at host:port as user: why``, for people.
 
@@ -191,7 +198,10 @@ def connect_failure_reason(
         where += f" as {arguments['user']}"
     if settings.async_creator is not None:
         where += " (async_creator)"
-    return f"cannot connect to the database{where}: {_why(error, settings)}"
+    why = _why(error, settings)
+    if backend is not None:
+        why += backend.connect_failure_hint(why)
+    return f"cannot connect to the database{where}: {why}"
 
 
 def _why(error: BaseException, settings: DatabaseSettings) -> str:

@@ -4,15 +4,16 @@ Through ``AsyncConnection.execute``, SQLAlchemy spends two to three times asyncp
 CPU on each statement (a greenlet, the execution context, the result), so an endpoint
 of twenty small reads runs at a third of the speed of the same endpoint on asyncpg.
 ``Prepared`` takes a statement built once with SQLAlchemy, and on an autocommit
-asyncpg connection (the read connection) hands the compiled SQL and the ordered
-parameters straight to the asyncpg adapter's prepared statement, as SQLAlchemy's own
-cursor would: under the adapter's lock, so that concurrent calls on one connection
-take turns as ``execute``'s do, and after the connection's autobegin, so that it is
-left as ``execute`` leaves it. The rows are made by the maker SQLAlchemy used for the
-same statement, so they are keyed by name, by ``Column`` and by label as ``Result``
-rows are; errors go through SQLAlchemy's own error handling with a real execution
-context: the same exception classes and messages, the engine's ``handle_error``
-hooks, invalidation of a lost connection.
+asyncpg connection (the read connection; behind PgBouncer's transaction pooling, a
+read-only one, whose transaction it begins as the cursor would) hands the compiled SQL
+and the ordered parameters straight to the asyncpg adapter's prepared statement, as
+SQLAlchemy's own cursor would: under the adapter's lock, so that concurrent calls on
+one connection take turns as ``execute``'s do, and after the connection's autobegin,
+so that it is left as ``execute`` leaves it. The rows are made by the maker SQLAlchemy
+used for the same statement, so they are keyed by name, by ``Column`` and by label as
+``Result`` rows are; errors go through SQLAlchemy's own error handling with a real
+execution context: the same exception classes and messages, the engine's
+``handle_error`` hooks, invalidation of a lost connection.
 
 ``run_statement`` does the same for one write (an ``insert``, ``update`` or
 ``delete``, or an ``executemany`` of one) that is a transaction of its own: asyncpg
@@ -26,7 +27,8 @@ engine goes through SQLAlchemy, and the fast path is learnt from it: the SQL and
 driver arguments SQLAlchemy produced must be exactly those the fast path would send,
 or the statement stays with SQLAlchemy. After that, SQLAlchemy runs the statement
 whenever the driver alone would not give what ``connection.execute`` gives: another
-driver, a transaction (whose ``BEGIN`` SQLAlchemy's adapter sends lazily), a type that
+driver, a transaction that may write (whose ``BEGIN`` SQLAlchemy's adapter sends
+lazily), a type that
 converts values (``Enum``, ``JSON``, ``Numeric(asdecimal=False)``, a ``TypeDecorator``,
 ...), expanding ``IN`` parameters, values given by ``.params()``, any execution option
 on the statement, or on the connection or its engine (``schema_translate_map``,
@@ -41,6 +43,7 @@ SQLAlchemy version), every run goes through SQLAlchemy.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Generic, NoReturn, TypeVarTuple, cast
 from weakref import WeakKeyDictionary
@@ -53,11 +56,27 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from . import _compat, statements
 
-__all__ = ["Prepared", "run_statement"]
+__all__ = ["Prepared", "keep_write_fast_path_off", "run_statement"]
+
+logger = logging.getLogger(__name__)
 
 _Ts = TypeVarTuple("_Ts")
 Parameters = Mapping[str, Any]
 _REQUIRED = object()
+
+
+# Dialects (one per engine) whose writes all go through SQLAlchemy, and why.
+_kept_off: WeakKeyDictionary[Dialect, str] = WeakKeyDictionary()
+_reasons_logged: set[str] = set()
+
+
+def keep_write_fast_path_off(dialect: Dialect, reason: str) -> None:
+    """Make ``run_statement`` leave every write of this dialect's engine to SQLAlchemy;
+    the reason is logged once per process."""
+    _kept_off[dialect] = reason
+    if reason not in _reasons_logged:
+        _reasons_logged.add(reason)
+        logger.info("%s", reason)
 
 
 class _Plan:
@@ -414,6 +433,7 @@ def _write_plan(
     """A plan when asyncpg alone sends exactly what SQLAlchemy sent for ``result``."""
     if (
         statement.get_execution_options()
+        or connection.dialect in _kept_off
         or not _compat.fast_path_supported(connection)
         or not _compat.cacheable(statement)
     ):

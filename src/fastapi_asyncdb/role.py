@@ -12,13 +12,14 @@ import logging
 from time import perf_counter
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from .admission import Breaker, Gate
 from .backends import Backend
 from .connections import ConnectionSource, PooledConnections, WarmConnections
 from .engine import create_engine
-from .errors import NestedUnitOfWorkError
+from .errors import DatabaseError, DatabaseUnavailableError, ErrorKind, NestedUnitOfWorkError
 from .metrics import RoleMetrics
 from .probe import Probe
 from .settings import DatabaseSettings
@@ -44,6 +45,8 @@ class Role:
     ) -> None:
         self.name = name
         self.read_only = read_only
+        self.backend = backend
+        self.settings = settings
         self.metrics = metrics
         # Read units are timed by AdmittedConnection; write units by their own code.
         self.read_metrics = metrics if read_only else None
@@ -85,7 +88,8 @@ class Role:
         # Only read connections stay warm: they carry no transaction between units of
         # work. (A NullPool makes a connection per checkout anyway.)
         self.connections: ConnectionSource
-        if read_only and settings.pool_class != "NullPool":
+        # Only autocommit ones: a read in a transaction leaves it for the pool to end.
+        if read_only and backend.autocommit_reads and settings.pool_class != "NullPool":
             self.connections = WarmConnections(
                 self.engine, health=health, keep=settings.effective_read_pool_size
             )
@@ -95,6 +99,20 @@ class Role:
         self.held: dict[asyncio.Task[Any], _Held] = {}
         # Set while Database.isolated() runs every unit on one connection.
         self.isolated = False
+
+    def lost_in_setup(self, error: BaseException) -> DatabaseUnavailableError | None:
+        """The driver's own error, raised unwrapped by SQLAlchemy's setup of a new
+        connection (its connect events), as the unavailable database it means; None
+        for anything else."""
+        if isinstance(error, SQLAlchemyError | DatabaseError) or not isinstance(error, Exception):
+            return None
+        if self.backend.classify(error) is not ErrorKind.UNAVAILABLE:
+            return None
+        return DatabaseUnavailableError(
+            f"a new connection was lost while being set up ({type(error).__name__})",
+            retry_after=self.settings.unavailable_retry_after,
+            detail="the database cannot be reached",
+        )
 
     def connection(self) -> AdmittedConnection:
         """Admission, then a connection; both given back on exit."""
@@ -186,8 +204,11 @@ class AdmittedConnection:
         await role.gate.enter()
         try:
             connection = await role.connections.take()
-        except BaseException:
+        except BaseException as error:
             role.gate.leave()
+            lost = role.lost_in_setup(error)
+            if lost is not None:
+                raise lost from error
             raise
         self._held = held = _Held(connection, task)
         if task is not None:
