@@ -17,12 +17,16 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from fastapi_asyncdb import Database
 
-__all__ = ["exported_spans", "instrumented", "statement_spans"]
+__all__ = ["clear_spans", "exported_spans", "instrumented", "statement_spans"]
 
 _exporter = InMemorySpanExporter()
 _provider = TracerProvider()
 _provider.add_span_processor(SimpleSpanProcessor(_exporter))
 trace.set_tracer_provider(_provider)
+
+
+def clear_spans() -> None:
+    _exporter.clear()
 
 
 def exported_spans() -> list[ReadableSpan]:
