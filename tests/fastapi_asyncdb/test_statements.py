@@ -19,7 +19,7 @@ from fastapi_asyncdb.prepared import run_statement
 from fastapi_asyncdb.request_id import current_request_id
 
 from .prepared_runs import sqlalchemy_runs
-from .spans import clear_spans, instrumented, statement_spans
+from .spans import instrumented, recording, statement_spans
 
 pytestmark = [
     pytest.mark.usefixtures("clean_environment"),
@@ -168,11 +168,11 @@ async def test_another_listener_sends_statements_back_to_sqlalchemy(database: Da
 async def test_without_the_instrumentation_nothing_is_traced_and_the_fast_path_runs(
     database: Database,
 ) -> None:
-    with sqlalchemy_runs() as runs:
+    with recording(), sqlalchemy_runs() as runs:
         async with database.read_connection() as connection:
             for _ in range(3):
                 await NOTE_BY_ID.one(connection, {"id": 1})
-    assert statement_spans() == []
+        assert statement_spans() == []
     assert runs.of(NOTE_BY_ID.statement) == (1 if _fast(database) else 3)
 
 
@@ -277,12 +277,11 @@ async def test_the_instrumentation_switched_on_globally_traces_engines_made_afte
     instrumentor.instrument(skip_dep_check=True)
     try:
         async with Database(url=database_url) as traced:
-            clear_spans()  # the engines' first connections
-            with sqlalchemy_runs() as runs:
+            with recording(), sqlalchemy_runs() as runs:
                 async with traced.read_connection() as connection:
                     for _ in range(3):
                         await NOTE_BY_ID.one(connection, {"id": 1})
-            spans = statement_spans()
+                spans = statement_spans()
     finally:
         instrumentor.uninstrument()
     assert runs.of(NOTE_BY_ID.statement) == 1
