@@ -8,6 +8,7 @@
 | fast | apps/fast_app.py | fastapi-asyncdb the fast way (``Prepared``, ``run_statement``) |
 | traced | apps/traced_app.py | the fast way, traced by OpenTelemetry's SQLAlchemy instrumentation |
 | asyncpg_traced | apps/asyncpg_traced_app.py | asyncpg, traced by its OTel instrumentation |
+| traced_fallback | apps/traced_fallback_app.py | ``traced`` through SQLAlchemy (a listener) |
 """
 
 from __future__ import annotations
@@ -57,11 +58,11 @@ def _pool_env(name: str, pool: int) -> dict[str, str]:
 _APPS: Final = {
     name: (f"bench.apps.{name}_app:app", PORT_BASE + offset)
     for offset, name in enumerate(
-        ("asyncpg", "recipe", "default", "fast", "traced", "asyncpg_traced")
+        ("asyncpg", "recipe", "default", "fast", "traced", "asyncpg_traced", "traced_fallback")
     )
 }
 # Those that run fastapi-asyncdb (and read its DB_ settings).
-LIBRARY_CONTENDERS: Final = ("default", "fast", "traced")
+LIBRARY_CONTENDERS: Final = ("default", "fast", "traced", "traced_fallback")
 ALL_CONTENDERS: Final = tuple(_APPS)
 
 

@@ -3,7 +3,9 @@
 Every span is created, recorded (attributes, timing, status) and handed to a
 ``BatchSpanProcessor``, as in production; its exporter drops each batch, so what is
 measured is the cost of tracing inside the server and not of a collector.
-``BENCH_SPAN_PROCESSOR=simple`` ends each span into the exporter at once instead.
+``BENCH_SPAN_PROCESSOR=simple`` ends each span into the exporter at once instead;
+``BENCH_SPAN_PROCESSOR=none`` configures no tracer provider at all, so that every span
+is OpenTelemetry's API's non-recording one: the cost of the hooks alone.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ class DroppingExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def configure_tracing() -> TracerProvider:
+def configure_tracing() -> TracerProvider | None:
+    if os.environ.get("BENCH_SPAN_PROCESSOR") == "none":
+        return None
     provider = TracerProvider()
     exporter = DroppingExporter()
     simple = os.environ.get("BENCH_SPAN_PROCESSOR") == "simple"

@@ -8,7 +8,8 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Dialect, Engine, ExceptionContext
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext import asyncio as sqlalchemy_asyncio
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
 from . import pool_noise, redaction, statements
@@ -102,7 +103,9 @@ def create_engine(
         # Ending the autobegun transaction of an autocommit connection would still send
         # a ROLLBACK on some drivers (asyncmy): a round trip for nothing.
         options["skip_autocommit_rollback"] = True
-    engine = create_async_engine(
+    # Looked up at each call: an instrumentation that wraps create_async_engine
+    # (OpenTelemetry's) after this module was imported still sees the engines.
+    engine = sqlalchemy_asyncio.create_async_engine(
         url,
         echo=settings.echo,
         echo_pool=settings.echo_pool,

@@ -1,5 +1,6 @@
 """Spans as an exporter receives them: one OpenTelemetry SDK tracer provider for the test
-process (OpenTelemetry takes the global provider once), spans kept in memory, and
+process (OpenTelemetry takes the global provider once), spans kept in memory while a
+test records them, and
 SQLAlchemy's OpenTelemetry instrumentation put on a database's engines for a test.
 """
 
@@ -17,12 +18,36 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from fastapi_asyncdb import Database
 
-__all__ = ["exported_spans", "instrumented", "statement_spans"]
+__all__ = ["exported_spans", "instrumented", "recording", "statement_spans"]
+
+
+class _WhileRecording(SimpleSpanProcessor):
+    """Keeps spans only while a test records them. Once a provider is set, FastAPI
+    traces every request of every app in the process; those spans are dropped."""
+
+    active = False
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.active:
+            super().on_end(span)
+
 
 _exporter = InMemorySpanExporter()
+_processor = _WhileRecording(_exporter)
 _provider = TracerProvider()
-_provider.add_span_processor(SimpleSpanProcessor(_exporter))
+_provider.add_span_processor(_processor)
 trace.set_tracer_provider(_provider)
+
+
+@contextmanager
+def recording() -> Iterator[None]:
+    """Spans ended in the block are kept, and only those."""
+    _exporter.clear()
+    _processor.active = True
+    try:
+        yield
+    finally:
+        _processor.active = False
 
 
 def exported_spans() -> list[ReadableSpan]:
@@ -46,9 +71,8 @@ def instrumented(database: Database, **options: Any) -> Iterator[None]:
         skip_dep_check=True,
         **options,
     )
-    _exporter.clear()
     try:
-        yield
+        with recording():
+            yield
     finally:
         instrumentor.uninstrument()
-        _exporter.clear()

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, event, insert, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -18,7 +19,7 @@ from fastapi_asyncdb.prepared import run_statement
 from fastapi_asyncdb.request_id import current_request_id
 
 from .prepared_runs import sqlalchemy_runs
-from .spans import instrumented, statement_spans
+from .spans import instrumented, recording, statement_spans
 
 pytestmark = [
     pytest.mark.usefixtures("clean_environment"),
@@ -167,11 +168,11 @@ async def test_another_listener_sends_statements_back_to_sqlalchemy(database: Da
 async def test_without_the_instrumentation_nothing_is_traced_and_the_fast_path_runs(
     database: Database,
 ) -> None:
-    with sqlalchemy_runs() as runs:
+    with recording(), sqlalchemy_runs() as runs:
         async with database.read_connection() as connection:
             for _ in range(3):
                 await NOTE_BY_ID.one(connection, {"id": 1})
-    assert statement_spans() == []
+        assert statement_spans() == []
     assert runs.of(NOTE_BY_ID.statement) == (1 if _fast(database) else 3)
 
 
@@ -265,3 +266,24 @@ async def test_the_instrumentation_with_its_sql_commenter_sends_statements_to_sq
     assert {s.instrumentation_scope.name for s in spans if s.instrumentation_scope} == {
         "opentelemetry.instrumentation.sqlalchemy"
     }
+
+
+@pytest.mark.backends("postgresql")
+async def test_the_instrumentation_switched_on_globally_traces_engines_made_afterwards(
+    database: Database, database_url: str
+) -> None:
+    # As opentelemetry-instrument does, but after the library was imported.
+    instrumentor = SQLAlchemyInstrumentor()
+    instrumentor.instrument(skip_dep_check=True)
+    try:
+        async with Database(url=database_url) as traced:
+            with recording(), sqlalchemy_runs() as runs:
+                async with traced.read_connection() as connection:
+                    for _ in range(3):
+                        await NOTE_BY_ID.one(connection, {"id": 1})
+                spans = statement_spans()
+    finally:
+        instrumentor.uninstrument()
+    assert runs.of(NOTE_BY_ID.statement) == 1
+    queries = [_query(span) for span in spans]
+    assert len([query for query in queries if "FROM statements_note" in query]) == 3
