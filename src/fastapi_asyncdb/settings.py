@@ -291,6 +291,10 @@ class DatabaseSettings(BaseSettings):
                 yield name, f"<{type(value).__name__}>"
 
 
+# The only variables an aliased setting is read from, in order of precedence.
+ENVIRONMENT_NAMES = {"url": ("DATABASE_URL",), "workers": ("DB_WORKERS", "WEB_CONCURRENCY")}
+
+
 class _EnvironmentWithoutCodeOnly(EnvSettingsSource):
     """The environment, minus the code-only settings (``DB_PASSWORD`` of a compose file
     stays unread rather than becoming a password nobody asked for)."""
@@ -298,7 +302,16 @@ class _EnvironmentWithoutCodeOnly(EnvSettingsSource):
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         if field_name in CODE_ONLY:
             return None, field_name, False
-        return super().get_field_value(field, field_name)
+        names = ENVIRONMENT_NAMES.get(field_name)
+        if names is None:
+            return super().get_field_value(field, field_name)
+        # pydantic-settings would also read the bare field name (``URL``, ``WORKERS``):
+        # an unrelated variable of another program would then pick the database.
+        for name in names:
+            value = self.env_vars.get(name if self.case_sensitive else name.lower())
+            if value is not None:
+                return value, name, False
+        return None, field_name, False
 
 
 class _WithoutCodeOnly(PydanticBaseSettingsSource):

@@ -247,3 +247,24 @@ def test_the_budget_check_refuses_by_default_and_takes_only_its_three_modes(
     monkeypatch.setenv("DB_BUDGET_CHECK", "ignore")
     with pytest.raises(ConfigurationError, match="DB_BUDGET_CHECK"):
         DatabaseSettings()
+
+
+@pytest.mark.parametrize("variable", ["URL", "url", "DB_URL"])
+def test_only_database_url_picks_the_database_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "sqlite+aiosqlite:///./other-program.db")
+    assert DatabaseSettings().sqlalchemy_url.database == "./data/app.db"
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://app@db.internal/app")
+    assert DatabaseSettings().sqlalchemy_url.host == "db.internal"
+    # The keyword stays the way to give it in code.
+    assert DatabaseSettings(url="sqlite+aiosqlite:///./given.db").sqlalchemy_url.database == (
+        "./given.db"
+    )
+
+
+def test_an_unrelated_workers_variable_is_not_a_worker_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WORKERS", "7")
+    assert DatabaseSettings().workers == 1
