@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from logging.config import fileConfig
 from pathlib import Path
@@ -150,13 +150,11 @@ def _downgrade(connection: Connection, config: Config, revision: str) -> None:
 
     if not connection.in_transaction() or connection.dialect.name != "sqlite":
         connection.commit()  # Alembic begins and commits its own transactions
-    config.attributes[CONNECTION_KEY] = connection
     try:
-        command.downgrade(config, revision)
+        with _handing_over(config, connection):
+            command.downgrade(config, revision)
     except CommandError as error:
         raise MigrationError(f"alembic: {error}") from error
-    finally:
-        config.attributes.pop(CONNECTION_KEY, None)
     connection.commit()
 
 
@@ -332,16 +330,72 @@ def _upgrade(
         ) from None
     if not holds_lock_transaction:
         connection.commit()  # Alembic begins and commits its own transactions
-    config.attributes[CONNECTION_KEY] = connection
     try:
-        command.upgrade(config, revision)
+        with _handing_over(config, connection):
+            command.upgrade(config, revision)
     except CommandError as error:
         raise MigrationError(f"alembic: {error}") from error
-    finally:
-        config.attributes.pop(CONNECTION_KEY, None)
     current = _current_revisions(connection)
+    _check_reached(script, revision, current)
     connection.commit()
     return previous, current
+
+
+# What env.py gets for ``sqlalchemy.url`` while a connection is handed over: not a URL,
+# so an env.py that connects by itself fails before it migrates some other database.
+NOT_A_URL = "(fastapi-asyncdb hands over a connection: config.attributes['connection'])"
+IGNORED_CONNECTION = (
+    "the project's env.py did not use the connection fastapi-asyncdb passes to it: "
+    "make env.py `from fastapi_asyncdb.migrations import run_migrations; "
+    "run_migrations(Base.metadata)`, or configure Alembic with "
+    "`connection=config.attributes['connection']` (docs/migrations.md)"
+)
+
+
+@contextlib.contextmanager
+def _handing_over(config: Config, connection: Connection) -> Iterator[None]:
+    """Give env.py ``connection``, and no URL to connect anywhere else with."""
+    from sqlalchemy.exc import ArgumentError
+
+    section = config.config_ini_section
+    had_url = config.get_section_option(section, "sqlalchemy.url")
+    config.attributes[CONNECTION_KEY] = connection
+    config.set_section_option(section, "sqlalchemy.url", NOT_A_URL)
+    try:
+        yield
+    except ArgumentError as error:
+        if "Could not parse SQLAlchemy URL" not in str(error):
+            raise
+        raise MigrationError(
+            f"{IGNORED_CONNECTION}; it tried alembic.ini's sqlalchemy.url instead, and migrated nothing"
+        ) from None
+    finally:
+        config.attributes.pop(CONNECTION_KEY, None)
+        if had_url is None:
+            config.file_config.remove_option(section, "sqlalchemy.url")
+        else:
+            config.set_section_option(section, "sqlalchemy.url", had_url.replace("%", "%%"))
+
+
+def _check_reached(script: ScriptDirectory, revision: str, current: tuple[str, ...]) -> None:
+    """Fail unless the database is at (or past) ``revision`` once the upgrade ran.
+
+    An env.py that migrates elsewhere (its own URL, its own engine) leaves this database
+    where it was, and the upgrade would otherwise pass as "nothing to apply".
+    """
+    from alembic.script.revision import RevisionError
+    from alembic.util import CommandError
+
+    try:
+        targets = {s.revision for s in script.get_revisions(revision) if s is not None}
+        reached = {s.revision for s in script.iterate_revisions(current or "base", "base")}
+    except (CommandError, RevisionError):
+        return  # a relative target (``+1``): nothing fixed to compare with
+    if not targets <= reached:
+        raise MigrationError(
+            f"after the upgrade this database is at {names(current)}, not at "
+            f"{names(sorted(targets))}: {IGNORED_CONNECTION}"
+        )
 
 
 def _current_revisions(connection: Connection) -> tuple[str, ...]:
