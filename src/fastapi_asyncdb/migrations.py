@@ -367,7 +367,8 @@ def _handing_over(config: Config, connection: Connection) -> Iterator[None]:
         if "Could not parse SQLAlchemy URL" not in str(error):
             raise
         raise MigrationError(
-            f"{IGNORED_CONNECTION}; it tried alembic.ini's sqlalchemy.url instead, and migrated nothing"
+            f"{IGNORED_CONNECTION}; it tried alembic.ini's sqlalchemy.url instead, and "
+            "migrated nothing"
         ) from None
     finally:
         config.attributes.pop(CONNECTION_KEY, None)

@@ -289,10 +289,14 @@ def _environment(url: str) -> dict[str, str]:
 
 
 async def _alembic(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return await _run(url, "alembic", *args)
+
+
+async def _run(url: str, module: str, *args: str) -> subprocess.CompletedProcess[str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "alembic",
+        module,
         *args,
         env=_environment(url),
         stdout=asyncio.subprocess.PIPE,
@@ -336,9 +340,7 @@ with create_engine({url!r}).connect() as connection:
 async def test_an_env_py_connecting_with_the_ini_url_fails_before_migrating_elsewhere(
     url: str, project: Path, tmp_path: Path
 ) -> None:
-    elsewhere = tmp_path / "elsewhere.db"
-    project.write_text(project.read_text() + f"sqlalchemy.url = sqlite:///{elsewhere}\n")
-    (project.parent / "env.py").write_text(GENERIC_ENV)
+    elsewhere = _use_the_ini_url(project, tmp_path / "elsewhere.db")
     async with Database(url=url) as database:
         with pytest.raises(MigrationError, match=r"did not use the connection.*run_migrations"):
             await database.migrate(project)
@@ -360,18 +362,17 @@ async def test_an_env_py_migrating_another_database_fails_instead_of_nothing_to_
 async def test_the_migrate_command_exits_non_zero_when_env_py_ignores_the_connection(
     url: str, project: Path, tmp_path: Path
 ) -> None:
-    elsewhere = tmp_path / "elsewhere.db"
-    project.write_text(project.read_text() + f"sqlalchemy.url = sqlite:///{elsewhere}\n")
-    (project.parent / "env.py").write_text(GENERIC_ENV)
-    done = subprocess.run(
-        [sys.executable, "-m", "fastapi_asyncdb.cli", "migrate", "--config", str(project)],
-        env=_environment(url),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    _use_the_ini_url(project, tmp_path / "elsewhere.db")
+    done = await _run(url, "fastapi_asyncdb.cli", "migrate", "--config", str(project))
     assert done.returncode != 0
     assert "did not use the connection" in done.stderr
     assert "nothing to apply" not in done.stdout
     password = make_url(url).password
     assert not password or password not in done.stdout + done.stderr
+
+
+def _use_the_ini_url(project: Path, elsewhere: Path) -> Path:
+    """Give the project Alembic's generic env.py and an ini URL to ``elsewhere``."""
+    project.write_text(project.read_text() + f"sqlalchemy.url = sqlite:///{elsewhere}\n")
+    (project.parent / "env.py").write_text(GENERIC_ENV)
+    return elsewhere
