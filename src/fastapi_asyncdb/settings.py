@@ -46,6 +46,7 @@ DEFAULT_URL = "sqlite+aiosqlite:///./data/app.db"
 MAX_SECONDS = 2_147_483
 Seconds: TypeAlias = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
 """A duration in seconds: finite, positive, at most ``MAX_SECONDS``."""
+MAX_PORT = 65_535
 # Far more processes than one server serves; a larger value is a typo.
 MAX_WORKERS = 10_000
 SecondsOrZero: TypeAlias = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
@@ -371,11 +372,23 @@ def _check_async_url(raw: str) -> None:
             "is not a valid SQLAlchemy URL; expected e.g. postgresql+asyncpg://user@host/db "
             "(a password holding '@', ':' or '/' must be percent-encoded: %40, %3A, %2F)"
         ) from None
-    if url.host is not None and "@" in url.host:
-        # The password ended at its own '@', and the rest of it reads as the host name.
+    # No part of the URL in this message: where it was split wrongly, the pieces named
+    # host, database or query are pieces of the password. Any second '@' counts, even
+    # after a '?' (a password holding '@?' puts its rest in the query); an '@' in a
+    # query value is written %40 as well. A SQLite file name may hold '@'.
+    if url.get_backend_name() != "sqlite" and (
+        raw.partition("://")[2].count("@") > 1
+        or "@" in (url.host or "")
+        or "@" in (url.database or "")
+    ):
+        # The password ended at its own '@', and the rest of it reads as the host
+        # name, database or query: it would be printed, logged and sent to DNS.
         raise ValueError(
-            "has an '@' in its host name: a password holding '@' must be percent-encoded as %40"
+            "has an '@' where a host or database name should be: a password (or user "
+            "name) holding '@' must be percent-encoded as %40 (and '/' as %2F, ':' as %3A)"
         )
+    if url.port is not None and not 1 <= url.port <= MAX_PORT:
+        raise ValueError(f"has a port out of range: a port is from 1 to {MAX_PORT}")
 
 
 def _env_name(field: str) -> str:

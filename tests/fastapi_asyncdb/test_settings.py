@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import importlib.util
+from urllib.parse import quote, unquote
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fastapi_asyncdb import ConfigurationError, Database, DatabaseSettings
 
@@ -268,3 +271,53 @@ def test_an_unrelated_workers_variable_is_not_a_worker_count(
 ) -> None:
     monkeypatch.setenv("WORKERS", "7")
     assert DatabaseSettings().workers == 1
+
+
+# Characters a URL gives meaning to, beside some that no error message holds: a run of
+# four of them found in a message came from the password.
+PASSWORD_CHARACTERS = "0123456789JKWXYZ@/:?#%"
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=300)
+@given(password=st.text(PASSWORD_CHARACTERS, min_size=1, max_size=24))
+def test_a_raw_password_is_refused_without_a_trace_or_read_as_the_url_says(
+    password: str,
+) -> None:
+    raw = f"postgresql+asyncpg://app:{password}@db.internal:5432/app"
+    try:
+        url = DatabaseSettings(url=raw).sqlalchemy_url
+    except ConfigurationError as error:
+        message = str(error)
+        leaked = [password[i : i + 4] for i in range(len(password) - 3)]
+        assert not [piece for piece in leaked if piece in message]
+        assert "db.internal" not in message
+    else:
+        # What the URL says: percent-escapes in it are escapes.
+        assert (url.password, url.host, url.port, url.database) == (
+            unquote(password),
+            "db.internal",
+            5432,
+            "app",
+        )
+    encoded = f"postgresql+asyncpg://app:{quote(password, safe='')}@db.internal:5432/app"
+    assert DatabaseSettings(url=encoded).sqlalchemy_url.password == password
+
+
+def test_a_password_holding_at_then_slash_is_refused_naming_none_of_it() -> None:
+    raw = "postgresql+asyncpg://app:Tr0ub4dor@Horse/Battery9@127.0.0.1:5432/app"
+    with pytest.raises(ConfigurationError, match="percent-encoded as %40") as caught:
+        DatabaseSettings(url=raw)
+    for piece in ("Tr0ub4dor", "Horse", "Battery9", "127.0.0.1", "5432"):
+        assert piece not in str(caught.value)
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "99999"])
+def test_a_port_out_of_range_is_refused(port: str) -> None:
+    with pytest.raises(ConfigurationError, match="port out of range"):
+        DatabaseSettings(url=f"postgresql+asyncpg://app@db.internal:{port}/app")
+    assert DatabaseSettings(url="postgresql+asyncpg://app@db.internal:65535/app")
+
+
+def test_a_sqlite_file_name_may_hold_an_at_sign() -> None:
+    url = DatabaseSettings(url="sqlite+aiosqlite:///./data/app@2.db").sqlalchemy_url
+    assert url.database == "./data/app@2.db"
