@@ -118,6 +118,10 @@ class Backend:
     as ``server_settings.name``): ``connect_args=`` may not set them. Whatever else
     ``connect_args()`` returns is refused too, as set by the library."""
 
+    transaction_arguments: ClassVar[frozenset[str]] = frozenset()
+    """Driver arguments that take transactions out of the library's hands (autocommit):
+    refused in ``connect_args=`` and in the URL's query, whatever their value."""
+
     def __init__(self, settings: DatabaseSettings) -> None:
         self.settings = settings
 

@@ -52,6 +52,8 @@ class MySQL(Backend):
         "ssl": "DB_TLS and DB_TLS_* (or ssl_context=)",
         "password": "password= (or DATABASE_URL)",
     }
+    # asyncmy's autocommit commits each statement as it runs: a 4xx could not roll back.
+    transaction_arguments = frozenset({"autocommit"})
 
     def connect_args(self, *, read_only: bool) -> dict[str, Any]:
         arguments = {
