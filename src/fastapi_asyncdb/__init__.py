@@ -14,6 +14,7 @@ from .errors import (
     ErrorKind,
     NestedUnitOfWorkError,
     ReadOnlySessionError,
+    SharedConnectionTimeoutError,
 )
 from .fastapi import (
     ERROR_ANSWERS,
@@ -56,6 +57,7 @@ __all__ = [
     "ReadSessionDep",
     "Retry",
     "SessionDep",
+    "SharedConnectionTimeoutError",
     "get_database",
     "get_read_connection",
     "get_read_session",

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import Collection
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL
 
 __all__ = ["Forwarder"]
 
@@ -54,8 +54,8 @@ class Forwarder:
         self._server: asyncio.Server | None = None
 
     @classmethod
-    def for_url(cls, url: str) -> Forwarder:
-        parsed = make_url(url)
+    def for_url(cls, url: URL) -> Forwarder:
+        parsed = url
         if parsed.get_backend_name() == "sqlite" or parsed.host is None:
             raise ValueError("only a database reached over TCP can be forwarded")
         default_port = 5432 if parsed.get_backend_name() == "postgresql" else 3306
@@ -67,9 +67,9 @@ class Forwarder:
             raise RuntimeError("the forwarder is not started")
         return int(self._server.sockets[0].getsockname()[1])
 
-    def url_through(self, url: str) -> str:
+    def url_through(self, url: URL) -> URL:
         """``url``, going through this forwarder instead of straight to the server."""
-        return make_url(url).set(host="127.0.0.1", port=self.port).render_as_string(False)
+        return url.set(host="127.0.0.1", port=self.port)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
