@@ -144,12 +144,16 @@ def test_unparseable_url_is_refused_without_echoing_it() -> None:
 )
 def test_secrets_never_appear_in_reprs(url: str) -> None:
     settings = DatabaseSettings(url=url)
-    database = Database(settings)
+    try:
+        described = repr(Database(settings))
+    except ConfigurationError as refused:
+        # A query parameter the driver does not take (auth_token) is refused by name.
+        described = str(refused)
     for text in (
         repr(settings),
         str(settings),
         settings.masked_url,
-        repr(database),
+        described,
         str(settings.model_dump()),
         settings.model_dump_json(),
     ):
@@ -321,3 +325,31 @@ def test_a_port_out_of_range_is_refused(port: str) -> None:
 def test_a_sqlite_file_name_may_hold_an_at_sign() -> None:
     url = DatabaseSettings(url="sqlite+aiosqlite:///./data/app@2.db").sqlalchemy_url
     assert url.database == "./data/app@2.db"
+
+
+@pytest.mark.parametrize(
+    ("url", "refusal"),
+    [
+        ("postgresql+asyncpg://app@db/app?prepared_stmt_cache=0", "did you mean prepared_st"),
+        ("postgresql+asyncpg://app@db/app?statement_cache_size=0", "as a number in connect_args"),
+        ("mysql+asyncmy://app@db/app?charset=utf8mb4x", "charset=utf8mb4x"),
+        ("mysql+asyncmy://app@db/app?charst=utf8mb4", "did you mean charset"),
+    ],
+)
+def test_a_query_parameter_that_would_fail_every_connection_is_refused_at_construction(
+    url: str, refusal: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=refusal):
+        Database(url=url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+asyncpg://app@db/app?prepared_statement_cache_size=0",
+        "postgresql+asyncpg://app@/app?host=/var/run/postgresql&target_session_attrs=primary",
+        "mysql+asyncmy://app@db/app?charset=utf8mb4&unix_socket=/run/mysqld/mysqld.sock",
+    ],
+)
+def test_query_parameters_the_driver_takes_are_kept(url: str) -> None:
+    assert Database(url=url).settings.sqlalchemy_url.query

@@ -9,13 +9,20 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import text
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import URL, Connection, Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import _compat
 from ..errors import ConfigurationError, ErrorKind
 from ..tls import connect_context
-from .base import Backend, ConnectionLimits, ServerFacts, milliseconds, poll_migration_lock
+from .base import (
+    Backend,
+    ConnectionLimits,
+    ServerFacts,
+    check_query_parameters,
+    milliseconds,
+    poll_migration_lock,
+)
 
 if TYPE_CHECKING:
     from ..settings import DatabaseSettings
@@ -106,6 +113,20 @@ class PostgreSQL(Backend):
         # "-c statement_timeout=0" in options would undo any of the above.
         "server_settings.options": "the settings, one server_settings entry per parameter",
     }
+
+    def check_url(self, url: URL) -> None:
+        import asyncpg  # installed: the registry checked before constructing the backend
+
+        check_query_parameters(
+            url,
+            asyncpg.connect,
+            also=("prepared_statement_cache_size",),  # SQLAlchemy's own, made an int
+            numbers=(
+                "statement_cache_size",
+                "max_cached_statement_lifetime",
+                "max_cacheable_statement_size",
+            ),
+        )
 
     def connect_args(self, *, read_only: bool) -> dict[str, Any]:
         settings = self.settings
