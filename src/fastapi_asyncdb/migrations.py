@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import MetaData, inspect, text
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .backends import Backend
@@ -355,12 +356,12 @@ IGNORED_CONNECTION = (
 @contextlib.contextmanager
 def _handing_over(config: Config, connection: Connection) -> Iterator[None]:
     """Give env.py ``connection``, and no URL to connect anywhere else with."""
-    from sqlalchemy.exc import ArgumentError
-
     section = config.config_ini_section
     had_url = config.get_section_option(section, "sqlalchemy.url")
     config.attributes[CONNECTION_KEY] = connection
-    config.set_section_option(section, "sqlalchemy.url", NOT_A_URL)
+    if not _names_the_same_database(had_url, connection.engine.url):
+        # An ini URL naming this very database (the pytest plugin sets it) may stay.
+        config.set_section_option(section, "sqlalchemy.url", NOT_A_URL)
     try:
         yield
     except ArgumentError as error:
@@ -376,6 +377,17 @@ def _handing_over(config: Config, connection: Connection) -> Iterator[None]:
             config.file_config.remove_option(section, "sqlalchemy.url")
         else:
             config.set_section_option(section, "sqlalchemy.url", had_url.replace("%", "%%"))
+
+
+def _names_the_same_database(given: str | None, url: URL) -> bool:
+    if not given:
+        return False
+    try:
+        other = make_url(given)
+    except (ArgumentError, ValueError):
+        return False
+    where = (other.get_backend_name(), other.host, other.port, other.database)
+    return where == (url.get_backend_name(), url.host, url.port, url.database)
 
 
 def _check_reached(script: ScriptDirectory, revision: str, current: tuple[str, ...]) -> None:
