@@ -10,6 +10,8 @@ __all__ = [
     "DatabaseNotStartedError",
     "DatabaseUnavailableError",
     "ErrorKind",
+    "MigrationError",
+    "MigrationLockTimeoutError",
     "NestedUnitOfWorkError",
     "ReadOnlySessionError",
     "SharedConnectionTimeoutError",
@@ -101,3 +103,12 @@ class SharedConnectionTimeoutError(DatabaseError, RuntimeError):
     inside a request's ``SessionDep``) would wait forever; in production each has a
     connection of its own. Raised after ``pool_timeout`` instead.
     """
+
+
+class MigrationError(DatabaseError):
+    """The migrations could not run: Alembic missing, no configuration, an unknown
+    revision, or an env.py that migrated elsewhere than on the connection handed over."""
+
+
+class MigrationLockTimeoutError(MigrationError):
+    """Another process held the database's migration lock for longer than the timeout."""

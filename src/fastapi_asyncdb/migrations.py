@@ -18,19 +18,19 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from logging.config import fileConfig
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import MetaData, inspect, text
-from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .backends import Backend
-from .errors import DatabaseError
+from .errors import MigrationError, MigrationLockTimeoutError
+from .migration_handover import CONNECTION_KEY, check_reached, handing_over
 from .settings import DatabaseSettings
 
 if TYPE_CHECKING:
@@ -57,19 +57,9 @@ logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'fastapi-asyncdb[migrations]'"
 DEFAULT_LOCK_TIMEOUT = 60.0
-# The key Alembic's cookbook uses to hand a connection to env.py.
-CONNECTION_KEY = "connection"
 SETTINGS_KEY = "fastapi_asyncdb.settings"
 VERSION_TABLE = "alembic_version"
 EXIT_BEHIND = 3
-
-
-class MigrationError(DatabaseError):
-    """The migrations could not run: Alembic missing, no configuration, an unknown revision."""
-
-
-class MigrationLockTimeoutError(MigrationError):
-    """Another process held the database's migration lock for longer than the timeout."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +142,7 @@ def _downgrade(connection: Connection, config: Config, revision: str) -> None:
     if not connection.in_transaction() or connection.dialect.name != "sqlite":
         connection.commit()  # Alembic begins and commits its own transactions
     try:
-        with _handing_over(config, connection):
+        with handing_over(config, connection):
             command.downgrade(config, revision)
     except CommandError as error:
         raise MigrationError(f"alembic: {error}") from error
@@ -332,83 +322,14 @@ def _upgrade(
     if not holds_lock_transaction:
         connection.commit()  # Alembic begins and commits its own transactions
     try:
-        with _handing_over(config, connection):
+        with handing_over(config, connection):
             command.upgrade(config, revision)
     except CommandError as error:
         raise MigrationError(f"alembic: {error}") from error
     current = _current_revisions(connection)
-    _check_reached(script, revision, current)
+    check_reached(script, revision, current)
     connection.commit()
     return previous, current
-
-
-# What env.py gets for ``sqlalchemy.url`` while a connection is handed over: not a URL,
-# so an env.py that connects by itself fails before it migrates some other database.
-NOT_A_URL = "(fastapi-asyncdb hands over a connection: config.attributes['connection'])"
-IGNORED_CONNECTION = (
-    "the project's env.py did not use the connection fastapi-asyncdb passes to it: "
-    "make env.py `from fastapi_asyncdb.migrations import run_migrations; "
-    "run_migrations(Base.metadata)`, or configure Alembic with "
-    "`connection=config.attributes['connection']` (docs/migrations.md)"
-)
-
-
-@contextlib.contextmanager
-def _handing_over(config: Config, connection: Connection) -> Iterator[None]:
-    """Give env.py ``connection``, and no URL to connect anywhere else with."""
-    section = config.config_ini_section
-    had_url = config.get_section_option(section, "sqlalchemy.url")
-    config.attributes[CONNECTION_KEY] = connection
-    if not _names_the_same_database(had_url, connection.engine.url):
-        # An ini URL naming this very database (the pytest plugin sets it) may stay.
-        config.set_section_option(section, "sqlalchemy.url", NOT_A_URL)
-    try:
-        yield
-    except ArgumentError as error:
-        if "Could not parse SQLAlchemy URL" not in str(error):
-            raise
-        raise MigrationError(
-            f"{IGNORED_CONNECTION}; it tried alembic.ini's sqlalchemy.url instead, and "
-            "migrated nothing"
-        ) from None
-    finally:
-        config.attributes.pop(CONNECTION_KEY, None)
-        if had_url is None:
-            config.file_config.remove_option(section, "sqlalchemy.url")
-        else:
-            config.set_section_option(section, "sqlalchemy.url", had_url.replace("%", "%%"))
-
-
-def _names_the_same_database(given: str | None, url: URL) -> bool:
-    if not given:
-        return False
-    try:
-        other = make_url(given)
-    except (ArgumentError, ValueError):
-        return False
-    where = (other.get_backend_name(), other.host, other.port, other.database)
-    return where == (url.get_backend_name(), url.host, url.port, url.database)
-
-
-def _check_reached(script: ScriptDirectory, revision: str, current: tuple[str, ...]) -> None:
-    """Fail unless the database is at (or past) ``revision`` once the upgrade ran.
-
-    An env.py that migrates elsewhere (its own URL, its own engine) leaves this database
-    where it was, and the upgrade would otherwise pass as "nothing to apply".
-    """
-    from alembic.script.revision import RevisionError
-    from alembic.util import CommandError
-
-    try:
-        targets = {s.revision for s in script.get_revisions(revision) if s is not None}
-        reached = {s.revision for s in script.iterate_revisions(current or "base", "base")}
-    except (CommandError, RevisionError):
-        return  # a relative target (``+1``): nothing fixed to compare with
-    if not targets <= reached:
-        raise MigrationError(
-            f"after the upgrade this database is at {names(current)}, not at "
-            f"{names(sorted(targets))}: {IGNORED_CONNECTION}"
-        )
 
 
 def _current_revisions(connection: Connection) -> tuple[str, ...]:
