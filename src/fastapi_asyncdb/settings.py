@@ -29,8 +29,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
 
+from .database_url import check_url_text
 from .errors import ConfigurationError
 from .redaction import is_secret_query_key, mask_url
 from .tls import TlsMode, check_tls
@@ -46,7 +46,6 @@ DEFAULT_URL = "sqlite+aiosqlite:///./data/app.db"
 MAX_SECONDS = 2_147_483
 Seconds: TypeAlias = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
 """A duration in seconds: finite, positive, at most ``MAX_SECONDS``."""
-MAX_PORT = 65_535
 # Far more processes than one server serves; a larger value is a typo.
 MAX_WORKERS = 10_000
 SecondsOrZero: TypeAlias = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
@@ -206,7 +205,7 @@ class DatabaseSettings(BaseSettings):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: SecretStr) -> SecretStr:
-        _check_async_url(value.get_secret_value())
+        check_url_text(value.get_secret_value())
         return value
 
     @field_validator("connect_args")
@@ -360,35 +359,6 @@ def _reveal(arguments: Mapping[str, Any]) -> dict[str, Any]:
         else item
         for key, item in arguments.items()
     }
-
-
-def _check_async_url(raw: str) -> None:
-    # Whether a backend and its driver can use the URL is the backends' to judge, when
-    # the Database is constructed; here only that it is a URL at all.
-    try:
-        url = make_url(raw)
-    except (ArgumentError, ValueError):  # a port that is not a number raises ValueError
-        raise ValueError(
-            "is not a valid SQLAlchemy URL; expected e.g. postgresql+asyncpg://user@host/db "
-            "(a password holding '@', ':' or '/' must be percent-encoded: %40, %3A, %2F)"
-        ) from None
-    # No part of the URL in this message: where it was split wrongly, the pieces named
-    # host, database or query are pieces of the password. Any second '@' counts, even
-    # after a '?' (a password holding '@?' puts its rest in the query); an '@' in a
-    # query value is written %40 as well. A SQLite file name may hold '@'.
-    if url.get_backend_name() != "sqlite" and (
-        raw.partition("://")[2].count("@") > 1
-        or "@" in (url.host or "")
-        or "@" in (url.database or "")
-    ):
-        # The password ended at its own '@', and the rest of it reads as the host
-        # name, database or query: it would be printed, logged and sent to DNS.
-        raise ValueError(
-            "has an '@' where a host or database name should be: a password (or user "
-            "name) holding '@' must be percent-encoded as %40 (and '/' as %2F, ':' as %3A)"
-        )
-    if url.port is not None and not 1 <= url.port <= MAX_PORT:
-        raise ValueError(f"has a port out of range: a port is from 1 to {MAX_PORT}")
 
 
 def _env_name(field: str) -> str:
