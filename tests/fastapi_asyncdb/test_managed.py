@@ -130,7 +130,7 @@ def test_refused_connect_args_name_the_setting_to_use(
 AUTOCOMMIT_KNOBS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "mysql": [
         ("?autocommit=true", {}),
-        ("?AutoCommit=false", {}),  # a string: true to the driver
+        ("?autocommit=false", {}),  # a string: true to the driver
         ("", {"autocommit": True}),
         ("", {"AUTOCOMMIT": 1}),
     ],
