@@ -10,6 +10,9 @@ from .conftest import UserSuite
 
 pytest_plugins = ["pytester"]
 
+# The runs are subprocesses: in-process runs re-import modules, which on CPython 3.11
+# can trip "AST constructor recursion depth mismatch" in a later test's run.
+
 PASSWORD = "Pl41nSekr1t-on-the-wire"
 
 FIRST_TEST = """
@@ -44,7 +47,7 @@ def test_the_test_database_password_never_appears_in_a_long_traceback_with_local
     user_suite.base_url = _with_password(user_suite.base_url)
     user_suite.pytester.makeconftest(FAILING_SCHEMA)
     user_suite.pytester.makepyfile(test_first=FIRST_TEST)
-    result = user_suite.run("--tb=long", "--showlocals", "-rA")
+    result = user_suite.run_in_subprocess("--tb=long", "--showlocals", "-rA")
     result.assert_outcomes(errors=1)
     output = result.stdout.str() + result.stderr.str()
     assert "the schema failed on purpose" in output or "is not usable" in output
@@ -63,7 +66,7 @@ def test_a_base_database_that_does_not_exist_is_named_in_one_line(
         .render_as_string(hide_password=False)
     )
     user_suite.pytester.makepyfile(test_first=FIRST_TEST)
-    result = user_suite.run("--tb=long")
+    result = user_suite.run_in_subprocess("--tb=long")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
         ["*the test database server is not usable: *fixa_no_such_database*must exist*"]
