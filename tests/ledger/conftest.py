@@ -12,22 +12,21 @@ backends in one session, ``asyncdb_app`` and ``asyncdb_url`` are overridden here
 session fixtures parametrized by backend, and the plugin's own ``asyncdb_database``,
 ``asyncdb_running_app``, ``asyncdb_isolation``, ``client`` and ``db`` do the rest.
 
+Synchronous tests (Hypothesis's state machine, Schemathesis) use the same isolation:
+they wait on the plugin's session loop (``session_loop``) for each request.
+
 Some tests need what one rolled-back connection cannot give, and keep fixtures of their
 own on a freshly migrated schema per test (``fresh_api``, ``database``,
 ``empty_database_url``, ``blocking_ledger``):
 
 - real concurrency between transactions (test_ledger_concurrency.py, and the
-  concurrent same-key transfers): inside the isolation, units of work of concurrent
-  requests run one after another on the test's connection, so a race could not happen;
-- the bank state machine and test_ledger_concurrency's Hypothesis test: Hypothesis calls
-  them synchronously, so the app runs on an event loop of its own (``BlockingLedger``),
-  not on the session loop where the plugin's Database lives;
+  concurrent same-key transfers in test_ledger_transfers.py): inside the isolation,
+  units of work of concurrent requests run one after another on the test's
+  connection, so no race, lock wait or serialization failure could happen;
 - migrations (test_ledger_migrations.py, the startup switch in test_ledger_app.py):
   they start from an empty database, and DDL commits implicitly on MariaDB;
 - real server processes and PgBouncer (test_ledger_servers*.py,
-  test_ledger_pgbouncer.py): other processes cannot join the test's transaction;
-- the OpenAPI test: Schemathesis runs the app on its own loop, on a SQLite file of its
-  own.
+  test_ledger_pgbouncer.py): other processes cannot join the test's transaction.
 
 ``TEST_LEDGER_ISOLATION=recreate`` replaces the rollback isolation with what the suite
 did before it: tables dropped, migrated again and the app started for each test;
@@ -36,6 +35,7 @@ tests/ledger/measure.py compares the two.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -102,6 +102,13 @@ async def asyncdb_url(ledger_isolated_url: str) -> AsyncIterator[str]:
     yield ledger_isolated_url
     leaked = await ledger_rows(ledger_isolated_url)
     assert not any(leaked.values()), f"rows survived the rollback isolation: {leaked}"
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def session_loop() -> asyncio.AbstractEventLoop:
+    """The loop the plugin's Database lives on, for synchronous tests (Hypothesis) that
+    wait on it with ``run_until_complete``."""
+    return asyncio.get_running_loop()
 
 
 # The tests' own fixtures on a freshly migrated schema, for what isolation cannot give.

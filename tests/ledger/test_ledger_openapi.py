@@ -14,7 +14,6 @@ import itertools
 from typing import Any
 
 import httpx
-import pytest_asyncio
 import schemathesis
 from hypothesis import HealthCheck, settings
 
@@ -64,12 +63,6 @@ def map_case(_context: schemathesis.HookContext, case: schemathesis.Case[Any]) -
         suffix = f"-{next(_fresh_keys)}"
         case.headers[IDEMPOTENCY_KEY] = key[: 200 - len(suffix)] + suffix
     return case
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def session_loop() -> asyncio.AbstractEventLoop:
-    """The loop the plugin's Database lives on: pytest-asyncio's session loop."""
-    return asyncio.get_running_loop()
 
 
 async def _call(case: schemathesis.Case[Any], client: httpx.AsyncClient) -> httpx.Response:
