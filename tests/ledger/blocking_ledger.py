@@ -1,7 +1,9 @@
 """The ledger app driven from synchronous code, for Hypothesis, which calls rules synchronously.
 
-It owns an event loop of its own: the app's lifespan (migrations, the pools) and every
-request run on it, so the database's connections never cross loops.
+``BlockingLedger`` owns an event loop of its own: the app's lifespan (migrations, the
+pools) and every request run on it, so the database's connections never cross loops.
+``OnLoop`` sends a client's requests on the loop the client's app already lives on
+(the plugin's session loop).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 import httpx
 
@@ -23,6 +25,20 @@ T = TypeVar("T")
 
 async def _wait(awaitable: Awaitable[T]) -> T:
     return await awaitable
+
+
+class SendsRequests(Protocol):
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response: ...
+
+
+class OnLoop:
+    """``client``'s requests, each sent on ``loop`` from synchronous code (no loop running)."""
+
+    def __init__(self, client: httpx.AsyncClient, loop: asyncio.AbstractEventLoop) -> None:
+        self._client, self._loop = client, loop
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        return self._loop.run_until_complete(self._client.request(method, url, **kwargs))
 
 
 class BlockingLedger:

@@ -129,11 +129,11 @@ async def test_total_counts_accounts_and_sums_balances(api: LedgerApi) -> None:
 
 
 async def test_total_stays_exact_where_an_integer_sum_passes_2_63(
-    api: LedgerApi, database: Database
+    api: LedgerApi, db: Database
 ) -> None:
     # Just enough accounts at the maximum for SQLite's 64-bit SUM to overflow.
     count = 2**63 // MAX_CENTS + 1
-    async with database.transaction() as session:
+    async with db.transaction() as session:
         await session.execute(
             insert(Account), [{"owner": f"rich-{n}", "balance": MAX_CENTS} for n in range(count)]
         )

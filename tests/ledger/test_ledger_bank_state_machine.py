@@ -8,6 +8,7 @@ included) fails the run.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ from hypothesis.stateful import (
 
 from ledger.schemas import MAX_CENTS
 from tests.ledger import strategies
-from tests.ledger.blocking_ledger import BlockingLedger
+from tests.ledger.blocking_ledger import OnLoop, SendsRequests
 
 # Bounded so the machine runs in a few seconds per backend; CI derandomizes it.
 RUNS = 10
@@ -47,7 +48,7 @@ class Sent:
 class Bank(RuleBasedStateMachine):
     accounts = Bundle("accounts")
 
-    def __init__(self, ledger: BlockingLedger) -> None:
+    def __init__(self, ledger: SendsRequests) -> None:
         super().__init__()
         self.ledger = ledger
         # Runs share the test's database: each predicts only the accounts it opened, on
@@ -249,10 +250,14 @@ class Bank(RuleBasedStateMachine):
             assert response.json()["balance"] == balance
 
 
-def test_random_operations_keep_every_bank_invariant(blocking_ledger: BlockingLedger) -> None:
+def test_random_operations_keep_every_bank_invariant(
+    client: httpx.AsyncClient, session_loop: asyncio.AbstractEventLoop
+) -> None:
+    ledger = OnLoop(client, session_loop)
+
     class BankOnThisLedger(Bank):
         def __init__(self) -> None:
-            super().__init__(blocking_ledger)
+            super().__init__(ledger)
 
     run_state_machine_as_test(
         BankOnThisLedger,

@@ -20,9 +20,9 @@ OPENING_BALANCE = 100
 
 
 async def test_concurrent_random_transfers_keep_the_total_and_no_balance_negative(
-    api: LedgerApi,
+    fresh_api: LedgerApi,
 ) -> None:
-    accounts = [await api.open_account(OPENING_BALANCE) for _ in range(ACCOUNTS)]
+    accounts = [await fresh_api.open_account(OPENING_BALANCE) for _ in range(ACCOUNTS)]
     rng = random.Random(20261125)
     plans: list[tuple[str, int, int, int]] = []
     for n in range(TRANSFERS):
@@ -30,7 +30,7 @@ async def test_concurrent_random_transfers_keep_the_total_and_no_balance_negativ
         plans.append((f"random-{n}", source, target, rng.randint(1, 60)))
 
     responses = await asyncio.gather(
-        *(api.transfer(key, source, target, amount) for key, source, target, amount in plans)
+        *(fresh_api.transfer(key, source, target, amount) for key, source, target, amount in plans)
     )
 
     statuses = [response.status_code for response in responses]
@@ -41,10 +41,10 @@ async def test_concurrent_random_transfers_keep_the_total_and_no_balance_negativ
         if status == 201:
             expected[source] -= amount
             expected[target] += amount
-    balances = await api.balances(*accounts)
+    balances = await fresh_api.balances(*accounts)
     assert balances == [expected[account] for account in accounts]
     assert min(balances) >= 0
-    assert await api.total() == {"accounts": ACCOUNTS, "total": ACCOUNTS * OPENING_BALANCE}
+    assert await fresh_api.total() == {"accounts": ACCOUNTS, "total": ACCOUNTS * OPENING_BALANCE}
 
 
 @st.composite

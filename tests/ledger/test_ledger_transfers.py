@@ -161,28 +161,32 @@ async def test_idempotency_keys_differing_only_in_case_are_distinct(api: LedgerA
     assert await api.balances(alice, bob) == [980, 20]
 
 
-async def test_concurrent_requests_with_the_same_key_apply_once(api: LedgerApi) -> None:
-    alice, bob = await api.open_account(1000), await api.open_account(0)
+async def test_concurrent_requests_with_the_same_key_apply_once(fresh_api: LedgerApi) -> None:
+    alice, bob = await fresh_api.open_account(1000), await fresh_api.open_account(0)
 
-    responses = await asyncio.gather(*(api.transfer("racing", alice, bob, 600) for _ in range(8)))
+    responses = await asyncio.gather(
+        *(fresh_api.transfer("racing", alice, bob, 600) for _ in range(8))
+    )
 
     assert [response.status_code for response in responses] == [201] * 8
     assert len({response.json()["id"] for response in responses}) == 1
-    assert await api.balances(alice, bob) == [400, 600]
+    assert await fresh_api.balances(alice, bob) == [400, 600]
 
 
-async def test_concurrent_same_key_with_different_bodies_applies_only_one(api: LedgerApi) -> None:
-    accounts = [await api.open_account(100) for _ in range(4)]
+async def test_concurrent_same_key_with_different_bodies_applies_only_one(
+    fresh_api: LedgerApi,
+) -> None:
+    accounts = [await fresh_api.open_account(100) for _ in range(4)]
 
     responses = await asyncio.gather(
-        api.transfer("contested", accounts[0], accounts[1], 10),
-        api.transfer("contested", accounts[2], accounts[3], 20),
+        fresh_api.transfer("contested", accounts[0], accounts[1], 10),
+        fresh_api.transfer("contested", accounts[2], accounts[3], 20),
     )
 
     statuses = sorted(response.status_code for response in responses)
     assert statuses == [201, 422]
-    assert (await api.total())["total"] == 400
-    assert sorted(await api.balances(*accounts)) in ([90, 100, 100, 110], [80, 100, 100, 120])
+    assert (await fresh_api.total())["total"] == 400
+    assert sorted(await fresh_api.balances(*accounts)) in ([90, 100, 100, 110], [80, 100, 100, 120])
 
 
 async def test_unknown_transfer_returns_404(api: LedgerApi) -> None:
