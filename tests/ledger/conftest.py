@@ -45,7 +45,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
-from sqlalchemy import text
+from sqlalchemy import URL, make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -93,13 +93,13 @@ def asyncdb_app(ledger_isolated_url: str) -> FastAPI:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def asyncdb_url(ledger_isolated_url: str) -> AsyncIterator[str]:
+async def asyncdb_url(ledger_isolated_url: str) -> AsyncIterator[URL]:
     """Overrides the plugin's (one URL per session) with this backend's database.
 
     Its teardown runs after the app's lifespan ended: every isolated test is done, and
     none may have left a row behind.
     """
-    yield ledger_isolated_url
+    yield make_url(ledger_isolated_url)
     leaked = await ledger_rows(ledger_isolated_url)
     assert not any(leaked.values()), f"rows survived the rollback isolation: {leaked}"
 
