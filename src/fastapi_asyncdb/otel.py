@@ -1,7 +1,9 @@
 """The metrics of a ``Database`` for OpenTelemetry, from the same counters as Prometheus'.
 
-``instrument(db)`` (or ``instrument(db, meter_provider=...)``) creates the instruments.
-Where OpenTelemetry's database client conventions name a metric, it is used:
+``instrument(db)`` (or ``instrument(db, meter_provider=...)``) reports ``db`` through
+the provider's instruments, created with its first database and shared by the rest:
+one series per pool name, as in Prometheus (see ``exported``). Where OpenTelemetry's
+database client conventions name a metric, it is used:
 
 - ``db.client.connection.count`` (``db.client.connection.state``: ``used``, ``idle``),
   ``db.client.connection.max``, ``db.client.connection.pending_requests`` and
