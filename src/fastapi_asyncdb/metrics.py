@@ -163,15 +163,26 @@ class RoleMetrics:
 
 @dataclass(frozen=True, slots=True)
 class Metric:
-    """One metric family: ``name`` carries its unit; counters have no ``_total`` here."""
+    """One metric family: ``name`` carries its unit; counters have no ``_total`` here.
+
+    ``labels`` are the family's label names, fixed whatever the samples: a family with
+    no samples yet (no 503 served, a database not started) still has them, so an
+    exporter merging several databases never has to guess them from a sample.
+    """
 
     name: str
     kind: Literal["gauge", "counter", "histogram"]
     help: str
+    labels: tuple[str, ...]
     samples: Sequence[tuple[dict[str, str], float | HistogramSnapshot]]
 
 
 ROLE_NAMES = {"primary": "write", "read": "read"}
+
+# The label names of the families, in the order of each sample's labels.
+_PER_POOL = ("pool",)
+_PER_ROLE = ("pool", "role")
+_PER_CAUSE = ("pool", "cause")
 
 
 class DatabaseMetrics:
@@ -229,12 +240,14 @@ class DatabaseMetrics:
             "gate_wait_seconds",
             "histogram",
             "Time a unit of work waited for admission, once admitted.",
+            _PER_ROLE,
             [(labels, role.gate_wait.snapshot()) for labels, role in per_role],
         )
         yield Metric(
             "gate_timeouts",
             "counter",
             "Units of work that waited the whole acquire timeout and were refused.",
+            _PER_ROLE,
             [(labels, role.gate_timeouts) for labels, role in per_role],
         )
         for name, attribute, text in _ROLE_COUNTERS:
@@ -242,12 +255,14 @@ class DatabaseMetrics:
                 name,
                 "counter",
                 text,
+                _PER_ROLE,
                 [(labels, getattr(role, attribute)) for labels, role in per_role],
             )
         yield Metric(
             "unit_duration_seconds",
             "histogram",
             "Duration of units of work, from admission to the connection's return.",
+            (*_PER_ROLE, "kind", "outcome"),
             [
                 ({**labels, "kind": kind, "outcome": outcome}, histogram.snapshot())
                 for labels, role in per_role
@@ -259,30 +274,35 @@ class DatabaseMetrics:
             "commits",
             "counter",
             "Units of work committed (run_statement's included).",
+            _PER_POOL,
             [(pool, _count(write, ("write", "commit"), ("fast_path", "ok")))],
         )
         yield Metric(
             "rollbacks",
             "counter",
             "Units of work rolled back, or whose commit failed.",
+            _PER_POOL,
             [(pool, _count(write, ("write", "rollback"), ("write", "error")))],
         )
         yield Metric(
             "unavailable_responses",
             "counter",
             "503 answers served, by why the database was unavailable.",
+            _PER_CAUSE,
             [({**pool, "cause": cause}, n) for cause, n in sorted(dict(self.unavailable).items())],
         )
         yield Metric(
             "retries",
             "counter",
             "Units of work repeated by run_transaction, by the kind of failure.",
+            _PER_CAUSE,
             [({**pool, "cause": cause}, n) for cause, n in sorted(dict(self.retries).items())],
         )
         yield Metric(
             "disconnect_cancellations",
             "counter",
             "Requests cancelled because their client went away.",
+            _PER_POOL,
             [(pool, self.disconnect_cancellations)],
         )
 
@@ -292,11 +312,14 @@ class DatabaseMetrics:
             for role in self._live
         ]
         for name, key, text in _POOL_GAUGES:
-            yield Metric(name, "gauge", text, [(labels, status[key]) for labels, status in states])
+            yield Metric(
+                name, "gauge", text, _PER_ROLE, [(labels, status[key]) for labels, status in states]
+            )
         yield Metric(
             "breaker_open",
             "gauge",
             "1 while the breaker fails requests fast, else 0.",
+            _PER_ROLE,
             [(labels, 0 if status["reachable"] else 1) for labels, status in states],
         )
 

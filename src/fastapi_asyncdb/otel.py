@@ -1,7 +1,9 @@
 """The metrics of a ``Database`` for OpenTelemetry, from the same counters as Prometheus'.
 
-``instrument(db)`` (or ``instrument(db, meter_provider=...)``) creates the instruments.
-Where OpenTelemetry's database client conventions name a metric, it is used:
+``instrument(db)`` (or ``instrument(db, meter_provider=...)``) reports ``db`` through
+the provider's instruments, created with its first database and shared by the rest:
+one series per pool name, as in Prometheus (see ``exported``). Where OpenTelemetry's
+database client conventions name a metric, it is used:
 
 - ``db.client.connection.count`` (``db.client.connection.state``: ``used``, ``idle``),
   ``db.client.connection.max``, ``db.client.connection.pending_requests`` and
@@ -24,10 +26,17 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 
-from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Observation
+from opentelemetry.metrics import (
+    CallbackOptions,
+    Histogram,
+    Meter,
+    MeterProvider,
+    Observation,
+)
 from opentelemetry.metrics import get_meter_provider as global_meter_provider
 
 from .database import Database
+from .exported import ExportedDatabases
 from .metrics import BUCKETS, DatabaseMetrics, HistogramSnapshot, Metric
 
 __all__ = ["instrument"]
@@ -46,90 +55,126 @@ _OBSERVED: Mapping[str, tuple[str, str, Mapping[str, str]]] = {
 }
 _STATE = "db.client.connection.state"
 _LABELS = {"pool": POOL, "role": ROLE, "cause": "fastapi_asyncdb.cause"}
-# The providers each database's metrics are already in: a second instrument() with the
-# same provider would record every duration twice.
-_instrumented: weakref.WeakKeyDictionary[DatabaseMetrics, list[MeterProvider]] = (
-    weakref.WeakKeyDictionary()
-)
 
 
-def instrument(database: Database, meter_provider: MeterProvider | None = None) -> None:
-    """Create the instruments of ``database``'s metrics in ``meter_provider`` (default: global).
+class _Instruments:
+    """The instruments of one meter provider, and the databases they report.
 
-    Calling it again with the same provider does nothing.
+    One set per provider: the SDK answers a second ``create_*`` of a name with the
+    instrument it already has and drops the new callbacks, so instruments made per
+    database would report the first database only.
     """
-    provider = meter_provider or global_meter_provider()
-    metrics = database.metrics
-    providers = _instrumented.setdefault(metrics, [])
-    if any(known is provider for known in providers):
-        return
-    providers.append(provider)
-    meter = provider.get_meter("fastapi_asyncdb")
 
-    def observe(names: Iterable[str]) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def __init__(self, meter: Meter, schema: Iterable[Metric]) -> None:
+        self.databases = ExportedDatabases()
+        self.hooked: weakref.WeakSet[DatabaseMetrics] = weakref.WeakSet()
+        by_instrument: dict[str, list[str]] = {}
+        for name, (otel_name, _unit, _attributes) in _OBSERVED.items():
+            by_instrument.setdefault(otel_name, []).append(name)
+        for otel_name, names in by_instrument.items():
+            unit = _OBSERVED[names[0]][1]
+            callbacks = [self._observe(names)]
+            if otel_name == "db.client.connection.timeouts":
+                meter.create_observable_counter(otel_name, callbacks, unit=unit)
+            else:
+                meter.create_observable_up_down_counter(otel_name, callbacks, unit=unit)
+        for metric in schema:
+            if metric.name in _OBSERVED or metric.kind == "histogram":
+                continue
+            name, callbacks = f"fastapi_asyncdb.{metric.name}", [self._observe([metric.name])]
+            if metric.kind == "counter":
+                meter.create_observable_counter(name, callbacks, description=metric.help)
+            else:
+                meter.create_observable_gauge(name, callbacks, description=metric.help)
+        self.wait_time = meter.create_histogram(
+            "db.client.connection.wait_time",
+            unit="s",
+            description="Time a unit of work waited for admission, once admitted.",
+            explicit_bucket_boundaries_advisory=list(BUCKETS),
+        )
+        self.duration = meter.create_histogram(
+            "db.client.operation.duration",
+            unit="s",
+            description="Duration of units of work, from admission to the connection's return.",
+            explicit_bucket_boundaries_advisory=list(BUCKETS),
+        )
+
+    def _observe(self, names: Iterable[str]) -> Callable[[CallbackOptions], Iterable[Observation]]:
         wanted = set(names)
 
         def callback(_options: CallbackOptions) -> Iterable[Observation]:
-            for metric in metrics.collect():
-                if metric.name in wanted:
-                    yield from _observations(metric)
+            for database in self.databases.current():
+                for metric in database.metrics.collect():
+                    if metric.name in wanted:
+                        yield from _observations(metric)
 
         return callback
 
-    by_instrument: dict[str, list[str]] = {}
-    for name, (otel_name, _unit, _attributes) in _OBSERVED.items():
-        by_instrument.setdefault(otel_name, []).append(name)
-    for otel_name, names in by_instrument.items():
-        unit = _OBSERVED[names[0]][1]
-        callbacks = [observe(names)]
-        if otel_name == "db.client.connection.timeouts":
-            meter.create_observable_counter(otel_name, callbacks, unit=unit)
-        else:
-            meter.create_observable_up_down_counter(otel_name, callbacks, unit=unit)
-    for metric in metrics.collect():
-        if metric.name in _OBSERVED or metric.kind == "histogram":
-            continue
-        name = f"fastapi_asyncdb.{metric.name}"
-        if metric.kind == "counter":
-            meter.create_observable_counter(name, [observe([metric.name])], description=metric.help)
-        else:
-            meter.create_observable_gauge(name, [observe([metric.name])], description=metric.help)
+    def hook(self, database: Database) -> None:
+        """Feed the histograms from ``database``'s, once per provider."""
+        metrics = database.metrics
+        if metrics in self.hooked:
+            return
+        self.hooked.add(metrics)
+        # Weakly: the recorders live on the database's own histograms.
+        ref = weakref.ref(database)
+        for role in metrics.roles.values():
+            base = {ROLE: role.role}
+            role.gate_wait.observers += (self._recorder(self.wait_time, ref, base, system=False),)
+            for (kind, outcome), histogram in role.units.items():
+                attributes = {
+                    **base,
+                    "fastapi_asyncdb.unit.kind": kind,
+                    "fastapi_asyncdb.unit.outcome": outcome,
+                }
+                if outcome == "error":
+                    attributes["error.type"] = "_OTHER"
+                histogram.observers += (self._recorder(self.duration, ref, attributes),)
 
-    wait_time = meter.create_histogram(
-        "db.client.connection.wait_time",
-        unit="s",
-        description="Time a unit of work waited for admission, once admitted.",
-        explicit_bucket_boundaries_advisory=list(BUCKETS),
-    )
-    duration = meter.create_histogram(
-        "db.client.operation.duration",
-        unit="s",
-        description="Duration of units of work, from admission to the connection's return.",
-        explicit_bucket_boundaries_advisory=list(BUCKETS),
-    )
-    system = database.backend.name
-    for role in metrics.roles.values():
-        base = {POOL: metrics.pool, ROLE: role.role}
-        role.gate_wait.observers += (_recorder(wait_time, base),)
-        for (kind, outcome), histogram in role.units.items():
-            attributes = {
-                **base,
-                "db.system.name": system,
-                "fastapi_asyncdb.unit.kind": kind,
-                "fastapi_asyncdb.unit.outcome": outcome,
-            }
-            if outcome == "error":
-                attributes["error.type"] = "_OTHER"
-            histogram.observers += (_recorder(duration, attributes),)
+    def _recorder(
+        self,
+        histogram: Histogram,
+        ref: weakref.ref[Database],
+        fixed: Mapping[str, str],
+        *,
+        system: bool = True,
+    ) -> Callable[[float], None]:
+        # The pool name and the backend are read as each duration is recorded, so that
+        # configure() applies; the attributes are built once per pair.
+        built: dict[tuple[str, str], dict[str, str]] = {}
+
+        def record(seconds: float) -> None:
+            database = ref()
+            if database is None or not self.databases.reports(database):
+                return  # a database another one replaced under its pool name
+            key = (database.metrics.pool, database.backend.name)
+            attributes = built.get(key)
+            if attributes is None:
+                attributes = built[key] = {POOL: key[0], **fixed}
+                if system:
+                    attributes["db.system.name"] = key[1]
+            histogram.record(seconds, attributes)
+
+        return record
 
 
-def _recorder(histogram: Histogram, attributes: Mapping[str, str]) -> Callable[[float], None]:
-    frozen = dict(attributes)
+_providers: weakref.WeakKeyDictionary[MeterProvider, _Instruments] = weakref.WeakKeyDictionary()
 
-    def record(seconds: float) -> None:
-        histogram.record(seconds, frozen)
 
-    return record
+def instrument(database: Database, meter_provider: MeterProvider | None = None) -> None:
+    """Report ``database``'s metrics in ``meter_provider`` (default: global).
+
+    Calling it again with the same provider does nothing. Every database of one
+    provider shares its instruments, one series per pool name (``DB_POOL_NAME``); under
+    a name already there, the database instrumented last is reported.
+    """
+    provider = meter_provider or global_meter_provider()
+    instruments = _providers.get(provider)
+    if instruments is None:
+        meter = provider.get_meter("fastapi_asyncdb")
+        instruments = _providers[provider] = _Instruments(meter, database.metrics.collect())
+    instruments.databases.add(database)
+    instruments.hook(database)
 
 
 def _observations(metric: Metric) -> Iterable[Observation]:

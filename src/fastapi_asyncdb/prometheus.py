@@ -10,7 +10,6 @@ Needs ``fastapi-asyncdb[prometheus]``.
 
 from __future__ import annotations
 
-import logging
 import math
 import weakref
 from collections.abc import Iterable, Iterator
@@ -24,14 +23,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
 from .database import Database
+from .exported import ExportedDatabases
 from .metrics import HistogramSnapshot
 from .metrics import Metric as DatabaseMetric
 
 __all__ = ["PREFIX", "DatabaseCollector", "register"]
 
 PREFIX = "fastapi_asyncdb_"
-
-logger = logging.getLogger(__name__)
 
 _collectors: weakref.WeakKeyDictionary[CollectorRegistry, DatabaseCollector] = (
     weakref.WeakKeyDictionary()
@@ -41,10 +39,11 @@ _collectors: weakref.WeakKeyDictionary[CollectorRegistry, DatabaseCollector] = (
 def register(database: Database, registry: CollectorRegistry | None = None) -> DatabaseCollector:
     """Expose ``database``'s metrics in ``registry`` (default: prometheus_client's own).
 
-    Registering the same database again does nothing. Another database registered
-    under a pool name already there replaces the first: an app built again in the same
-    process reports its new database. Two databases of one app need different
-    ``DB_POOL_NAME`` values.
+    Registering the same database again does nothing. Under a pool name already there,
+    the database registered last is reported: an app built again in the same process
+    reports its new database. Two databases of one app need different
+    ``DB_POOL_NAME`` values; two running under one name are reported as one, with a
+    warning.
     """
     target = REGISTRY if registry is None else registry
     collector = _collectors.get(target)
@@ -59,20 +58,10 @@ class DatabaseCollector(Collector):
     """Every database registered in one registry, as ``fastapi_asyncdb_*`` families."""
 
     def __init__(self) -> None:
-        self._databases: list[Database] = []
+        self._databases = ExportedDatabases()
 
     def add(self, database: Database) -> None:
-        pool = database.metrics.pool
-        for known in self._databases:
-            if known is database:
-                return
-            if known.metrics.pool == pool:
-                # An app built again in the same process (a test suite, a reload) brings
-                # a new Database under the same name: it takes the old one's place.
-                logger.info("metrics of pool %r now come from another Database", pool)
-                self._databases.remove(known)
-                break
-        self._databases.append(database)
+        self._databases.add(database)
 
     def describe(self) -> Iterable[Metric]:
         # Without describe(), registering would run a whole collect() to learn the
@@ -81,7 +70,7 @@ class DatabaseCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}
-        for database in self._databases:
+        for database in self._databases.current():
             for metric in database.metrics.collect():
                 family = families.get(metric.name)
                 if family is None:
@@ -91,8 +80,9 @@ class DatabaseCollector(Collector):
 
 
 def _family(metric: DatabaseMetric) -> Metric:
-    name = PREFIX + metric.name
-    labels = list(metric.samples[0][0]) if metric.samples else []
+    # The label names come from the family's schema, never from its first sample: the
+    # first database may have none (no 503 yet, not started) while the next has some.
+    name, labels = PREFIX + metric.name, list(metric.labels)
     if metric.kind == "counter":
         return CounterMetricFamily(name, metric.help, labels=labels)
     if metric.kind == "histogram":
@@ -102,7 +92,7 @@ def _family(metric: DatabaseMetric) -> Metric:
 
 def _add_samples(family: Metric, metric: DatabaseMetric) -> None:
     for labels, value in metric.samples:
-        values = list(labels.values())
+        values = [labels[name] for name in metric.labels]
         if isinstance(value, HistogramSnapshot):
             assert isinstance(family, HistogramMetricFamily)
             buckets = [(_bound(bound), count) for bound, count in value.buckets]

@@ -17,6 +17,8 @@ from tests.conftest import prepare_server
 
 from .metric_samples import sample
 
+POOL = "db.client.connection.pool.name"
+
 pytestmark = [pytest.mark.usefixtures("clean_environment")]
 
 
@@ -116,3 +118,82 @@ async def test_in_memory_reader_sees_the_semantic_convention_metrics(url: str) -
         # Four admissions; the unit refused after the timeout was never admitted.
         assert one(found, "db.client.connection.wait_time", **write).count == 4
         assert one(found, "fastapi_asyncdb.commits", **pool) == sample(database, "commits") == 4
+
+
+async def read_once(database: Database) -> None:
+    async with database.read_connection() as connection:
+        await connection.execute(select(1))
+
+
+def pools_of(found: dict[str, list[tuple[dict[str, Any], Any]]], name: str) -> set[Any]:
+    return {attributes.get(POOL) for attributes, _ in found.get(name, [])}
+
+
+async def test_two_databases_in_one_provider_are_both_reported(url: str) -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    a = Database(url=url, pool_name="a")
+    b = Database(url=url, pool_name="b")
+    instrument(a, provider)
+    instrument(b, provider)
+    async with a, b:
+        await read_once(a)
+        for _ in range(2):
+            await read_once(b)
+        found = points(reader)
+    for name in (
+        "db.client.connection.count",
+        "db.client.connection.max",
+        "db.client.connection.pending_requests",
+        "fastapi_asyncdb.connections_opened",
+        "fastapi_asyncdb.commits",
+    ):
+        assert pools_of(found, name) == {"a", "b"}, name
+    read = {"fastapi_asyncdb.role": "read"}
+    assert one(found, "db.client.operation.duration", **{POOL: "a"}, **read).count == 1
+    assert one(found, "db.client.operation.duration", **{POOL: "b"}, **read).count == 2
+    for pool, database in (("a", a), ("b", b)):
+        opened = one(found, "fastapi_asyncdb.connections_opened", **{POOL: pool}, **read)
+        assert opened == sample(database, "connections_opened", role="read")
+
+
+async def test_a_database_rebuilt_under_its_pool_name_replaces_the_old_one(url: str) -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    old = Database(url=url, pool_name="app", read_pool_size=2)
+    instrument(old, provider)
+    async with old:
+        await read_once(old)
+    new = Database(url=url, pool_name="app", read_pool_size=5)  # the app built again
+    instrument(new, provider)
+    async with new:
+        found = points(reader)
+        read = {POOL: "app", "fastapi_asyncdb.role": "read"}
+        assert one(found, "db.client.connection.max", **read) == sample(
+            new, "connections_max", role="read"
+        )
+        assert one(found, "fastapi_asyncdb.connections_opened", **read) == 0
+        # The old database, still referenced here, is no longer read nor recorded.
+        async with old:
+            await read_once(old)
+            await read_once(new)
+            found = points(reader)
+        assert one(found, "fastapi_asyncdb.connections_opened", **read) == sample(
+            new, "connections_opened", role="read"
+        )
+    durations = one(found, "db.client.operation.duration", **read)
+    assert durations.count == 2  # the old database's first read, then the new one's
+
+
+async def test_a_pool_renamed_after_instrument_is_recorded_under_its_new_name(url: str) -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    database = Database(url=url, pool_name="before")
+    instrument(database, provider)
+    database.configure(pool_name="after")
+    async with database:
+        await read_once(database)
+        found = points(reader)
+    assert pools_of(found, "db.client.operation.duration") == {"after"}
+    assert pools_of(found, "db.client.connection.wait_time") == {"after"}
+    assert pools_of(found, "db.client.connection.max") == {"after"}
