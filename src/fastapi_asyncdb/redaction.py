@@ -112,18 +112,32 @@ def redact_quoted(
         position = end + 1
 
 
-def _in_statement(statement: str | None) -> Callable[[str], bool]:
+def _in_statement(statement: str | None, *, fold: bool = False) -> Callable[[str], bool]:
     """Quoted text that is part of the statement's SQL (a syntax error's excerpt) says
     nothing that the SQL shown beside it does not."""
-    return lambda inside: bool(statement) and bool(inside) and inside in str(statement)
+    sql = str(statement or "")
+    if fold:
+        sql = sql.casefold()
+    return lambda inside: (
+        bool(sql) and bool(inside) and (inside.casefold() if fold else inside) in sql
+    )
 
 
-# PostgreSQL's SQLSTATE classes whose primary message quotes only names (relations,
-# constraints, columns, roles, SQL tokens); their data is in DETAIL, dropped anyway.
-# Data exceptions (22), RAISE (P0) and anything unlisted quote values.
-_PG_NAMES_ONLY_CLASSES = frozenset(
-    {"08", "0A", "0P", "21", "23", "25", "28", "3B", "3D", "3F", "40", "42", "53", "55", "57"}
+# PostgreSQL's SQLSTATE classes whose primary message quotes only names the server
+# chose (constraints and relations: 23) or the connection's own (08, 28, 3D); their
+# data is in DETAIL, dropped anyway.
+_PG_NAMES_ONLY_CLASSES = frozenset({"08", "23", "28", "3D"})
+# Classes that quote names from the statement, but also what the server parsed out of
+# a value: to_tsquery(:q) gives 42601 'syntax error in tsquery: "<the value>"',
+# current_setting(:n) 42704, a value cast to regclass 42P01 (lowercased), its schema
+# 3F000. Quoted text stays only when the statement holds it (names are folded).
+_PG_STATEMENT_NAMES_CLASSES = frozenset(
+    {"0A", "0P", "21", "25", "3B", "3F", "40", "42", "53", "55", "57"}
 )
+# A message written by a function or trigger (RAISE) may be built from a row: its
+# SQLSTATE is P0001 unless the author chose another, and its origin says RAISE.
+_PG_RAISE_SOURCE = "exec_stmt_raise"
+RAISED = f"raised by a function or trigger: {HIDDEN}"
 # asyncpg's own message for a value it cannot encode: "invalid input for query
 # argument $1: <the value's repr> (<why>)".
 _ASYNCPG_ARGUMENT = re.compile(
@@ -135,13 +149,17 @@ _ASYNCPG_ARGUMENT = re.compile(
 _PG_DATA_FIELDS = ("detail", "hint", "context")
 
 
-def _redact_postgres(text: str, sqlstate: str | None) -> str:
+def _redact_postgres(text: str, sqlstate: str | None, statement: str | None) -> str:
+    if sqlstate is not None and sqlstate.startswith("P0"):
+        return RAISED
     argument = _ASYNCPG_ARGUMENT.match(text)
     if argument:
         return f"{argument.group(1)}: {HIDDEN}"
     if sqlstate is not None and sqlstate[:2] in _PG_NAMES_ONLY_CLASSES:
         return text
-    # Data errors (22), limits (54), RAISE (P0) and the rest put values after a colon,
+    if sqlstate is not None and sqlstate[:2] in _PG_STATEMENT_NAMES_CLASSES:
+        return redact_quoted(text, keep=_in_statement(statement, fold=True))
+    # Data errors (22), limits (54) and the rest put values after a colon,
     # quoted or not ("date field value out of range: 1987-13-24"): the words before
     # the first colon say what went wrong, what follows may be the value.
     # Quoted values go first, so a value holding ": " cannot move the cut.
@@ -160,12 +178,16 @@ _MYSQL_NAMES_ONLY_CODES = frozenset(
     }
 )
 _MYSQL_SYNTAX_ERROR = 1064
+# SIGNAL's codes (1644 for SQLSTATE 45000): the message a trigger or routine wrote.
+_MYSQL_SIGNAL_CODES = frozenset({1642, 1643, 1644})
 _MYSQL_DUPLICATE_ENTRY = re.compile(r"^(Duplicate entry )'.*'( for key '[^']*')$", re.DOTALL)
 
 
 def _redact_mysql(code: object, text: str, statement: str | None) -> str:
     if code in _MYSQL_NAMES_ONLY_CODES:
         return text
+    if code in _MYSQL_SIGNAL_CODES:
+        return RAISED
     # The value may hold quotes, the key name never does: anchor on the end.
     duplicate = _MYSQL_DUPLICATE_ENTRY.match(text)
     if duplicate:
@@ -232,12 +254,14 @@ def _redact_one(error: BaseException, statement: str | None) -> None:
     module = type(error).__module__
     if "asyncpg" in module:
         sqlstate = getattr(error, "sqlstate", None)
+        if _raised_by_function(error):
+            sqlstate = "P0001"  # whatever ERRCODE its author chose, the text is theirs
         for field in _PG_DATA_FIELDS:
             if getattr(error, field, None) is not None:
                 setattr(error, field, None)
         if isinstance(getattr(error, "message", None), str):
-            error.message = _redact_postgres(error.message, sqlstate)  # type: ignore[attr-defined]
-        _replace_args(error, lambda text: _redact_postgres(text, sqlstate))
+            error.message = _redact_postgres(error.message, sqlstate, statement)  # type: ignore[attr-defined]
+        _replace_args(error, lambda text: _redact_postgres(text, sqlstate, statement))
     elif module.startswith("asyncmy"):
         code = error.args[0] if error.args else None
         _replace_args(error, lambda text: _redact_mysql(code, text, statement))
@@ -245,9 +269,20 @@ def _redact_one(error: BaseException, statement: str | None) -> None:
         _replace_args(error, lambda text: redact_quoted(text, keep=_in_statement(statement)))
     elif module.startswith(("sqlalchemy", "fastapi_asyncdb")):
         return  # their own words, and StatementError is rebuilt apart
+    elif isinstance(error, KeyError):
+        # Its argument is the missing key itself (a non-native Enum's lookup of a value).
+        error.args = tuple(HIDDEN for _ in error.args)
     elif not isinstance(error, OSError):  # an OSError's text is its errno and address
         # An encoder's complaint about a value (asyncpg's TypeError, ValueError...).
         _replace_args(error, lambda text: redact_quoted(text, keep=_TYPE_NAMES.__contains__))
+
+
+def _raised_by_function(error: BaseException) -> bool:
+    """asyncpg's error, or SQLAlchemy's adaptation of it (its cause), came from RAISE."""
+    for item in (error, error.__cause__):
+        if getattr(item, "server_source_function", None) == _PG_RAISE_SOURCE:
+            return True
+    return False
 
 
 def _hide_all_text(error: BaseException) -> None:
