@@ -19,6 +19,7 @@ from .drain import drain
 from .errors import DatabaseNotStartedError, ErrorKind
 from .prepared import run_statement
 from .probe import Probe
+from .redaction import redact_type_error
 from .retry import Retry, run_with_retries
 from .role import Role
 from .settings import DatabaseSettings
@@ -222,7 +223,9 @@ class Database:
         session = await unit.begin()
         try:
             yield session
-        except BaseException:
+        except BaseException as error:
+            if self.settings.hide_parameters:
+                redact_type_error(error)
             await unit.end(commit=False)
             raise
         await unit.end(commit=True)

@@ -34,6 +34,7 @@ __all__ = [
     "redact_connect_error",
     "redact_exception",
     "redact_quoted",
+    "redact_type_error",
     "remove_log_filters",
 ]
 
@@ -224,6 +225,25 @@ def redact_exception(error: BaseException, *, statement: str | None = None) -> N
         # every text instead, keeping codes (drivers' classifiers read them).
         for item in chain:
             _hide_all_text(item)
+
+
+def redact_type_error(error: BaseException) -> None:
+    """Redact an error that SQLAlchemy's own code raised over a value, in place.
+
+    A column type converts values in SQLAlchemy, outside the driver's error path: a
+    non-native ``Enum`` reading back a value it does not know raises ``LookupError``
+    quoting it, and no ``handle_error`` sees it. Errors raised elsewhere are the
+    app's own and stay as they are.
+    """
+    if isinstance(error, StatementError) or not isinstance(error, Exception):
+        return  # handle_error saw those; cancellation carries no data
+    traceback = error.__traceback__
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    if traceback is not None and traceback.tb_frame.f_globals.get("__name__", "").startswith(
+        "sqlalchemy."
+    ):
+        redact_exception(error)
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:

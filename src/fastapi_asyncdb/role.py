@@ -19,6 +19,7 @@ from .connections import ConnectionSource, PooledConnections, WarmConnections
 from .engine import create_engine
 from .errors import NestedUnitOfWorkError
 from .probe import Probe
+from .redaction import redact_type_error
 from .settings import DatabaseSettings
 
 __all__ = ["AdmittedConnection", "Role"]
@@ -41,6 +42,7 @@ class Role:
     ) -> None:
         self.name = name
         self.read_only = read_only
+        self.hide_parameters = settings.hide_parameters
         self.breaker = Breaker(probe.connect, retry_after=settings.unavailable_retry_after)
         self.engine, health = create_engine(
             settings, backend, read_only=read_only, on_connect_failure=self.breaker.trip
@@ -176,9 +178,11 @@ class AdmittedConnection:
             role.held[task] = held
         return connection
 
-    async def __aexit__(self, *_exc_info: object) -> None:
+    async def __aexit__(self, _type: object, error: BaseException | None, _tb: object) -> None:
         held, role = self._held, self._role
         assert held is not None
+        if error is not None and role.hide_parameters:
+            redact_type_error(error)
         held.units -= 1
         if held.units:
             return
