@@ -75,7 +75,8 @@ _REFUSE = {
 }
 for _dialect, _statements in _REFUSE.items():
     for _statement in _statements:
-        event.listen(SIGNALED, "after_create", DDL(_statement).execute_if(dialect=_dialect))
+        _ddl = DDL(_statement)  # type: ignore[no-untyped-call]
+        event.listen(SIGNALED, "after_create", _ddl.execute_if(dialect=_dialect))
 
 
 class _Mood(enum.Enum):

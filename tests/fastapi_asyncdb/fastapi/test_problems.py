@@ -188,7 +188,7 @@ async def test_an_unexpected_error_is_a_500_problem_logged_without_the_value(
     @app.get("/moods")
     async def moods(session: SessionDep) -> list[str]:
         rows = await session.execute(select(type_coerce(literal_column(f"'{stored}'"), mood)))
-        return [row[0].value for row in rows]
+        return [str(row[0]) for row in rows]
 
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
