@@ -17,8 +17,12 @@ from .errors import (
 )
 from .fastapi import (
     ERROR_ANSWERS,
+    BigIntegerAfter,
     DatabaseDep,
     ErrorAnswer,
+    IntegerAfter,
+    PageLimit,
+    PageOffset,
     Problem,
     ReadConnectionDep,
     ReadSessionDep,
@@ -37,6 +41,7 @@ from .settings import DatabaseSettings
 
 __all__ = [
     "ERROR_ANSWERS",
+    "BigIntegerAfter",
     "ConfigurationError",
     "Database",
     "DatabaseDep",
@@ -46,9 +51,12 @@ __all__ = [
     "DatabaseUnavailableError",
     "ErrorAnswer",
     "ErrorKind",
+    "IntegerAfter",
     "KeysetPage",
     "NestedUnitOfWorkError",
     "OffsetPage",
+    "PageLimit",
+    "PageOffset",
     "Prepared",
     "Problem",
     "ReadConnectionDep",
