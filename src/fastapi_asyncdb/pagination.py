@@ -71,7 +71,7 @@ async def keyset_page(
     if limit < 1:
         raise ValueError(f"keyset_page needs a limit of at least 1, got {limit}")
     _check_key(key)
-    if key.key not in statement.selected_columns:
+    if key.key is None or key.key not in statement.selected_columns:
         raise ValueError(
             f"keyset_page reads the next cursor from each row: select the key {key.key}"
         )
