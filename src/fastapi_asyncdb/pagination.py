@@ -77,7 +77,7 @@ async def keyset_page(
         )
     if order_by_clauses(statement):
         raise ValueError(
-            "keyset_page orders the rows by its key; remove the statement's order_by "
+            "keyset_page orders the rows by its key; remove the order_by of the statement "
             "(to page in another order, page by a unique key of that order)"
         )
     query = statement.order_by(key).limit(limit + 1)
@@ -116,11 +116,11 @@ def _check_key(key: QueryableAttribute[Any] | ColumnElement[Any]) -> None:
     if not isinstance(nullable, bool):
         raise ValueError(
             f"keyset_page needs a column as its key, not {type(column).__name__}: "
-            "an expression's uniqueness and NULLs cannot be checked"
+            "the uniqueness and NULLs of an expression cannot be checked"
         )
     if nullable and not getattr(column, "primary_key", False):
         raise ValueError(
-            f"keyset_page's key {getattr(column, 'name', column)!s} may be NULL, and rows "
+            f"the key of keyset_page, {getattr(column, 'name', column)!s}, may be NULL, and rows "
             "whose key is NULL would never be reached: page by a column declared "
             "nullable=False"
         )
