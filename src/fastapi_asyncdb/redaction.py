@@ -37,6 +37,7 @@ from .server_messages import (
 )
 
 __all__ = [
+    "HIDDEN",
     "install_log_filters",
     "install_parameter_redaction",
     "is_secret_query_key",
