@@ -6,7 +6,9 @@
 | recipe | apps/recipe_app.py | hand-written SQLAlchemy, the usual recipe: the floor |
 | default | apps/default_app.py | fastapi-asyncdb the default way (ORM, sessions) |
 | fast | apps/fast_app.py | fastapi-asyncdb the fast way (``Prepared``, ``run_statement``) |
-| traced | apps/traced_app.py | the fast way with every statement traced |
+| traced | apps/traced_app.py | the fast way, traced by OpenTelemetry's SQLAlchemy instrumentation |
+| asyncpg_traced | apps/asyncpg_traced_app.py | asyncpg, traced by its OTel instrumentation |
+| traced_fallback | apps/traced_fallback_app.py | ``traced`` through SQLAlchemy (a listener) |
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class Contender:
 
 def _pool_env(name: str, pool: int) -> dict[str, str]:
     size = str(pool)
-    if name == "asyncpg":
+    if name in ("asyncpg", "asyncpg_traced"):
         return {"POOL": size}
     if name == "recipe":
         return {"POOL": size, "POOL_OVERFLOW": "0"}
@@ -55,10 +57,12 @@ def _pool_env(name: str, pool: int) -> dict[str, str]:
 
 _APPS: Final = {
     name: (f"bench.apps.{name}_app:app", PORT_BASE + offset)
-    for offset, name in enumerate(("asyncpg", "recipe", "default", "fast", "traced"))
+    for offset, name in enumerate(
+        ("asyncpg", "recipe", "default", "fast", "traced", "asyncpg_traced", "traced_fallback")
+    )
 }
 # Those that run fastapi-asyncdb (and read its DB_ settings).
-LIBRARY_CONTENDERS: Final = ("default", "fast", "traced")
+LIBRARY_CONTENDERS: Final = ("default", "fast", "traced", "traced_fallback")
 ALL_CONTENDERS: Final = tuple(_APPS)
 
 

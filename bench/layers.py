@@ -5,7 +5,8 @@ raw asyncpg, the SQLAlchemy engine with a text statement, Core `select()`, the O
 `session.get` in an autocommit session, and the same in the recipe's transaction
 (BEGIN + SELECT + ROLLBACK); then fastapi-asyncdb's own read paths, each a whole unit
 of work (gate, warm connection, statement, return), ``Prepared`` among them, with and
-without statement tracing (``bench.apps.tracing``). Then one write of 20 rows (the work
+without statement tracing (OpenTelemetry's SQLAlchemy instrumentation on its engines,
+the SDK set up by ``bench.apps.otel``). Then one write of 20 rows (the work
 of `/updates`): asyncpg's `executemany` alone and in a transaction, the library's
 session transaction and `run_statement`. CPU is `time.process_time()`, so waiting on
 PostgreSQL is not counted; one query at a time.
@@ -22,11 +23,12 @@ import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
+from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from bench.apps.models import World
-from bench.apps.tracing import trace_statements
+from bench.apps.otel import configure_tracing
 from bench.config import SQLALCHEMY_URL, WORLD_ROWS
 from bench.pg import connect
 from fastapi_asyncdb import Database, Prepared
@@ -162,7 +164,11 @@ async def measure(reads: int) -> dict[str, float]:
             Database(url=SQLALCHEMY_URL, pool_size=2, max_overflow=0) as database,
             Database(url=SQLALCHEMY_URL, pool_size=2, max_overflow=0) as traced,
         ):
-            trace_statements(traced.read_engine.sync_engine)
+            configure_tracing()
+            SQLAlchemyInstrumentor().instrument(
+                engines=[traced.engine.sync_engine, traced.read_engine.sync_engine],
+                skip_dep_check=True,  # it declares SQLAlchemy < 2.1
+            )
             layers = await _layers(raw, engine, autocommit, database, traced)
             results = {name: await _cpu_per_read(read, reads) for name, read in layers.items()}
             writes = _write_layers(raw, database)

@@ -2,7 +2,9 @@
 
 Pass (docs/benchmark.md): every answer is a 2xx or a 503 carrying Retry-After, none takes
 longer than the acquire timeout + 0.5 s (the query time and a grace), and PostgreSQL
-never sees more connections from the server than its pool allows.
+never sees more connections from the server than its pool allows. A contender that
+serves ``/metrics`` (the fast way) is scraped after the load: the 503s its metrics count,
+by cause, must be the 503s its clients got.
 
 Run: .venv/bin/python -m bench.overload            (fastapi-asyncdb's fast way, judged)
      .venv/bin/python -m bench.overload --contender default   (its default way)
@@ -17,11 +19,14 @@ import json
 import statistics
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 import asyncpg
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.config import BENCH_DB, COUNT_APP_CONNECTIONS_SQL
 from bench.contenders import ALL_CONTENDERS, LIBRARY_CONTENDERS, Contender, contender
@@ -68,6 +73,8 @@ class OverloadReport:
     # Context for the latencies: the client shares the machine's two cores.
     worst_client_lag_s: float = 0.0
     server_cpu_s: float = 0.0
+    # The server's own count, from a /metrics scrape after the load (None: no route).
+    metrics_503s_by_cause: dict[str, float] | None = None
 
     @property
     def passed(self) -> bool:
@@ -162,6 +169,21 @@ async def load(
     return answers, await sampler, await lag
 
 
+def scrape_503s(entrant: Contender) -> dict[str, float] | None:
+    """The 503s the server's metrics counted, by cause; None if it serves no /metrics."""
+    try:
+        with urllib.request.urlopen(f"{entrant.base_url}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except urllib.error.HTTPError:
+        return None
+    return {
+        sample.labels["cause"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "fastapi_asyncdb_unavailable_responses_total"
+    }
+
+
 def judge(
     name: str, answers: list[Answer], highest: int, args: argparse.Namespace
 ) -> OverloadReport:
@@ -248,12 +270,19 @@ def main(argv: list[str] | None = None) -> int:
                 load(entrant, concurrency, args.seconds, args.duration, client_timeout)
             )
             server_cpu = cpu_seconds(server.pid) - cpu_before
+            scraped = scrape_503s(entrant)
     except ServerFailedError as error:
         print(f"FAILED: {error}", flush=True)
         return 1
     report = judge(entrant.name, answers, highest, args)
     report.worst_client_lag_s = client_lag
     report.server_cpu_s = server_cpu
+    report.metrics_503s_by_cause = scraped
+    got_503 = report.statuses.get(503, 0)
+    if scraped is not None and sum(scraped.values()) != got_503:
+        report.failures.append(
+            f"the server's metrics count {sum(scraped.values()):g} 503s, its clients got {got_503}"
+        )
     if watch.disturbance is not None:
         # Someone else's fault test hit PostgreSQL: the numbers say nothing about overload.
         report.failures.append(f"{watch.disturbance} during the run: run it again")

@@ -19,7 +19,8 @@ from chaos.faults import PG_ADMIN_DSN
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
-DATABASE_NAME = "chaos"
+# CHAOS_DATABASE names another, so that two runs on one server keep out of each other's way.
+DATABASE_NAME = os.environ.get("CHAOS_DATABASE", "chaos")
 STARTUP_TIMEOUT_S = 60.0
 
 

@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from bench.apps.common import (
     ADDITIONAL_FORTUNE,
+    FASTAPI_TELEMETRY,
     FORTUNES_TEMPLATE,
     HTML_MEDIA_TYPE,
     distinct_sorted_ids,
@@ -64,7 +65,7 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         _pool = None
 
 
-app = FastAPI(lifespan=lifespan)
+app = FastAPI(lifespan=lifespan, telemetry=FASTAPI_TELEMETRY)
 
 
 class OrjsonResponse(Response):

@@ -9,8 +9,19 @@ from pathlib import Path
 from typing import Final
 
 import jinja2
+from fastapi.telemetry import TelemetryConfig
 
 from bench.config import MAX_QUERIES, WORLD_ROWS
+
+# FastAPI (0.163+) traces each request itself (a server span, and spans for dependency
+# solving, the endpoint and serialisation) as soon as a tracer provider is configured.
+# The traced contenders measure statement tracing alone: FastAPI's own is off unless
+# BENCH_FASTAPI_TELEMETRY=on. Without a provider it is off anyway.
+FASTAPI_TELEMETRY: Final[TelemetryConfig] = (
+    {}
+    if os.environ.get("BENCH_FASTAPI_TELEMETRY") == "on"
+    else {"tracing": False, "metrics": False, "logs": False}
+)
 
 # `bench.run --gc-threshold N`: the same collector setting in every contender.
 if os.environ.get("BENCH_GC_THRESHOLD"):

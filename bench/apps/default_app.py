@@ -17,6 +17,7 @@ from sqlalchemy import select, text
 
 from bench.apps.common import (
     ADDITIONAL_FORTUNE,
+    FASTAPI_TELEMETRY,
     FORTUNES_TEMPLATE,
     HTML_MEDIA_TYPE,
     distinct_sorted_ids,
@@ -28,7 +29,7 @@ from bench.apps.models import Fortune, World
 from fastapi_asyncdb import Database, ReadSessionDep, SessionDep, install
 
 db = Database()
-app = FastAPI(lifespan=db.lifespan)
+app = FastAPI(lifespan=db.lifespan, telemetry=FASTAPI_TELEMETRY)
 install(app, db)
 
 

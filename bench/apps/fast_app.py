@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bench.apps.common import (
     ADDITIONAL_FORTUNE,
+    FASTAPI_TELEMETRY,
     FORTUNES_TEMPLATE,
     HTML_MEDIA_TYPE,
     distinct_sorted_ids,
@@ -29,8 +30,9 @@ from bench.apps.models import Fortune, World
 from fastapi_asyncdb import Database, Prepared, ReadConnectionDep, install
 
 db = Database()
-app = FastAPI(lifespan=db.lifespan)
-install(app, db)
+app = FastAPI(lifespan=db.lifespan, telemetry=FASTAPI_TELEMETRY)
+# /metrics: bench.overload checks the server's count of 503s against its clients'.
+install(app, db, metrics=True)
 
 
 class WorldOut(BaseModel):

@@ -21,6 +21,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from bench.apps.common import (
     ADDITIONAL_FORTUNE,
+    FASTAPI_TELEMETRY,
     FORTUNES_TEMPLATE,
     HTML_MEDIA_TYPE,
     distinct_sorted_ids,
@@ -53,7 +54,7 @@ async def get_session() -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
-app = FastAPI()
+app = FastAPI(telemetry=FASTAPI_TELEMETRY)
 
 
 def world_dict(world: World) -> dict[str, int]:

@@ -12,6 +12,7 @@ from chaos.scenarios.common import Options, ScenarioFunction
 from chaos.scenarios.exhaustion import exhaustion
 from chaos.scenarios.hangs import blackhole, freeze
 from chaos.scenarios.integrity import broken_checker, commit_cut
+from chaos.scenarios.pooler import pgbouncer
 from chaos.scenarios.restarts import outage, restart, terminate
 from chaos.scenarios.sqlite_writers import sqlite_writers
 from chaos.scenarios.timeouts import timeouts
@@ -85,5 +86,11 @@ SCENARIOS: dict[str, Scenario] = {
             "statement and idle-in-transaction timeouts",
         ),
         Scenario("sqlite-writers", sqlite_writers, ("sqlite",), "SQLite, 16 concurrent writers"),
+        Scenario(
+            "pgbouncer",
+            pgbouncer,
+            ("postgresql",),
+            "through PgBouncer (transaction mode), 2 workers: PgBouncer restarted, paused, killed",
+        ),
     )
 }

@@ -14,6 +14,7 @@ from .errors import (
     ErrorKind,
     NestedUnitOfWorkError,
     ReadOnlySessionError,
+    UnavailableCause,
 )
 from .fastapi import (
     ERROR_ANSWERS,
@@ -64,6 +65,7 @@ __all__ = [
     "ReadSessionDep",
     "Retry",
     "SessionDep",
+    "UnavailableCause",
     "get_database",
     "get_read_connection",
     "get_read_session",

@@ -38,7 +38,9 @@ __all__ = [
     "compiled_for_driver",
     "driver_executemany",
     "driver_fetch",
+    "execution_listeners",
     "fast_path_supported",
+    "has_execution_listeners",
     "may_learn_from",
     "may_read_on_driver",
     "may_write_on_driver",
@@ -102,6 +104,7 @@ def fast_path_supported(connection: Connection) -> bool:
                 "_execute_mutex",
                 "_prepare",
                 "_check_type_cache_invalidation",
+                "_start_transaction",
                 "_handle_exception",
                 "_transaction",
                 "isolation_level",
@@ -201,57 +204,88 @@ def row_maker(result: CursorResult[*tuple[Any, ...]]) -> MakeRows | None:
 # The connection, checked at each run
 
 
-def _plain(connection: Connection) -> bool:
+def _plain(connection: Connection, listeners_known: bool = False) -> bool:
     """Nothing between ``execute`` and the driver would act on the statement: no
-    listener (it may rewrite or trace it), no logging, no execution option but the
-    neutral ones."""
-    if connection._has_events or connection._echo or connection.engine._has_events:
+    listener (it may rewrite or trace it) but those ``listeners_known`` vouches for,
+    no logging, no execution option but the neutral ones."""
+    if connection._echo or (
+        not listeners_known and (connection._has_events or connection.engine._has_events)
+    ):
         return False
     options = connection._execution_options
     return not options or _NEUTRAL_OPTIONS.issuperset(options)
 
 
-def may_learn_from(connection: Connection) -> bool:
+def has_execution_listeners(connection: Connection) -> bool:
+    """Whether any listener may be attached to this connection's execution events."""
+    return bool(connection._has_events or connection.engine._has_events)
+
+
+# The execution events a statement run on the driver does not fire (``begin``,
+# ``commit`` and the others still fire: the fast path goes through them as ``execute``).
+_STATEMENT_EVENTS = (
+    "before_execute",
+    "before_cursor_execute",
+    "after_cursor_execute",
+    "after_execute",
+)
+
+
+def execution_listeners(connection: Connection) -> list[Any] | None:
+    """Every listener on the engine's events of a statement's execution (those set on
+    the ``Engine`` class included), which a statement run on the driver bypasses;
+    None when the connection has listeners of its own."""
+    if connection._has_events:
+        return None
+    dispatch: Any = connection.engine.dispatch
+    return [listener for name in _STATEMENT_EVENTS for listener in getattr(dispatch, name)]
+
+
+def may_learn_from(connection: Connection, *, listeners_known: bool = False) -> bool:
     """Whether ``execute`` on this connection, now, sends the driver what a plan made
-    from the statement alone would send, and makes its rows the same way."""
+    from the statement alone would send, and makes its rows the same way.
+
+    ``listeners_known``: the caller checked the execution listeners (``statements``)."""
     dispatch = connection.dialect.dispatch
-    return _plain(connection) and not (
+    return _plain(connection, listeners_known) and not (
         dispatch.do_execute or dispatch.do_execute_no_params or dispatch.do_executemany
     )
 
 
-def may_read_on_driver(connection: Connection) -> bool:
+def may_read_on_driver(connection: Connection, *, listeners_known: bool = False) -> bool:
     """Whether ``execute`` on this connection, now, would send the statement as it is,
     outside any transaction, and give it nothing else to do.
 
     On every read: ordered and inlined for speed.
     """
     fairy = connection._dbapi_connection
-    if fairy is None or connection._has_events or connection._echo:
+    if fairy is None or connection._echo:
         return False
     transaction = connection._transaction
     if (
         (transaction is not None and not transaction.is_active)
         or connection._nested_transaction is not None
         or connection._trans_context_manager is not None
-        or connection.engine._has_events
+        or (not listeners_known and (connection._has_events or connection.engine._has_events))
     ):
         return False
     options = connection._execution_options
     if options and not _NEUTRAL_OPTIONS.issuperset(options):
         return False
     adapter: Any = fairy.dbapi_connection
-    # In a transaction the adapter would send BEGIN with the statement. A read with
+    # Autocommit: the statement is all there is. Read-only (the read engine behind
+    # PgBouncer's transaction pooling): ``driver_fetch`` begins the adapter's
+    # transaction first, as its cursor would, and nothing in it can write. A read with
     # parameters or without reaches the dialect's do_execute (do_execute_no_params
     # needs an execution option, and there is none).
     return (
         adapter is not None
-        and adapter.isolation_level == "autocommit"
+        and (adapter.isolation_level == "autocommit" or adapter.readonly)
         and not connection.dialect.dispatch.do_execute
     )
 
 
-def may_write_on_driver(connection: Connection) -> bool:
+def may_write_on_driver(connection: Connection, *, listeners_known: bool = False) -> bool:
     """Whether ``begin()`` plus ``execute`` on this connection would run the statement
     in a transaction of its own with the server's defaults, as PostgreSQL's implicit
     transaction of one statement does."""
@@ -260,7 +294,7 @@ def may_write_on_driver(connection: Connection) -> bool:
         fairy is None
         or connection._transaction is not None
         or connection._trans_context_manager is not None
-        or not _plain(connection)
+        or not _plain(connection, listeners_known)
     ):
         return False
     dispatch = connection.dialect.dispatch
@@ -337,6 +371,10 @@ async def driver_fetch(connection: Connection, sql: str, arguments: Sequence[Any
     adapter = fairy.dbapi_connection
     dialect: Any = connection.dialect
     async with adapter._execute_mutex:
+        # A read-only adapter's read begins its transaction, as the adapter's cursor
+        # would (writes run on the driver only where nothing begins one).
+        if adapter.readonly and adapter._transaction is None:
+            await adapter._start_transaction()
         try:
             prepared, _attributes = await adapter._prepare(
                 sql, dialect._invalidate_schema_cache_asof

@@ -19,7 +19,8 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
-from .errors import DatabaseUnavailableError
+from .errors import DatabaseUnavailableError, UnavailableCause
+from .metrics import RoleMetrics
 
 __all__ = ["Breaker", "Gate"]
 
@@ -44,7 +45,14 @@ class Gate:
     ``enter`` on a free slot nor ``leave`` with nobody waiting has a check to make.
     """
 
-    def __init__(self, capacity: int, *, timeout: float, retry_after: float) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        timeout: float,
+        retry_after: float,
+        metrics: RoleMetrics | None = None,
+    ) -> None:
         if capacity < 1:
             raise ValueError("a gate needs a capacity of at least 1")
         self.capacity = capacity
@@ -60,6 +68,7 @@ class Gate:
         # slots still in use, one each.
         self._refusal: str | None = None
         self._vacating: list[asyncio.Future[bool]] = []
+        self._metrics = metrics
 
     @property
     def in_use(self) -> int:
@@ -73,15 +82,23 @@ class Gate:
         """Waiters that can still be granted a slot: not timed out, cancelled or granted."""
         if self._refusal is not None:
             return 0  # the gate's own turns are not waiters
-        return sum(not turn.done() for turn in self._turns)
+        # A copy, taken in one step: metrics exporters ask from threads of their own,
+        # and iterating the queue while the loop changes it would raise.
+        return sum(not turn.done() for turn in tuple(self._turns))
 
     async def enter(self) -> None:
+        metrics = self._metrics
         if self._free:
             self._free -= 1
+            if metrics is not None:
+                metrics.gate_wait.observe_zero()
             return
         if self._refusal is not None:
-            raise DatabaseUnavailableError(self._refusal, retry_after=self._retry_after)
+            raise DatabaseUnavailableError(
+                self._refusal, retry_after=self._retry_after, cause=UnavailableCause.DRAINING
+            )
         loop = asyncio.get_running_loop()
+        started = loop.time()
         turn: asyncio.Future[bool] = loop.create_future()
         self._turns[turn] = None
         deadline = loop.call_later(self._timeout, self._expire, turn)
@@ -95,10 +112,19 @@ class Gate:
             deadline.cancel()
             self._turns.pop(turn, None)
         if not granted:
+            if self._refusal is not None:
+                raise DatabaseUnavailableError(
+                    self._refusal, retry_after=self._retry_after, cause=UnavailableCause.DRAINING
+                )
+            if metrics is not None:
+                metrics.gate_timeouts += 1
             raise DatabaseUnavailableError(
-                self._refusal or f"no database connection became free within {self._timeout:g} s",
+                f"no database connection became free within {self._timeout:g} s",
                 retry_after=self._retry_after,
+                cause=UnavailableCause.POOL_EXHAUSTED,
             )
+        if metrics is not None:
+            metrics.gate_wait.observe(loop.time() - started)
 
     def _expire(self, turn: asyncio.Future[bool]) -> None:
         if not turn.done():
@@ -155,18 +181,22 @@ class Breaker:
         *,
         retry_after: float,
         probe_interval: float = 0.25,
+        metrics: RoleMetrics | None = None,
     ) -> None:
         self._probe = probe
         self._retry_after = retry_after
         self._probe_interval = probe_interval
         self._probe_task: asyncio.Task[None] | None = None
         self._closed = False
+        self._metrics = metrics
         self.is_open = False
 
     def check(self) -> None:
         if self.is_open:
             raise DatabaseUnavailableError(
-                "the database cannot be reached", retry_after=self._retry_after
+                "the database cannot be reached",
+                retry_after=self._retry_after,
+                cause=UnavailableCause.BREAKER_OPEN,
             )
 
     def trip(self, cause: BaseException) -> None:
@@ -174,6 +204,8 @@ class Breaker:
         if self.is_open or self._closed:
             return
         self.is_open = True
+        if self._metrics is not None:
+            self._metrics.breaker_trips += 1
         # A DatabaseUnavailableError's reason is written for people and redacted; of
         # anything else, only the type (driver texts may hold what nobody checked).
         reason = (

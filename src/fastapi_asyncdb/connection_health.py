@@ -19,6 +19,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
+from .metrics import RoleMetrics
+
 __all__ = ["ConnectionHealth", "StaleConnectionError"]
 
 _BORN = "fastapi_asyncdb.born"
@@ -34,8 +36,16 @@ class StaleConnectionError(DisconnectionError):
 class ConnectionHealth:
     """The rules, and the events that apply them to an engine's pool."""
 
-    def __init__(self, *, ping: Ping | None, ping_after_idle: float, recycle: float | None) -> None:
+    def __init__(
+        self,
+        *,
+        ping: Ping | None,
+        ping_after_idle: float,
+        recycle: float | None,
+        metrics: RoleMetrics | None = None,
+    ) -> None:
         self._ping = ping
+        self._metrics = metrics
         self._ping_after_idle = ping_after_idle
         self._recycle = recycle
 
@@ -95,5 +105,7 @@ class ConnectionHealth:
         try:
             self._ping(dbapi_connection)
         except Exception as error:
+            if self._metrics is not None:
+                self._metrics.ping_failures += 1
             raise StaleConnectionError("stale connection: the ping failed") from error
         self.mark_idle(info)

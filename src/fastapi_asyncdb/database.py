@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import MetaData, UpdateBase
@@ -17,6 +18,7 @@ from .budget import check_budget
 from .connections import SharedConnection
 from .drain import drain
 from .errors import DatabaseNotStartedError, ErrorKind
+from .metrics import DatabaseMetrics
 from .prepared import run_statement
 from .probe import Probe
 from .redaction import redact_type_error
@@ -62,6 +64,8 @@ class Database:
         self.settings = settings if settings is not None else DatabaseSettings(**overrides)
         self.backend = backends.resolve(self.settings)
         self.session_class = session_class
+        # One for the Database's life: exporters and hooks keep a reference to it.
+        self.metrics = DatabaseMetrics(self.settings.pool_name, enabled=self.settings.metrics)
         self._primary: Role | None = None
         self._reader: Role | None = None
         self._probe: Probe | None = None
@@ -84,6 +88,7 @@ class Database:
             settings = DatabaseSettings(**{**current, **overrides})
         backend = backends.resolve(settings)
         self.settings, self.backend = settings, backend
+        self.metrics.pool, self.metrics.enabled = settings.pool_name, settings.metrics
 
     def __repr__(self) -> str:
         state = "started" if self.is_started else "stopped"
@@ -124,9 +129,11 @@ class Database:
                 read_only=read_only,
                 probe=probe,
                 session_class=self.session_class,
+                metrics=self.metrics.for_role(name),
             )
             for name, read_only in roles.items()
         )
+        self.metrics.attach((self._primary, self._reader))
 
     async def stop(self) -> None:
         """Drain, then dispose the engines.
@@ -154,6 +161,7 @@ class Database:
         finally:
             probe, self._probe = self._probe, None
             self._primary = self._reader = None
+            self.metrics.attach(())
             try:
                 for role in roles:
                     await role.dispose()
@@ -245,6 +253,7 @@ class Database:
             work,
             retry or Retry(attempts=1),
             lambda error: self.classify(error) is ErrorKind.RETRYABLE,
+            on_retry=lambda error: self.metrics.retried(self.classify(error)),
         )
 
     async def run_statement(
@@ -263,12 +272,18 @@ class Database:
         """
         role = self._started(self._primary)
         async with role.connection() as connection:
-            if role.isolated:
-                # In a test's transaction (isolated()): a savepoint is the statement's own.
-                async with connection.begin_nested():
-                    await connection.execute(statement, parameters)
-                return
-            await run_statement(connection, statement, parameters)
+            started, outcome = perf_counter(), "error"
+            try:
+                if role.isolated:
+                    # In a test's transaction (isolated()): a savepoint is the statement's own.
+                    async with connection.begin_nested():
+                        await connection.execute(statement, parameters)
+                else:
+                    await run_statement(connection, statement, parameters)
+                outcome = "ok"
+            finally:
+                if role.metrics is not None:
+                    role.metrics.unit("fast_path", outcome, perf_counter() - started)
 
     @asynccontextmanager
     async def read_session(self) -> AsyncIterator[AsyncSession]:

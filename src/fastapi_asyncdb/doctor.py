@@ -152,6 +152,9 @@ def _fast_path_status(connection: Connection, database: Database) -> Finding:
         return Finding(
             "ok", "fast path", f"not available on {backend.name}: SQLAlchemy runs every statement"
         )
+    off = backend.write_fast_path_off_reason()
+    if off is not None:
+        return Finding("ok", "fast path", off)
     if not _compat.fast_path_supported(connection):
         return Finding(
             "warning",
@@ -246,6 +249,12 @@ def _timeouts(database: Database, facts: ServerFacts, _workers: int) -> list[Fin
         variable = f"DB_{name.upper()}"
         if wanted is None:
             continue
+        if name == "client_connection_check_interval" and settings.pgbouncer != "off":
+            # Behind a pooler the server's client is the pooler, which stays connected.
+            findings.append(
+                Finding("ok", "timeouts", f"{name} not used behind PgBouncer (DB_PGBOUNCER)")
+            )
+            continue
         if in_force is None:
             findings.append(
                 Finding(
@@ -276,6 +285,19 @@ def _connection_budget(database: Database, facts: ServerFacts, workers: int) -> 
     budget = connection_budget(settings, facts.limits)
     arithmetic = budget.arithmetic()
     available = budget.available
+    if settings.pgbouncer != "off":
+        # The server counts PgBouncer's server connections, not the app's.
+        return [
+            Finding(
+                "ok",
+                "connections",
+                f"{workers} worker(s) x {budget.needed // workers} connections = "
+                f"{budget.needed} client connections to PgBouncer "
+                f"(DB_PGBOUNCER={settings.pgbouncer})",
+                "they must fit PgBouncer's max_client_conn, and its server pools what the "
+                "server allows",
+            )
+        ]
     if available is None:
         return [
             Finding(
@@ -310,10 +332,33 @@ def _connection_budget(database: Database, facts: ServerFacts, workers: int) -> 
     return findings
 
 
-def _pooler(_database: Database, facts: ServerFacts, _workers: int) -> list[Finding]:
+def _pooler(database: Database, facts: ServerFacts, _workers: int) -> list[Finding]:
+    mode = database.settings.pgbouncer
     if facts.pooler is None:
-        return []
-    return [Finding("warning", "pooler", f"detected {facts.pooler}")]
+        if mode == "off":
+            return []
+        return [
+            Finding(
+                "warning",
+                "pooler",
+                f"DB_PGBOUNCER={mode}, but no pooler was seen in front of the server",
+                "set DB_PGBOUNCER=off when connecting directly (docs/pgbouncer.md)",
+            )
+        ]
+    transaction_pooler = facts.pooler.startswith("a transaction pooler")
+    if mode == "off" or (transaction_pooler and mode == "session"):
+        harm = "server-side limits are not in force"
+        if transaction_pooler:
+            harm += ", and statements fail on another server connection"
+        return [
+            Finding(
+                "error",
+                "pooler",
+                f"detected {facts.pooler}, and DB_PGBOUNCER={mode}: {harm}",
+                "set DB_PGBOUNCER to PgBouncer's pool_mode (docs/pgbouncer.md)",
+            )
+        ]
+    return [Finding("ok", "pooler", f"detected {facts.pooler}; DB_PGBOUNCER={mode}")]
 
 
 def _privileges(_database: Database, facts: ServerFacts, _workers: int) -> list[Finding]:

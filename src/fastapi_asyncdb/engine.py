@@ -8,14 +8,23 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Dialect, Engine, ExceptionContext
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext import asyncio as sqlalchemy_asyncio
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
-from . import redaction
+from . import pool_noise, redaction, statements
 from .backends import Backend
 from .connection_health import ConnectionHealth
-from .errors import ConfigurationError, DatabaseUnavailableError, ErrorKind, ReadOnlySessionError
+from .errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    ErrorKind,
+    ReadOnlySessionError,
+    UnavailableCause,
+)
 from .managed import NewConnections, PasswordProviderError, merged_connect_args
+from .metrics import RoleMetrics
+from .prepared import keep_write_fast_path_off
 from .settings import DatabaseSettings
 from .tls import tls_request, url_without_tls
 
@@ -25,7 +34,10 @@ _MISCONFIGURATION = (TypeError, AttributeError, ImportError)
 
 
 def health_rules(
-    settings: DatabaseSettings, backend: Backend, dialect: Dialect
+    settings: DatabaseSettings,
+    backend: Backend,
+    dialect: Dialect,
+    metrics: RoleMetrics | None = None,
 ) -> ConnectionHealth:
     """The health rules of the settings, with the backend's own ping."""
 
@@ -36,6 +48,7 @@ def health_rules(
         ping=ping if settings.pool_pre_ping else None,
         ping_after_idle=settings.pre_ping_after_idle,
         recycle=settings.pool_recycle,
+        metrics=metrics,
     )
 
 
@@ -45,6 +58,7 @@ def create_engine(
     *,
     read_only: bool,
     on_connect_failure: Callable[[BaseException], None] | None = None,
+    metrics: RoleMetrics | None = None,
 ) -> tuple[AsyncEngine, ConnectionHealth]:
     """An engine for the primary (read-write) or the read-only role, and its health rules.
 
@@ -80,16 +94,18 @@ def create_engine(
         options.update(
             pool_size=pool_size, max_overflow=max_overflow, pool_timeout=settings.pool_timeout
         )
-        if read_only:
+        if read_only and backend.autocommit_reads:
             # An autocommit connection has no transaction to roll back when returned.
             options["pool_reset_on_return"] = None
-    if read_only:
+    if read_only and backend.autocommit_reads:
         # No BEGIN/ROLLBACK round trips: each statement is its own snapshot.
         options["isolation_level"] = "AUTOCOMMIT"
         # Ending the autobegun transaction of an autocommit connection would still send
         # a ROLLBACK on some drivers (asyncmy): a round trip for nothing.
         options["skip_autocommit_rollback"] = True
-    engine = create_async_engine(
+    # Looked up at each call: an instrumentation that wraps create_async_engine
+    # (OpenTelemetry's) after this module was imported still sees the engines.
+    engine = sqlalchemy_asyncio.create_async_engine(
         url,
         echo=settings.echo,
         echo_pool=settings.echo_pool,
@@ -97,8 +113,13 @@ def create_engine(
         **options,
     )
     sync_engine = engine.sync_engine
-    health = health_rules(settings, backend, sync_engine.dialect)
+    fast_path_off = backend.write_fast_path_off_reason()
+    if fast_path_off is not None:
+        keep_write_fast_path_off(sync_engine.dialect, fast_path_off)
+    health = health_rules(settings, backend, sync_engine.dialect, metrics)
     health.install(sync_engine)
+    if metrics is not None:
+        metrics.watch(sync_engine)
     backend.install_connection_setup(sync_engine, read_only=read_only)
     _install_connect_guard(
         sync_engine,
@@ -110,6 +131,12 @@ def create_engine(
     if settings.hide_parameters:
         redaction.install_parameter_redaction(sync_engine)
     _install_error_translation(sync_engine, settings, backend, read_only=read_only)
+    statements.watch_engine(
+        sync_engine,
+        role="read" if read_only else "primary",
+        slow_threshold=settings.slow_statement_threshold,
+    )
+    pool_noise.install(sync_engine.pool)
     return engine, health
 
 
@@ -142,10 +169,11 @@ def _install_connect_guard(
         except Exception as error:
             redaction.redact_connect_error(error, cparams)
             failure = DatabaseUnavailableError(
-                connect_failure_reason(error, settings, cparams),
+                connect_failure_reason(error, settings, cparams, backend),
                 retry_after=settings.unavailable_retry_after,
                 # Hosts, users and the driver's words are for the logs, not for clients.
                 detail="the database cannot be reached",
+                cause=UnavailableCause.UNREACHABLE,
             )
             # The breaker fails requests fast while new connections cannot be made at
             # all; a server that answered with a refusal (too many connections, a login
@@ -156,7 +184,10 @@ def _install_connect_guard(
 
 
 def connect_failure_reason(
-    error: BaseException, settings: DatabaseSettings, arguments: Mapping[str, Any]
+    error: BaseException,
+    settings: DatabaseSettings,
+    arguments: Mapping[str, Any],
+    backend: Backend | None = None,
 ) -> str:
     """``cannot connect to the database at host:port as user: why``, for people.
 
@@ -170,7 +201,10 @@ def connect_failure_reason(
         where += f" as {arguments['user']}"
     if settings.async_creator is not None:
         where += " (async_creator)"
-    return f"cannot connect to the database{where}: {_why(error, settings)}"
+    why = _why(error, settings)
+    if backend is not None:
+        why += backend.connect_failure_hint(why)
+    return f"cannot connect to the database{where}: {why}"
 
 
 def _why(error: BaseException, settings: DatabaseSettings) -> str:
@@ -241,6 +275,7 @@ def _install_error_translation(
             return DatabaseUnavailableError(
                 f"the database did not answer within {settings.command_timeout:g} s",
                 retry_after=settings.unavailable_retry_after,
+                cause=UnavailableCause.TIMEOUT,
             )
         if read_only and backend.classify(error) is ErrorKind.READ_ONLY:
             return ReadOnlySessionError(

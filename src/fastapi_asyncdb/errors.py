@@ -12,6 +12,7 @@ __all__ = [
     "ErrorKind",
     "NestedUnitOfWorkError",
     "ReadOnlySessionError",
+    "UnavailableCause",
 ]
 
 
@@ -36,6 +37,22 @@ class ErrorKind(StrEnum):
     """A write was sent through a read-only session or connection: a bug in the caller."""
     OTHER = "other"
     """Anything else: a bug, a schema mismatch, an unexpected server error."""
+
+
+class UnavailableCause(StrEnum):
+    """Why a ``DatabaseUnavailableError`` was raised: the label of its 503 in the metrics."""
+
+    POOL_EXHAUSTED = "pool_exhausted"
+    """No connection became free within the acquire timeout (``DB_POOL_TIMEOUT``)."""
+    BREAKER_OPEN = "breaker_open"
+    """Failed fast: new connections could not be made a moment ago."""
+    UNREACHABLE = "unreachable"
+    """A new connection could not be made."""
+    DRAINING = "draining"
+    """The service is shutting down and admits no new unit of work."""
+    TIMEOUT = "timeout"
+    """The database did not answer a command within ``DB_COMMAND_TIMEOUT``."""
+    OTHER = "other"
 
 
 class DatabaseError(Exception):
@@ -63,12 +80,21 @@ class DatabaseUnavailableError(DatabaseError):
     It is the one error a client should retry, so over HTTP it becomes a 503 with
     ``Retry-After`` instead of a hang or a bare 500. ``reason`` is for operators (logs,
     exceptions); ``detail`` is what a client may read, which says less where the reason
-    names hosts, users or the driver's words.
+    names hosts, users or the driver's words. ``cause`` says which guard refused, for
+    metrics and alerts.
     """
 
-    def __init__(self, reason: str, *, retry_after: float, detail: str | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        retry_after: float,
+        detail: str | None = None,
+        cause: UnavailableCause = UnavailableCause.OTHER,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.cause = cause
         self.retry_after = retry_after
         self.detail = reason if detail is None else detail
 

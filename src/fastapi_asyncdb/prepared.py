@@ -4,15 +4,16 @@ Through ``AsyncConnection.execute``, SQLAlchemy spends two to three times asyncp
 CPU on each statement (a greenlet, the execution context, the result), so an endpoint
 of twenty small reads runs at a third of the speed of the same endpoint on asyncpg.
 ``Prepared`` takes a statement built once with SQLAlchemy, and on an autocommit
-asyncpg connection (the read connection) hands the compiled SQL and the ordered
-parameters straight to the asyncpg adapter's prepared statement, as SQLAlchemy's own
-cursor would: under the adapter's lock, so that concurrent calls on one connection
-take turns as ``execute``'s do, and after the connection's autobegin, so that it is
-left as ``execute`` leaves it. The rows are made by the maker SQLAlchemy used for the
-same statement, so they are keyed by name, by ``Column`` and by label as ``Result``
-rows are; errors go through SQLAlchemy's own error handling with a real execution
-context: the same exception classes and messages, the engine's ``handle_error``
-hooks, invalidation of a lost connection.
+asyncpg connection (the read connection; behind PgBouncer's transaction pooling, a
+read-only one, whose transaction it begins as the cursor would) hands the compiled SQL
+and the ordered parameters straight to the asyncpg adapter's prepared statement, as
+SQLAlchemy's own cursor would: under the adapter's lock, so that concurrent calls on
+one connection take turns as ``execute``'s do, and after the connection's autobegin,
+so that it is left as ``execute`` leaves it. The rows are made by the maker SQLAlchemy
+used for the same statement, so they are keyed by name, by ``Column`` and by label as
+``Result`` rows are; errors go through SQLAlchemy's own error handling with a real
+execution context: the same exception classes and messages, the engine's
+``handle_error`` hooks, invalidation of a lost connection.
 
 ``run_statement`` does the same for one write (an ``insert``, ``update`` or
 ``delete``, or an ``executemany`` of one) that is a transaction of its own: asyncpg
@@ -26,13 +27,15 @@ engine goes through SQLAlchemy, and the fast path is learnt from it: the SQL and
 driver arguments SQLAlchemy produced must be exactly those the fast path would send,
 or the statement stays with SQLAlchemy. After that, SQLAlchemy runs the statement
 whenever the driver alone would not give what ``connection.execute`` gives: another
-driver, a transaction (whose ``BEGIN`` SQLAlchemy's adapter sends lazily), a type that
+driver, a transaction that may write (whose ``BEGIN`` SQLAlchemy's adapter sends
+lazily), a type that
 converts values (``Enum``, ``JSON``, ``Numeric(asdecimal=False)``, a ``TypeDecorator``,
 ...), expanding ``IN`` parameters, values given by ``.params()``, any execution option
 on the statement, or on the connection or its engine (``schema_translate_map``,
 ``yield_per``, ...; only ``isolation_level`` is checked at its source instead),
-logging, or a listener to any of the connection's execution events (a listener may
-rewrite statements; tracing instrumentation sees every one).
+logging, or a listener to the events of a statement's execution (a listener may
+rewrite statements), but for those whose work the fast path does itself: OpenTelemetry's
+SQLAlchemy instrumentation and the slow-statement log (``statements``).
 
 Every private SQLAlchemy name used here lives in ``_compat``; without them (another
 SQLAlchemy version), every run goes through SQLAlchemy.
@@ -40,6 +43,7 @@ SQLAlchemy version), every run goes through SQLAlchemy.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Generic, NoReturn, TypeVarTuple, cast
 from weakref import WeakKeyDictionary
@@ -50,13 +54,29 @@ from sqlalchemy.exc import MultipleResultsFound, NoResultFound
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from . import _compat
+from . import _compat, statements
 
-__all__ = ["Prepared", "run_statement"]
+__all__ = ["Prepared", "keep_write_fast_path_off", "run_statement"]
+
+logger = logging.getLogger(__name__)
 
 _Ts = TypeVarTuple("_Ts")
 Parameters = Mapping[str, Any]
 _REQUIRED = object()
+
+
+# Dialects (one per engine) whose writes all go through SQLAlchemy, and why.
+_kept_off: WeakKeyDictionary[Dialect, str] = WeakKeyDictionary()
+_reasons_logged: set[str] = set()
+
+
+def keep_write_fast_path_off(dialect: Dialect, reason: str) -> None:
+    """Make ``run_statement`` leave every write of this dialect's engine to SQLAlchemy;
+    the reason is logged once per process."""
+    _kept_off[dialect] = reason
+    if reason not in _reasons_logged:
+        _reasons_logged.add(reason)
+        logger.info("%s", reason)
 
 
 class _Plan:
@@ -225,11 +245,23 @@ class Prepared(Generic[*_Ts]):
         if plan is None:
             return None
         arguments = plan.arguments(parameters)
-        if arguments is None or not _compat.may_read_on_driver(sync):
+        if arguments is None:
+            return None
+        watch, traced, known = None, False, False
+        if _compat.has_execution_listeners(sync):  # tracing, or the slow-statement log
+            known, watch, traced = statements.driver_watch(sync)
+            if not known:
+                return None
+        if not _compat.may_read_on_driver(sync, listeners_known=known):
             return None
         _compat.begin_implicitly(sync)
         try:
-            records = await _compat.driver_fetch(sync, plan.sql, arguments)
+            if watch is None:
+                records = await _compat.driver_fetch(sync, plan.sql, arguments)
+            else:
+                records = await statements.observed(
+                    watch, traced, plan.sql, _compat.driver_fetch, sync, plan.sql, arguments
+                )
         except BaseException as error:
             await _compat.run_in_greenlet(
                 _compat.raise_as_sqlalchemy_would,
@@ -253,10 +285,10 @@ class Prepared(Generic[*_Ts]):
             and sync is not None
             and sync.dialect not in self._plans
             and (parameters is None or isinstance(parameters, Mapping))  # not a list
-            and _compat.may_learn_from(sync)
+            and _may_learn_from(sync)
         )
         result = await connection.execute(self._statement, parameters)
-        if learn and sync is not None and _compat.may_learn_from(sync):
+        if learn and sync is not None and _may_learn_from(sync):
             self._plans[sync.dialect] = self._plan(sync, result, parameters)
         return result
 
@@ -276,6 +308,13 @@ class Prepared(Generic[*_Ts]):
         if plan is None or not _sent_as_planned(plan, result, [parameters]):
             return None
         return plan
+
+
+def _may_learn_from(connection: Connection) -> bool:
+    """``_compat.may_learn_from``, with the listeners whose work the fast path does
+    (tracing, the slow-statement log) accepted."""
+    known = _compat.has_execution_listeners(connection) and statements.driver_watch(connection)[0]
+    return _compat.may_learn_from(connection, listeners_known=known)
 
 
 WriteParameters = Parameters | Sequence[Parameters] | None
@@ -314,17 +353,22 @@ async def run_statement(
     by_dialect = _write_plans.get(statement)
     plans = None if by_dialect is None or shape is None else by_dialect.get(sync.dialect)
     plan = None if plans is None or shape is None else plans.get(shape)
-    if plan is not None and _compat.may_write_on_driver(sync):
+    if plan is not None:
+        watch, traced, known = None, False, False
+        if _compat.has_execution_listeners(sync):
+            known, watch, traced = statements.driver_watch(sync)
         arguments = [plan.arguments(row) for row in rows]
-        if None not in arguments:
-            await _write_on_driver(sync, statement, plan, rows, arguments)
+        if (
+            (known or not _compat.has_execution_listeners(sync))
+            and _compat.may_write_on_driver(sync, listeners_known=known)
+            and None not in arguments
+        ):
+            await _write_on_driver(sync, statement, plan, rows, arguments, watch, traced)
             return
-    learn = (
-        shape is not None and (plans is None or shape not in plans) and _compat.may_learn_from(sync)
-    )
+    learn = shape is not None and (plans is None or shape not in plans) and _may_learn_from(sync)
     async with connection.begin():
         result = await connection.execute(statement, parameters)
-    if learn and shape is not None and _compat.may_learn_from(sync):
+    if learn and shape is not None and _may_learn_from(sync):
         by_dialect = _write_plans.setdefault(statement, WeakKeyDictionary())
         by_dialect.setdefault(sync.dialect, {})[shape] = _write_plan(statement, sync, rows, result)
 
@@ -335,13 +379,19 @@ async def _write_on_driver(
     plan: _Plan,
     rows: Sequence[Parameters],
     arguments: list[Any],  # a list of arguments per row
+    watch: statements.Watch | None,
+    traced: bool,
 ) -> None:
     transaction = _compat.begin_without_io(connection)
     try:
-        if len(arguments) > 1:
-            await _compat.driver_executemany(connection, plan.sql, arguments)
+        run: Any = _compat.driver_executemany if len(arguments) > 1 else _compat.driver_fetch
+        run_arguments = arguments if len(arguments) > 1 else arguments[0]
+        if watch is None:
+            await run(connection, plan.sql, run_arguments)
         else:
-            await _compat.driver_fetch(connection, plan.sql, arguments[0])
+            await statements.observed(
+                watch, traced, plan.sql, run, connection, plan.sql, run_arguments
+            )
     except BaseException as error:
         compiled = _compile_write(statement, connection.dialect, rows)
         await _compat.run_in_greenlet(
@@ -383,6 +433,7 @@ def _write_plan(
     """A plan when asyncpg alone sends exactly what SQLAlchemy sent for ``result``."""
     if (
         statement.get_execution_options()
+        or connection.dialect in _kept_off
         or not _compat.fast_path_supported(connection)
         or not _compat.cacheable(statement)
     ):

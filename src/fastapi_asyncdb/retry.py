@@ -52,6 +52,7 @@ async def run_with_retries(
     work: Callable[[AsyncSession], Awaitable[T]],
     retry: Retry,
     is_retryable: Callable[[BaseException], bool],
+    on_retry: Callable[[BaseException], None] | None = None,
 ) -> T:
     failures = 0
     while True:
@@ -63,4 +64,6 @@ async def run_with_retries(
             if failures >= retry.attempts or not is_retryable(error):
                 raise
             logger.info("unit of work lost a race (attempt %d); repeating it", failures)
+            if on_retry is not None:
+                on_retry(error)
             await asyncio.sleep(retry.delay(failures))

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import perf_counter
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from .admission import Breaker, Gate
 from .backends import Backend
 from .connections import ConnectionSource, PooledConnections, WarmConnections
 from .engine import create_engine
-from .errors import NestedUnitOfWorkError
+from .errors import DatabaseError, DatabaseUnavailableError, ErrorKind, NestedUnitOfWorkError
+from .metrics import RoleMetrics
 from .probe import Probe
 from .redaction import redact_type_error
 from .settings import DatabaseSettings
@@ -39,13 +42,25 @@ class Role:
         read_only: bool,
         probe: Probe,
         session_class: type[AsyncSession] = AsyncSession,
+        metrics: RoleMetrics | None = None,
     ) -> None:
         self.name = name
         self.read_only = read_only
         self.hide_parameters = settings.hide_parameters
-        self.breaker = Breaker(probe.connect, retry_after=settings.unavailable_retry_after)
+        self.backend = backend
+        self.settings = settings
+        self.metrics = metrics
+        # Read units are timed by AdmittedConnection; write units by their own code.
+        self.read_metrics = metrics if read_only else None
+        self.breaker = Breaker(
+            probe.connect, retry_after=settings.unavailable_retry_after, metrics=metrics
+        )
         self.engine, health = create_engine(
-            settings, backend, read_only=read_only, on_connect_failure=self.breaker.trip
+            settings,
+            backend,
+            read_only=read_only,
+            on_connect_failure=self.breaker.trip,
+            metrics=metrics,
         )
         self.sessionmaker = async_sessionmaker(
             self.engine,
@@ -66,12 +81,17 @@ class Role:
         else:
             capacity = settings.pool_size + settings.max_overflow
         self.gate = Gate(
-            capacity, timeout=settings.pool_timeout, retry_after=settings.unavailable_retry_after
+            capacity,
+            timeout=settings.pool_timeout,
+            retry_after=settings.unavailable_retry_after,
+            metrics=metrics,
         )
+        self.pool_size = settings.effective_read_pool_size if read_only else settings.pool_size
         # Only read connections stay warm: they carry no transaction between units of
         # work. (A NullPool makes a connection per checkout anyway.)
         self.connections: ConnectionSource
-        if read_only and settings.pool_class != "NullPool":
+        # Only autocommit ones: a read in a transaction leaves it for the pool to end.
+        if read_only and backend.autocommit_reads and settings.pool_class != "NullPool":
             self.connections = WarmConnections(
                 self.engine, health=health, keep=settings.effective_read_pool_size
             )
@@ -81,6 +101,20 @@ class Role:
         self.held: dict[asyncio.Task[Any], _Held] = {}
         # Set while Database.isolated() runs every unit on one connection.
         self.isolated = False
+
+    def lost_in_setup(self, error: BaseException) -> DatabaseUnavailableError | None:
+        """The driver's own error, raised unwrapped by SQLAlchemy's setup of a new
+        connection (its connect events), as the unavailable database it means; None
+        for anything else."""
+        if isinstance(error, SQLAlchemyError | DatabaseError) or not isinstance(error, Exception):
+            return None
+        if self.backend.classify(error) is not ErrorKind.UNAVAILABLE:
+            return None
+        return DatabaseUnavailableError(
+            f"a new connection was lost while being set up ({type(error).__name__})",
+            retry_after=self.settings.unavailable_retry_after,
+            detail="the database cannot be reached",
+        )
 
     def connection(self) -> AdmittedConnection:
         """Admission, then a connection; both given back on exit."""
@@ -110,6 +144,7 @@ class Role:
             "waiting": self.gate.waiting,
             "checked_out": self.connections.lent,
             "idle": self.connections.idle,
+            "overflow": max(0, self.connections.lent + self.connections.idle - self.pool_size),
         }
 
     async def dispose(self) -> None:
@@ -146,11 +181,12 @@ class AdmittedConnection:
     path, and each generator layer costs a few microseconds in and out.
     """
 
-    __slots__ = ("_held", "_role")
+    __slots__ = ("_held", "_role", "_started")
 
     def __init__(self, role: Role) -> None:
         self._role = role
         self._held: _Held | None = None
+        self._started = 0.0
 
     async def __aenter__(self) -> AsyncConnection:
         role = self._role
@@ -170,15 +206,22 @@ class AdmittedConnection:
         await role.gate.enter()
         try:
             connection = await role.connections.take()
-        except BaseException:
+        except BaseException as error:
             role.gate.leave()
+            lost = role.lost_in_setup(error)
+            if lost is not None:
+                raise lost from error
             raise
         self._held = held = _Held(connection, task)
         if task is not None:
             role.held[task] = held
+        if role.read_metrics is not None:
+            self._started = perf_counter()
         return connection
 
-    async def __aexit__(self, _type: object, error: BaseException | None, _tb: object) -> None:
+    async def __aexit__(
+        self, error_type: type[BaseException] | None, error: BaseException | None, _tb: object
+    ) -> None:
         held, role = self._held, self._role
         assert held is not None
         if error is not None and role.hide_parameters:
@@ -186,6 +229,9 @@ class AdmittedConnection:
         held.units -= 1
         if held.units:
             return
+        if role.read_metrics is not None:
+            outcome = "ok" if error_type is None else "error"
+            role.read_metrics.unit("read", outcome, perf_counter() - self._started)
         if held.task is not None:
             role.held.pop(held.task, None)
         try:

@@ -136,12 +136,32 @@ class DatabaseSettings(BaseSettings):
         description="At shutdown, how long units of work in flight get to end before they are "
         "cancelled and rolled back; 0 cancels them at once.",
     )
+    pool_name: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,62}$",
+        description="The pool label of this database's metrics (letters, digits, _ . : -).",
+    )
+    metrics: bool = Field(
+        default=True,
+        description="Count units of work, waits and failures for the metrics; the pool "
+        "gauges, read at scrape time, work either way.",
+    )
+    slow_statement_threshold: Seconds | None = Field(
+        default=None,
+        description="Log each statement that takes at least this long (WARNING, logger "
+        "fastapi_asyncdb.statements), without its values; None: no such log.",
+    )
     echo: bool = False
     echo_pool: bool = False
     hide_parameters: bool = Field(
         default=True, description="Keep bound parameter values out of logs and exceptions."
     )
     application_name: str = "fastapi-asyncdb"
+    pgbouncer: Literal["off", "transaction", "session"] = Field(
+        default="off",
+        description="PostgreSQL behind PgBouncer in this pool mode: no startup parameters, "
+        "limits set per transaction or per session instead (docs/pgbouncer.md).",
+    )
 
     # -- workers and the connection budget (docs/operating.md) -------------------------
     workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] = Field(
@@ -219,6 +239,13 @@ class DatabaseSettings(BaseSettings):
     def _check_connections(self) -> DatabaseSettings:
         check_tls(self)
         url = self.sqlalchemy_url
+        if self.pgbouncer != "off" and url.get_backend_name() != "postgresql":
+            raise ValueError("DB_PGBOUNCER (pgbouncer) applies to PostgreSQL only")
+        if self.pgbouncer != "off" and self.connect_args.get("server_settings"):
+            raise ValueError(
+                "connect_args=: PgBouncer refuses server_settings at login, or drops them "
+                "unapplied (DB_PGBOUNCER); set them on the role or database (ALTER ROLE ... SET)"
+            )
         if self.password is not None and (url.password is not None or "password" in url.query):
             raise ValueError("password=: DATABASE_URL carries a password too; give it in one place")
         return self

@@ -7,6 +7,7 @@ for a request and ends it when the response starts, once its status is known.
 from __future__ import annotations
 
 import contextlib
+from time import perf_counter
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,10 +19,11 @@ __all__ = ["TransactionUnit"]
 class TransactionUnit:
     """Begin, then end with a commit or a rollback; the connection is given back either way."""
 
-    __slots__ = ("_admitted", "_role", "_session")
+    __slots__ = ("_admitted", "_role", "_session", "_started")
 
     def __init__(self, role: Role) -> None:
         self._role = role
+        self._started = 0.0
         self._admitted: AdmittedConnection | None = None
         self._session: AsyncSession | None = None
 
@@ -36,6 +38,7 @@ class TransactionUnit:
         connection = await admitted.__aenter__()
         self._admitted = admitted
         self._session = self._role.session(connection)
+        self._started = perf_counter()
         return self._session
 
     async def end(self, *, commit: bool) -> None:
@@ -48,12 +51,14 @@ class TransactionUnit:
         self._session = self._admitted = None
         if session is None or admitted is None:
             return
+        outcome = "error"
         try:
             try:
                 if commit:
                     await session.commit()
                 else:
                     await session.rollback()
+                outcome = "commit" if commit else "rollback"
             except BaseException:
                 # The first failure is the one to report; the connection may be gone.
                 with contextlib.suppress(Exception):
@@ -62,4 +67,7 @@ class TransactionUnit:
             finally:
                 await session.close()
         finally:
+            elapsed = perf_counter() - self._started
             await admitted.__aexit__(None, None, None)
+            if self._role.metrics is not None:
+                self._role.metrics.unit("write", outcome, elapsed)

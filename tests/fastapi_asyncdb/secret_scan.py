@@ -27,7 +27,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from prometheus_client import CollectorRegistry, generate_latest
+
 from fastapi_asyncdb import Database
+from fastapi_asyncdb.prometheus import register
 
 _LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"
 _DIGITS = "23456789"
@@ -91,9 +94,13 @@ class Evidence:
         self.add(f"{where}: HTTP {status}", f"{json.dumps(dict(headers))}\n{body}")
 
     async def database_state(self, database: Database) -> None:
-        """What the library shows of itself: reprs, settings, pools, health."""
+        """What the library shows of itself: reprs, settings, pools, health, metrics."""
         self.add("repr(Database)", repr(database))
         self.add("settings", f"{database.settings!s} {database.settings!r}")
+        # A Prometheus scrape: every metric name, label and value, as a scraper stores it.
+        registry = CollectorRegistry()
+        register(database, registry)
+        self.add("metrics", f"{database.metrics!r}\n{generate_latest(registry).decode()}")
         if database.is_started:
             for engine in (database.engine, database.read_engine):
                 self.add("engine", f"{engine!r} {engine.url!r} {engine.url!s}")
@@ -120,6 +127,9 @@ def _safely(render: Callable[[BaseException], str], item: BaseException) -> str:
         return f"<{type(error).__name__} rendering {type(item).__name__}>"
 
 
+_EXTRA_FIELDS = ("db_statement", "db_role", "db_duration_s", "request_id")
+
+
 class _EvidenceHandler(logging.Handler):
     def __init__(self, evidence: Evidence) -> None:
         super().__init__(logging.DEBUG)
@@ -129,6 +139,10 @@ class _EvidenceHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.evidence.add(f"log {record.name}", self.format(record))
+        # The fields a structured formatter would write out (slow statements' extra=).
+        extra = {name: getattr(record, name) for name in _EXTRA_FIELDS if hasattr(record, name)}
+        if extra:
+            self.evidence.add(f"log {record.name} extra", repr(extra))
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from fastapi_asyncdb import Database, Prepared, ReadSessionDep, SessionDep, inst
 from .proxy import forwarder_for
 from .secret_scan import Evidence, capturing_logs, find_leaks, new_secret
 from .secret_scan_cases import KEYS, VAULT, Kind, metadata, planted_rows, statement_for
+from .spans import exported_spans, instrumented
 
 # When the cut comes: after connecting and the first, quick run, during the sleep.
 CUT_AFTER = 1.0
@@ -160,17 +161,22 @@ async def scan(
             url=url.render_as_string(hide_password=False),
             echo=echo,
             echo_pool=echo,
-            **kind.settings,
+            # Every statement gets a slow-statement line, to be searched too.
+            **{"slow_statement_threshold": 1e-9, **kind.settings},
         )
         async with database:
             run = _Run(database, kind, path, (statement, is_write), secret, evidence)
-            if forwarder is None:
-                await run.capturing()
-            else:
-                async with forwarder.running():
-                    task = asyncio.create_task(run.capturing())
-                    await asyncio.sleep(CUT_AFTER)
-                await task  # leaving running() cut every connection under the statement
+            # Traced as services trace: spans from both paths are evidence too.
+            with instrumented(database):
+                if forwarder is None:
+                    await run.capturing()
+                else:
+                    async with forwarder.running():
+                        task = asyncio.create_task(run.capturing())
+                        await asyncio.sleep(CUT_AFTER)
+                    await task  # leaving running() cut every connection under the statement
+                for span in exported_spans():
+                    evidence.add(f"span {span.name}", span.to_json())
             await evidence.database_state(database)
         await evidence.database_state(database)
         await _sqlite_threads_finished(threads_before)

@@ -55,7 +55,8 @@ async def deadlock_pair(database: Database, retry: Retry | None) -> tuple[list[s
 async def test_deadlocked_unit_is_repeated_and_both_succeed(database: Database) -> None:
     runs, results = await deadlock_pair(database, Retry(attempts=3))
     assert sorted(str(result) for result in results) == ["left", "right"]
-    assert len(runs) == 3
+    # At least the loser's one repeat; a repeat can meet the winner's locks again.
+    assert len(runs) >= 3
 
 
 async def test_without_retry_the_deadlock_victim_fails(database: Database) -> None:

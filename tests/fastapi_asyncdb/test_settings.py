@@ -247,3 +247,31 @@ def test_the_budget_check_refuses_by_default_and_takes_only_its_three_modes(
     monkeypatch.setenv("DB_BUDGET_CHECK", "ignore")
     with pytest.raises(ConfigurationError, match="DB_BUDGET_CHECK"):
         DatabaseSettings()
+
+
+def test_pgbouncer_mode_is_read_from_the_environment_and_refused_off_postgresql(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://app@pgbouncer.internal:6432/app")
+    monkeypatch.setenv("DB_PGBOUNCER", "transaction")
+    assert DatabaseSettings().pgbouncer == "transaction"
+    with pytest.raises(ConfigurationError, match=r"DB_PGBOUNCER .* applies to PostgreSQL only"):
+        DatabaseSettings(url="sqlite+aiosqlite:///./data/app.db")
+    with pytest.raises(ConfigurationError, match=r"DB_PGBOUNCER \(pgbouncer\)"):
+        DatabaseSettings(pgbouncer="statement")
+
+
+def test_pgbouncer_transaction_mode_owns_the_statement_cache_and_connection_class() -> None:
+    url = "postgresql+asyncpg://app@pgbouncer.internal:6432/app"
+    with pytest.raises(ConfigurationError, match="statement_cache_size is set by"):
+        Database(url=url, pgbouncer="transaction", connect_args={"statement_cache_size": 10})
+    # Off, the argument is the user's to give.
+    Database(url=url, connect_args={"statement_cache_size": 10})
+
+
+def test_server_settings_are_refused_through_pgbouncer() -> None:
+    url = "postgresql+asyncpg://app@pgbouncer.internal:6432/app"
+    extra = {"server_settings": {"search_path": "app"}}
+    with pytest.raises(ConfigurationError, match="PgBouncer refuses server_settings"):
+        DatabaseSettings(url=url, pgbouncer="session", connect_args=extra)
+    DatabaseSettings(url=url, connect_args=extra)

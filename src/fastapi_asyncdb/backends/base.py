@@ -130,6 +130,25 @@ class Backend:
     def prepare(self) -> None:
         """Run once before the engines are created (e.g. make the SQLite file's folder)."""
 
+    @property
+    def autocommit_reads(self) -> bool:
+        """Whether the read engine runs each statement in autocommit (no transaction).
+
+        False where the server-side limits or read-only mode hold only inside a
+        transaction (PostgreSQL behind PgBouncer's transaction pooling): reads then run
+        in read-only transactions.
+        """
+        return True
+
+    def write_fast_path_off_reason(self) -> str | None:
+        """Why ``run_statement`` must leave every write to SQLAlchemy with these
+        settings, or None when its fast path may run."""
+        return None
+
+    def connect_failure_hint(self, reason: str) -> str:
+        """Advice appended to a connect failure's ``reason`` ('' for none)."""
+        return ""
+
     def connect_args(self, *, read_only: bool) -> dict[str, Any]:
         """The driver's connect arguments: timeouts and server-side session settings."""
         return {}

@@ -4,23 +4,29 @@ and the fast path."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import ssl
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import text
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from .. import _compat
 from ..errors import ConfigurationError, ErrorKind
 from ..tls import connect_context
+from . import _pgbouncer
 from .base import Backend, ConnectionLimits, ServerFacts, milliseconds, poll_migration_lock
 
 if TYPE_CHECKING:
     from ..settings import DatabaseSettings
 
 __all__ = ["PostgreSQL"]
+
+logger = logging.getLogger(__name__)
 
 # By SQLSTATE; https://www.postgresql.org/docs/current/errcodes-appendix.html
 _KINDS_BY_SQLSTATE = {
@@ -47,8 +53,9 @@ _TIMEOUT_SETTINGS = {
 
 
 def _pooler(connection: Connection) -> str | None:
-    """A transaction pooler hands each transaction its own server session; a proxy or
-    pooler of any kind listens on a port other than the server's."""
+    """A transaction pooler hands each transaction its own server session; PgBouncer
+    gives its own process id at login; a proxy or pooler of any kind listens on a port
+    other than the server's."""
     if connection.in_transaction():
         connection.commit()
     pids = set()
@@ -57,6 +64,9 @@ def _pooler(connection: Connection) -> str | None:
             pids.add(connection.execute(text("SELECT pg_backend_pid()")).scalar())
     if len(pids) > 1:
         return "a transaction pooler (each transaction met another server session)"
+    driver_connection: Any = connection.connection.driver_connection
+    if driver_connection.get_server_pid() not in pids:
+        return "a pooler, PgBouncer say (the login named a process other than the server's)"
     server_port = connection.execute(text("SELECT inet_server_port()")).scalar()
     client_port = connection.engine.url.port or 5432
     if server_port is not None and int(server_port) != client_port:
@@ -107,9 +117,36 @@ class PostgreSQL(Backend):
         "server_settings.options": "the settings, one server_settings entry per parameter",
     }
 
+    @property
+    def autocommit_reads(self) -> bool:
+        # Transaction pooling: an autocommit read has no transaction for SET LOCAL.
+        return self.settings.pgbouncer != "transaction"
+
+    def write_fast_path_off_reason(self) -> str | None:
+        if self.settings.pgbouncer == "transaction":
+            return _pgbouncer.TRANSACTION_MODE_FAST_PATH
+        return None
+
     def connect_args(self, *, read_only: bool) -> dict[str, Any]:
         settings = self.settings
+        # PgBouncer takes application_name at login, and nothing else of ours.
         server_settings = {"application_name": settings.application_name}
+        arguments: dict[str, Any] = {
+            "timeout": settings.connect_timeout,
+            "command_timeout": settings.command_timeout,
+            "server_settings": server_settings,
+            "ssl": _tls_argument(settings),
+        }
+        if settings.pgbouncer == "transaction":
+            # A named statement lives on one server connection; the unnamed one travels
+            # with each execution. Unique names (prepared_statement_name_func) do not
+            # help: asyncpg's Sync between Parse and Bind lets PgBouncer switch servers.
+            arguments["statement_cache_size"] = 0
+            arguments["connection_class"] = _pgbouncer.connection_class(
+                _pgbouncer.begin_limits(settings), read_only=read_only
+            )
+        if settings.pgbouncer != "off":
+            return arguments  # the limits are set after login (install_connection_setup)
         for name, seconds in (
             ("statement_timeout", settings.statement_timeout),
             ("idle_in_transaction_session_timeout", settings.idle_in_transaction_timeout),
@@ -119,12 +156,60 @@ class PostgreSQL(Backend):
                 server_settings[name] = str(milliseconds(seconds))
         if read_only:
             server_settings["default_transaction_read_only"] = "on"
-        return {
-            "timeout": settings.connect_timeout,
-            "command_timeout": settings.command_timeout,
-            "server_settings": server_settings,
-            "ssl": _tls_argument(settings),
-        }
+        return arguments
+
+    def install_connection_setup(self, engine: Engine, *, read_only: bool) -> None:
+        settings = self.settings
+        if settings.pgbouncer != "off":
+
+            @event.listens_for(engine, "checkout")
+            def _closed_by_pooler(
+                dbapi_connection: Any, _record: ConnectionPoolEntry, _proxy: Any
+            ) -> None:
+                # PgBouncer closes clients (restart, client_idle_timeout, a failed
+                # server); the pool then makes a new connection instead of a 503.
+                if dbapi_connection.driver_connection.is_closed():
+                    raise DisconnectionError("closed by the pooler")
+
+        if settings.pgbouncer == "transaction" and read_only:
+
+            @event.listens_for(engine, "connect")
+            def _read_only(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+                # Every transaction of the read engine begins READ ONLY (the adapter's
+                # own mode, which the fast path recognises as a read-only path).
+                dbapi_connection.readonly = True
+
+        if settings.pgbouncer == "session":
+            commands = _pgbouncer.session_limits(settings, read_only=read_only)
+
+            @event.listens_for(engine, "connect")
+            def _set_limits(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+                if commands:
+                    driver_connection = dbapi_connection.driver_connection
+                    _compat.await_in_greenlet(
+                        driver_connection.execute(commands, timeout=settings.connect_timeout)
+                    )
+
+        elif settings.pgbouncer == "off" and not read_only:
+
+            @event.listens_for(engine, "first_connect")
+            def _notice_pooler(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+                # Once per engine: a pooler that let the login through (it ignores our
+                # parameters) makes reads fail and drops the server-side limits.
+                through = _compat.await_in_greenlet(
+                    _pgbouncer.connects_through_pooler(
+                        dbapi_connection.driver_connection, timeout=settings.connect_timeout
+                    )
+                )
+                if through:
+                    logger.warning(
+                        "a pooler (PgBouncer?) answers for PostgreSQL, and DB_PGBOUNCER is "
+                        "off: its server-side limits are not in force, and under transaction "
+                        "pooling statements fail; set DB_PGBOUNCER (docs/pgbouncer.md)"
+                    )
+
+    def connect_failure_hint(self, reason: str) -> str:
+        return _pgbouncer.refused_startup_parameter_hint(reason)
 
     async def check_created_connection(self, driver_connection: Any, *, read_only: bool) -> None:
         await _check_created_connection(self, driver_connection, read_only=read_only)
@@ -225,6 +310,12 @@ class PostgreSQL(Backend):
     def classify_driver_error(self, error: BaseException) -> ErrorKind | None:
         sqlstate = getattr(error, "sqlstate", None)
         if not isinstance(sqlstate, str):
+            # asyncpg's own words for a connection closed under it (no SQLSTATE):
+            # PgBouncer dropped the client, or the server went away.
+            if type(error).__module__.startswith("asyncpg") and "connection is closed" in str(
+                error
+            ):
+                return ErrorKind.UNAVAILABLE
             return None
         if sqlstate.startswith("08"):  # connection_exception
             return ErrorKind.UNAVAILABLE
@@ -234,6 +325,14 @@ class PostgreSQL(Backend):
         self, connection: AsyncConnection, name: str, *, wait: float
     ) -> bool:
         # A session-level advisory lock: held across Alembic's own transactions.
+        if self.settings.pgbouncer == "transaction":
+            # Each transaction may meet another server session: the lock would be taken
+            # in one and the migration run in others, unguarded.
+            raise ConfigurationError(
+                "migrations need one server session for their lock, which PgBouncer's "
+                "transaction pooling does not give: migrate on a direct connection "
+                "(DATABASE_URL to the server, DB_PGBOUNCER=off) or a session-mode pool"
+            )
         return await poll_migration_lock(
             connection,
             text("SELECT pg_try_advisory_lock(CAST(:key AS BIGINT))"),
@@ -296,6 +395,15 @@ async def _check_created_connection(
     command_timeout = getattr(config, "command_timeout", None)
     if command_timeout != expected["command_timeout"]:
         missing.append(f"command_timeout={expected['command_timeout']} (has {command_timeout})")
+    expected_class = expected.get("connection_class")
+    # issubclass: asyncpg's metaclass makes isinstance() true of every asyncpg connection.
+    if expected_class is not None and not issubclass(type(connection), expected_class):
+        missing.append("the limits in each BEGIN (connection_class, DB_PGBOUNCER=transaction)")
+    if (
+        expected.get("statement_cache_size") == 0
+        and getattr(getattr(connection, "_stmt_cache", None), "get_max_size", lambda: 0)()
+    ):
+        missing.append("statement_cache_size=0 (DB_PGBOUNCER=transaction)")
     if missing:
         raise ConfigurationError(
             "async_creator=: its connection runs without " + ", ".join(missing) + "; pass the "

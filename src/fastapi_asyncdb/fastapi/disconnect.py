@@ -18,6 +18,7 @@ client leaves stops within ``watch_after`` of starting, or at once if it runs lo
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,9 +34,16 @@ class CancelOnDisconnect:
     Work after the response (background tasks) is never cancelled.
     """
 
-    def __init__(self, app: ASGIApp, *, watch_after: float = 0.5) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        watch_after: float = 0.5,
+        on_cancel: Callable[[], None] | None = None,
+    ) -> None:
         self.app = app
         self.watch_after = watch_after
+        self.on_cancel = on_cancel
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -53,6 +61,8 @@ class CancelOnDisconnect:
         finally:
             timer.cancel()
             watch.stop()
+            if watch.cancelled_request and self.on_cancel is not None:
+                self.on_cancel()
 
 
 def _has_body(scope: Scope) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
@@ -30,8 +30,12 @@ from .problems import (
     unexpected_error_handler,
     validation_exception_handler,
 )
+from .request_id import RequestId
 from .request_scope import RequestScope
 from .startup import StartupRefusal, noting_refusals
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
 
 __all__ = ["install"]
 
@@ -48,6 +52,9 @@ def install(
     max_body_size: int | None = DEFAULT_MAX_BODY_SIZE,
     cancel_on_disconnect: bool = True,
     disconnect_watch_after: float = 0.5,
+    metrics: bool | CollectorRegistry = False,
+    metrics_path: str = "/metrics",
+    request_id: bool = True,
 ) -> None:
     """Wire ``database`` into ``app``: dependencies, error answers, health routes, middleware.
 
@@ -60,6 +67,11 @@ def install(
     - ``max_body_size``: larger request bodies are answered 413 (None: no limit).
     - ``cancel_on_disconnect``: a request whose client leaves is cancelled once it has
       run ``disconnect_watch_after`` seconds, so its queries stop.
+    - ``metrics``: ``True`` serves the database's metrics, in prometheus_client's default
+      registry, at ``metrics_path``; a ``CollectorRegistry`` serves that registry with
+      them in it. Off by default: the route tells whoever reaches the app its load.
+    - ``request_id``: each request gets an id (its ``X-Request-ID`` header, or a new
+      one) that slow-statement log lines carry and the response sends back.
     - At startup, a streaming (generator) endpoint that depends on ``SessionDep`` is
       refused: its session would be committed before the first byte of its body.
     - A startup refused for its configuration (``ConfigurationError``: a streaming
@@ -77,11 +89,18 @@ def install(
         _document_problems(app)
     # Starlette puts the last middleware added outermost.
     if cancel_on_disconnect:
-        app.add_middleware(CancelOnDisconnect, watch_after=disconnect_watch_after)
+        app.add_middleware(
+            CancelOnDisconnect,
+            watch_after=disconnect_watch_after,
+            on_cancel=database.metrics.cancelled_on_disconnect,
+        )
     # Outside the disconnect watch: units of work end after a cancellation was dealt with.
     app.add_middleware(RequestScope, answer=handler.response)
     if max_body_size is not None:
         app.add_middleware(BodyLimit, max_body_size=max_body_size)
+    if request_id:
+        # Outermost: every statement of the request, and its error answers, see the id.
+        app.add_middleware(RequestId)
     if health_prefix is not None:
         app.include_router(
             health_router(database, retry_after=database.settings.unavailable_retry_after),
@@ -89,6 +108,11 @@ def install(
         )
     refusals: list[ConfigurationError] = []
     app.add_middleware(StartupRefusal, refusals=refusals)
+    if metrics is not False:
+        from .metrics_route import metrics_router
+
+        registry = None if metrics is True else metrics
+        app.include_router(metrics_router(database, registry, path=metrics_path))
     _check_routes_at_startup(app, refusals)
 
 

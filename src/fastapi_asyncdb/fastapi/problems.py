@@ -160,12 +160,14 @@ class DatabaseErrorHandler:
             detail = str(error)
         if answer.retry_after and retry_after is None:
             retry_after = self.database.settings.unavailable_retry_after
+        if answer.status == 503:
+            self.database.metrics.served_unavailable(error, kind)
         logger.log(
             answer.log_level,
             "database error answered %d (%s): %s",
             answer.status,
             kind,
-            type(getattr(error, "orig", None) or error).__name__,
+            _driver_error_name(error),
             exc_info=error if answer.log_traceback else None,
         )
         return problem_response(
@@ -177,6 +179,16 @@ class DatabaseErrorHandler:
 
     async def __call__(self, _request: Request, error: Exception) -> Response:
         return self.response(error)
+
+
+def _driver_error_name(error: BaseException) -> str:
+    """The driver's own exception type: SQLAlchemy's adapter (asyncpg's) wraps it in one
+    named plain ``Error`` or ``InterfaceError``, which tells nothing of the cause."""
+    orig = getattr(error, "orig", None) or error
+    cause = orig.__cause__
+    if type(orig).__module__.startswith("sqlalchemy") and cause is not None:
+        return f"{type(orig).__name__} ({type(cause).__name__})"
+    return type(orig).__name__
 
 
 async def http_exception_handler(_request: Request, error: Exception) -> Response:

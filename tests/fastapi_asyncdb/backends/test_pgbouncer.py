@@ -1,0 +1,416 @@
+"""The library through a real PgBouncer (``DB_PGBOUNCER``), in transaction and session mode.
+
+In transaction mode PgBouncer's pool is smaller than the library's, so units of work
+share server connections, and consecutive transactions of one client meet different
+ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    Table,
+    bindparam,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import DBAPIError
+
+from fastapi_asyncdb import Database
+from fastapi_asyncdb.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    ErrorKind,
+    ReadOnlySessionError,
+)
+from fastapi_asyncdb.prepared import Prepared
+from fastapi_asyncdb.retry import Retry
+from tests.fastapi_asyncdb.prepared_runs import sqlalchemy_runs
+from tests.servers.pgbouncer import PgBouncer
+
+pytestmark = [pytest.mark.usefixtures("clean_environment")]
+
+StartPgBouncer = Callable[..., PgBouncer]
+MODES = ["transaction", "session"]
+LIMIT = 0.5
+SLEEP = 5
+
+
+def _table() -> Table:
+    return Table(
+        f"pgb_items_{uuid.uuid4().hex[:8]}",
+        MetaData(),
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("value", Integer, nullable=False),
+    )
+
+
+def _database(bouncer: PgBouncer, name: str, mode: str, **settings: Any) -> Database:
+    options: dict[str, Any] = {
+        "url": bouncer.url(name),
+        "pgbouncer": mode,
+        "pool_size": 4,
+        "max_overflow": 0,
+        "statement_timeout": LIMIT,
+        "idle_in_transaction_timeout": LIMIT * 2,
+        "pool_timeout": 5,
+    }
+    return Database(**{**options, **settings})
+
+
+@pytest.fixture(params=MODES)
+async def through(
+    request: pytest.FixtureRequest, start_pgbouncer: StartPgBouncer, pgbouncer_database: str
+) -> AsyncIterator[tuple[Database, Table, PgBouncer]]:
+    # Transaction mode: fewer server connections than the library's pool.
+    # In session mode each client connection holds a server connection: room for all.
+    size = 2 if request.param == "transaction" else 20
+    bouncer = start_pgbouncer(pool_mode=request.param, default_pool_size=size)
+    database = _database(bouncer, pgbouncer_database, request.param)
+    table = _table()
+    async with database:
+        await database.create_all(table.metadata)
+        try:
+            yield database, table, bouncer
+        finally:
+            async with database.engine.begin() as connection:
+                await connection.run_sync(table.metadata.drop_all)
+
+
+async def test_reads_writes_prepared_and_run_statement_stay_correct_under_concurrency(
+    through: tuple[Database, Table, PgBouncer],
+) -> None:
+    database, table, _ = through
+    await database.run_statement(insert(table), [{"id": number, "value": 0} for number in range(8)])
+    by_id = Prepared(select(table.c.value).where(table.c.id == bindparam("id")))
+    bump = update(table).where(table.c.id == bindparam("key")).values(value=table.c.value + 1)
+
+    async def client(number: int) -> None:
+        for step in range(15):
+            if step % 3 == 0:
+                await database.run_statement(bump, {"key": number})
+            elif step % 3 == 1:
+                async with database.transaction() as session:
+                    await session.execute(bump, {"key": number})
+            else:
+                async with database.read_connection() as connection:
+                    assert await by_id.scalar(connection, {"id": number}) == (step // 3 + 1) * 2
+                async with database.read_session() as session:
+                    value = (await session.execute(select(table.c.value))).scalars().all()
+                    assert len(value) == 8
+
+    await asyncio.gather(*(client(number) for number in range(8)))
+    async with database.read_connection() as connection:
+        values = (await connection.execute(select(table.c.value))).scalars().all()
+    assert values == [10] * 8
+
+
+async def test_transactions_with_retries_run_through_the_pooler(
+    through: tuple[Database, Table, PgBouncer],
+) -> None:
+    database, table, _ = through
+    await database.run_statement(insert(table), {"id": 1, "value": 0})
+    attempts = 0
+
+    async def work(session: Any) -> int:
+        nonlocal attempts
+        attempts += 1
+        await session.execute(update(table).values(value=table.c.value + 1))
+        if attempts == 1:
+            # As the server reports a lost race: the unit is rolled back and run again.
+            await session.execute(
+                text("DO $$ BEGIN RAISE EXCEPTION 'lost' USING ERRCODE = '40001'; END $$")
+            )
+        return int((await session.execute(select(table.c.value))).scalar_one())
+
+    assert await database.run_transaction(work, retry=Retry(attempts=3)) == 1
+    assert attempts == 2
+
+
+async def test_statement_timeout_ends_a_slow_statement_in_writes_and_reads(
+    through: tuple[Database, Table, PgBouncer],
+) -> None:
+    database, _, _ = through
+    started = time.monotonic()
+    with pytest.raises(DBAPIError) as in_transaction:
+        async with database.transaction() as session:
+            await session.execute(text(f"SELECT pg_sleep({SLEEP})"))
+    with pytest.raises(DBAPIError) as in_read:
+        async with database.read_session() as session:
+            await session.execute(text(f"SELECT pg_sleep({SLEEP})"))
+    assert database.classify(in_transaction.value) is ErrorKind.TIMEOUT
+    assert database.classify(in_read.value) is ErrorKind.TIMEOUT
+    assert time.monotonic() - started < SLEEP
+
+
+async def test_reads_stay_read_only_through_the_pooler(
+    through: tuple[Database, Table, PgBouncer],
+) -> None:
+    database, table, _ = through
+    with pytest.raises(ReadOnlySessionError):
+        async with database.read_session() as session:
+            await session.execute(insert(table).values(id=99, value=1))
+
+
+async def test_a_session_idle_in_transaction_is_ended_by_the_server(
+    through: tuple[Database, Table, PgBouncer],
+) -> None:
+    database, _, _ = through
+    with pytest.raises(DBAPIError) as ended:
+        async with database.transaction() as session:
+            await session.execute(text("SELECT 1"))
+            await asyncio.sleep(LIMIT * 4)
+            await session.execute(text("SELECT 1"))
+    assert database.classify(ended.value) is ErrorKind.UNAVAILABLE
+
+
+async def test_limits_are_those_of_the_settings_inside_each_transaction(
+    through: tuple[Database, Table, PgBouncer],
+) -> None:
+    database, _, _ = through
+    names = "current_setting('statement_timeout'), current_setting('transaction_read_only')"
+    async with database.transaction() as session:
+        written = (await session.execute(text(f"SELECT {names}"))).one()
+    async with database.read_session() as session:
+        read = (await session.execute(text(f"SELECT {names}"))).one()
+    assert tuple(written) == (f"{int(LIMIT * 1000)}ms", "off")
+    assert tuple(read) == (f"{int(LIMIT * 1000)}ms", "on")
+
+
+# -- the mode off: what a user sees ------------------------------------------------------
+
+
+async def test_a_refused_startup_parameter_is_named_with_the_setting_to_change(
+    pgbouncer_transaction: PgBouncer, pgbouncer_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    database = _database(pgbouncer_transaction, pgbouncer_database, "off")
+    caplog.set_level(logging.WARNING)
+    async with database:
+        with pytest.raises(DatabaseUnavailableError) as refused:
+            async with database.transaction() as session:
+                await session.execute(text("SELECT 1"))
+    reason = refused.value.reason
+    assert "ProtocolViolationError: unsupported startup parameter: " in reason
+    assert "DB_PGBOUNCER" in reason
+    assert f":{pgbouncer_transaction.port}" in reason
+    # The breaker's line says the same.
+    assert any(
+        "unsupported startup parameter" in record.getMessage()
+        and "failing fast" in record.getMessage()
+        for record in caplog.records
+    )
+
+
+async def test_a_pooler_that_lets_the_login_through_is_reported_at_the_first_connection(
+    start_pgbouncer: StartPgBouncer, pgbouncer_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    lenient = start_pgbouncer(
+        ignore_startup_parameters=(
+            "extra_float_digits",
+            "statement_timeout",
+            "idle_in_transaction_session_timeout",
+            "client_connection_check_interval",
+            "default_transaction_read_only",
+        )
+    )
+    caplog.set_level(logging.WARNING)
+    database = _database(lenient, pgbouncer_database, "off")
+    async with database, database.transaction() as session:
+        await session.execute(text("SELECT 1"))
+    warnings = [r.getMessage() for r in caplog.records if "DB_PGBOUNCER is off" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+async def test_no_warning_when_connecting_directly(
+    pgbouncer_database: str, pgbouncer_transaction: PgBouncer, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = pgbouncer_transaction.config
+    url = f"postgresql+asyncpg://postgres@{target.target_host}:{target.target_port}/"
+    caplog.set_level(logging.WARNING)
+    database = Database(url=url + pgbouncer_database)
+    async with database, database.transaction() as session:
+        await session.execute(text("SELECT 1"))
+    assert not [r for r in caplog.records if "DB_PGBOUNCER" in r.getMessage()]
+
+
+# -- PgBouncer's own failures ---------------------------------------------------------------
+
+
+async def test_query_wait_timeout_is_an_unavailable_database(
+    start_pgbouncer: StartPgBouncer, pgbouncer_database: str
+) -> None:
+    bouncer = start_pgbouncer(default_pool_size=1, query_wait_timeout=LIMIT)
+    async with _database(bouncer, pgbouncer_database, "transaction") as database:
+        holding = asyncio.Event()
+
+        async def hold() -> None:
+            async with database.transaction() as session:
+                await session.execute(text("SELECT 1"))
+                holding.set()
+                await asyncio.sleep(LIMIT * 1.8)
+
+        holder = asyncio.ensure_future(hold())
+        await holding.wait()
+        with pytest.raises(DBAPIError) as waited:
+            async with database.read_session() as session:
+                await session.execute(text("SELECT 1"))
+        await holder
+    assert database.classify(waited.value) is ErrorKind.UNAVAILABLE
+    assert "query_wait_timeout" in str(waited.value.orig)
+
+
+async def test_a_pgbouncer_restart_fails_units_briefly_then_they_recover(
+    start_pgbouncer: StartPgBouncer, pgbouncer_database: str
+) -> None:
+    bouncer = start_pgbouncer(default_pool_size=2)
+    async with _database(bouncer, pgbouncer_database, "transaction") as database:
+        async with database.read_session() as session:
+            await session.execute(text("SELECT 1"))
+        bouncer.restart()
+        outcomes: list[str] = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                async with asyncio.timeout(5):
+                    async with database.read_session() as session:
+                        await session.execute(text("SELECT 1"))
+                outcomes.append("ok")
+            except Exception as error:
+                outcomes.append(database.classify(error).name)
+            if outcomes[-3:] == ["ok"] * 3:
+                break
+            await asyncio.sleep(0.05)
+    assert outcomes[-3:] == ["ok"] * 3
+    assert set(outcomes) <= {"ok", ErrorKind.UNAVAILABLE.name}
+
+
+async def test_migrations_are_refused_through_transaction_pooling(
+    pgbouncer_transaction: PgBouncer, pgbouncer_database: str
+) -> None:
+    database = _database(pgbouncer_transaction, pgbouncer_database, "transaction")
+    async with database, database.engine.connect() as connection:
+        with pytest.raises(ConfigurationError, match="one server session"):
+            await database.backend.acquire_migration_lock(connection, "ledger", wait=0)
+
+
+@pytest.mark.parametrize("reader", ["session", "connection"])
+async def test_a_read_whose_connection_dies_before_its_end_keeps_its_answer(
+    start_pgbouncer: StartPgBouncer, pgbouncer_database: str, reader: str
+) -> None:
+    bouncer = start_pgbouncer(default_pool_size=2)
+    database = _database(bouncer, pgbouncer_database, "transaction", pool_size=1)
+    async with database:
+        for settle in (0.0, 0.2):  # the loop has seen the socket close, or not yet
+            opened = database.read_session() if reader == "session" else database.read_connection()
+            async with opened as reading:
+                assert (await reading.execute(text("SELECT 1"))).scalar() == 1
+                bouncer.kill()
+                await asyncio.sleep(settle)
+            bouncer.start()
+            # The dead connection is not handed out again.
+            async with database.read_session() as session:
+                assert (await session.execute(text("SELECT 2"))).scalar() == 2
+
+
+@pytest.mark.parametrize("dropped", [None, "connection_class", "statement_cache_size"])
+async def test_an_async_creator_must_pass_the_pgbouncer_arguments_on(
+    pgbouncer_transaction: PgBouncer, pgbouncer_database: str, dropped: str | None
+) -> None:
+    import asyncpg
+
+    async def create(**arguments: Any) -> Any:
+        arguments.pop(dropped or "", None)
+        return await asyncpg.connect(**arguments)
+
+    database = _database(pgbouncer_transaction, pgbouncer_database, "transaction")
+    database.configure(async_creator=create)
+    async with database:
+        if dropped is None:
+            async with database.transaction() as session:
+                limit = (await session.execute(text("SHOW statement_timeout"))).scalar()
+            assert limit == f"{int(LIMIT * 1000)}ms"
+            return
+        with pytest.raises(ConfigurationError, match=f"async_creator=: .*{dropped}"):
+            async with database.transaction() as session:
+                await session.execute(text("SELECT 1"))
+
+
+async def test_prepared_reads_run_on_the_driver_inside_the_limits_of_their_transaction(
+    through: tuple[Database, Table, PgBouncer],
+) -> None:
+    database, table, _ = through
+    await database.run_statement(insert(table), [{"id": 1, "value": 7}])
+    by_id = Prepared(select(table.c.value).where(table.c.id == bindparam("id")))
+    slow = Prepared(select(func.pg_sleep(bindparam("seconds"))))
+    bump = update(table).values(value=table.c.value + 1)
+    with sqlalchemy_runs() as runs:
+        for _ in range(4):
+            async with database.read_connection() as connection:
+                assert await by_id.scalar(connection, {"id": 1}) == 7
+        for _ in range(3):
+            async with database.read_connection() as connection:
+                await slow.all(connection, {"seconds": 0})
+        for _ in range(3):
+            await database.run_statement(bump)
+        started = time.monotonic()
+        with pytest.raises(DBAPIError) as cancelled:
+            async with database.read_connection() as connection:
+                await slow.all(connection, {"seconds": SLEEP})
+    # The first run of each statement teaches the fast path.
+    assert runs.of(by_id.statement) == 1
+    assert runs.of(slow.statement) == 1
+    # Writes keep to SQLAlchemy in transaction mode: no BEGIN on the driver's path.
+    assert runs.of(bump) == (3 if database.settings.pgbouncer == "transaction" else 1)
+    assert database.classify(cancelled.value) is ErrorKind.TIMEOUT
+    assert time.monotonic() - started < SLEEP / 2
+
+
+async def test_a_connection_lost_while_being_set_up_is_an_unavailable_database(
+    start_pgbouncer: StartPgBouncer, pgbouncer_database: str
+) -> None:
+    """PgBouncer lets the login through, then drops the client while it waits for a
+    server: in SQLAlchemy's setup of the new connection (its type codecs' queries, whose
+    errors SQLAlchemy raises unwrapped) or at the first statement."""
+    import asyncpg
+
+    bouncer = start_pgbouncer(default_pool_size=1, query_wait_timeout=LIMIT)
+    holder = await asyncpg.connect(bouncer.dsn(pgbouncer_database), statement_cache_size=0)
+    database = _database(bouncer, pgbouncer_database, "transaction")
+    try:
+        async with database:
+            async with database.read_session() as session:  # the dialect learns the server
+                await session.execute(text("SELECT 1"))
+            await database.read_engine.dispose()  # the next read needs a new connection
+            async with holder.transaction():  # the only server connection, held
+                with pytest.raises((DBAPIError, DatabaseUnavailableError)) as lost:
+                    async with database.read_session() as session:
+                        await session.execute(text("SELECT 1"))
+    finally:
+        await holder.close()
+    assert database.classify(lost.value) is ErrorKind.UNAVAILABLE
+
+
+async def test_the_driver_s_closed_connection_error_is_an_unavailable_database(
+    pgbouncer_transaction: PgBouncer, pgbouncer_database: str
+) -> None:
+    import asyncpg
+
+    client = await asyncpg.connect(pgbouncer_transaction.dsn(pgbouncer_database))
+    await client.close()
+    with pytest.raises(asyncpg.InterfaceError) as closed:
+        await client.set_type_codec("json", encoder=str, decoder=str, schema="pg_catalog")
+    database = _database(pgbouncer_transaction, pgbouncer_database, "transaction")
+    assert database.classify(closed.value) is ErrorKind.UNAVAILABLE
