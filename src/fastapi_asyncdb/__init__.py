@@ -14,6 +14,7 @@ from .errors import (
     ErrorKind,
     NestedUnitOfWorkError,
     ReadOnlySessionError,
+    SharedConnectionTimeoutError,
     UnavailableCause,
 )
 from .fastapi import (
@@ -65,6 +66,7 @@ __all__ = [
     "ReadSessionDep",
     "Retry",
     "SessionDep",
+    "SharedConnectionTimeoutError",
     "UnavailableCause",
     "get_database",
     "get_read_connection",

@@ -30,6 +30,7 @@ from sqlalchemy.pool import QueuePool
 
 from . import _compat
 from .connection_health import ConnectionHealth, StaleConnectionError
+from .errors import SharedConnectionTimeoutError
 
 __all__ = ["ConnectionSource", "PooledConnections", "SharedConnection", "WarmConnections"]
 
@@ -199,6 +200,18 @@ class WarmConnections:
         return True
 
 
+SHARED_TIMEOUT = (
+    "a unit of work waited {:g} s (DB_POOL_TIMEOUT) for the test's one shared "
+    "connection, held by another task: under test isolation (the pytest plugin, "
+    "Database.isolated()) every unit of work shares one connection, so work started in "
+    "a task of its own (asyncio.gather(db.run_statement(...)), create_task) while the "
+    "request's unit of work is open waits for it, and here it would wait forever; in "
+    "production each has its own connection. Under the plugin, run that work after the "
+    "request's unit of work ends, or test this path on a Database that is not isolated "
+    "(docs/testing.md, Known limits)"
+)
+
+
 class SharedConnection:
     """One connection for every unit of work of every role: test isolation.
 
@@ -207,11 +220,14 @@ class SharedConnection:
     reads nested in it share it); other tasks wait their turn, in order.
     """
 
-    def __init__(self, connection: AsyncConnection) -> None:
+    def __init__(self, connection: AsyncConnection, *, timeout: float) -> None:
         self._connection = connection
+        self._timeout = timeout
         self._owner: asyncio.Task[Any] | None = None
         self._depth = 0
         self._turns: list[asyncio.Future[None]] = []
+        self.timed_out: SharedConnectionTimeoutError | None = None
+        """The first wait that timed out, for the owner to raise at the end too."""
 
     @property
     def lent(self) -> int:
@@ -227,7 +243,14 @@ class SharedConnection:
             turn = asyncio.get_running_loop().create_future()
             self._turns.append(turn)
             try:
-                await turn
+                async with asyncio.timeout(self._timeout):
+                    await turn
+            except TimeoutError:
+                # Bounded: the holder may be waiting for this very task (a gather in a
+                # request), and would wait forever.
+                error = SharedConnectionTimeoutError(SHARED_TIMEOUT.format(self._timeout))
+                self.timed_out = self.timed_out or error
+                raise error from None
             finally:
                 if turn in self._turns:
                     self._turns.remove(turn)

@@ -316,12 +316,15 @@ class Database:
             raise RuntimeError("the database is already isolated")
         async with roles[0].engine.connect() as connection:
             transaction = await connection.begin()
-            shared = SharedConnection(connection)
+            shared = SharedConnection(connection, timeout=self.settings.pool_timeout)
             sources = [role.connections for role in roles]
             for role in roles:
                 role.connections, role.isolated = shared, True
             try:
                 yield connection
+                if shared.timed_out is not None:
+                    # Said again at the end: the app may have turned it into a 500.
+                    raise shared.timed_out
             finally:
                 for role, source in zip(roles, sources, strict=True):
                     role.connections, role.isolated = source, False

@@ -10,8 +10,11 @@ __all__ = [
     "DatabaseNotStartedError",
     "DatabaseUnavailableError",
     "ErrorKind",
+    "MigrationError",
+    "MigrationLockTimeoutError",
     "NestedUnitOfWorkError",
     "ReadOnlySessionError",
+    "SharedConnectionTimeoutError",
     "UnavailableCause",
 ]
 
@@ -115,3 +118,23 @@ class ReadOnlySessionError(DatabaseError):
     Read sessions run without a transaction (and on a replica, later), so a write
     there would be either refused by the server or silently autocommitted.
     """
+
+
+class SharedConnectionTimeoutError(DatabaseError, RuntimeError):
+    """Under test isolation, a unit of work waited too long for the one shared connection.
+
+    ``Database.isolated()`` (the pytest plugin) runs every unit of work on one
+    connection, one task at a time. A unit of work that waits, in another task, for one
+    in progress that is itself waiting for it (``asyncio.gather(db.run_statement(...))``
+    inside a request's ``SessionDep``) would wait forever; in production each has a
+    connection of its own. Raised after ``pool_timeout`` instead.
+    """
+
+
+class MigrationError(DatabaseError):
+    """The migrations could not run: Alembic missing, no configuration, an unknown
+    revision, or an env.py that migrated elsewhere than on the connection handed over."""
+
+
+class MigrationLockTimeoutError(MigrationError):
+    """Another process held the database's migration lock for longer than the timeout."""

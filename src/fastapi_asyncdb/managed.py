@@ -62,10 +62,26 @@ def check_connect_options(settings: DatabaseSettings, backend: Backend) -> None:
         controller = owned.get(key) or owned.get(key.partition(".")[0])
         if controller is not None:
             problems.append(f"connect_args=: {name} is set by {controller}; set it there, not here")
+    problems.extend(_transaction_problems(settings, backend))
     if settings.password is not None and backend.name == "sqlite":
         problems.append("password=: SQLite has no password")
     if problems:
         raise ConfigurationError("Invalid database settings:\n  " + "\n  ".join(problems))
+
+
+def _transaction_problems(settings: DatabaseSettings, backend: Backend) -> Iterator[str]:
+    """Refuse what would make each statement commit alone, whatever its value (a string
+    ``false`` in a URL is true to the driver)."""
+    given = [("connect_args=", name) for name in settings.connect_args]
+    given += [("DATABASE_URL (url)", name) for name in settings.sqlalchemy_url.query]
+    for where, name in given:
+        if name.lower() in backend.transaction_arguments:
+            yield (
+                f"{where}: {name} takes transactions out of fastapi-asyncdb's hands (each "
+                "statement would commit alone, and an error or a 4xx could not roll back); "
+                "remove it. For work that must not run in a transaction, use "
+                "db.engine.execution_options(isolation_level='AUTOCOMMIT')"
+            )
 
 
 def merged_connect_args(library: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,8 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .backends import Backend
-from .errors import DatabaseError
+from .errors import MigrationError, MigrationLockTimeoutError
+from .migration_handover import CONNECTION_KEY, check_reached, handing_over
 from .settings import DatabaseSettings
 
 if TYPE_CHECKING:
@@ -56,19 +57,9 @@ logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'fastapi-asyncdb[migrations]'"
 DEFAULT_LOCK_TIMEOUT = 60.0
-# The key Alembic's cookbook uses to hand a connection to env.py.
-CONNECTION_KEY = "connection"
 SETTINGS_KEY = "fastapi_asyncdb.settings"
 VERSION_TABLE = "alembic_version"
 EXIT_BEHIND = 3
-
-
-class MigrationError(DatabaseError):
-    """The migrations could not run: Alembic missing, no configuration, an unknown revision."""
-
-
-class MigrationLockTimeoutError(MigrationError):
-    """Another process held the database's migration lock for longer than the timeout."""
 
 
 @dataclass(frozen=True)
@@ -150,13 +141,11 @@ def _downgrade(connection: Connection, config: Config, revision: str) -> None:
 
     if not connection.in_transaction() or connection.dialect.name != "sqlite":
         connection.commit()  # Alembic begins and commits its own transactions
-    config.attributes[CONNECTION_KEY] = connection
     try:
-        command.downgrade(config, revision)
+        with handing_over(config, connection):
+            command.downgrade(config, revision)
     except CommandError as error:
         raise MigrationError(f"alembic: {error}") from error
-    finally:
-        config.attributes.pop(CONNECTION_KEY, None)
     connection.commit()
 
 
@@ -332,14 +321,13 @@ def _upgrade(
         ) from None
     if not holds_lock_transaction:
         connection.commit()  # Alembic begins and commits its own transactions
-    config.attributes[CONNECTION_KEY] = connection
     try:
-        command.upgrade(config, revision)
+        with handing_over(config, connection):
+            command.upgrade(config, revision)
     except CommandError as error:
         raise MigrationError(f"alembic: {error}") from error
-    finally:
-        config.attributes.pop(CONNECTION_KEY, None)
     current = _current_revisions(connection)
+    check_reached(script, revision, current)
     connection.commit()
     return previous, current
 

@@ -29,8 +29,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
 
+from .database_url import check_url_text
 from .errors import ConfigurationError
 from .redaction import is_secret_query_key, mask_url
 from .tls import TlsMode, check_tls
@@ -225,7 +225,7 @@ class DatabaseSettings(BaseSettings):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: SecretStr) -> SecretStr:
-        _check_async_url(value.get_secret_value())
+        check_url_text(value.get_secret_value())
         return value
 
     @field_validator("connect_args")
@@ -318,6 +318,10 @@ class DatabaseSettings(BaseSettings):
                 yield name, f"<{type(value).__name__}>"
 
 
+# The only variables an aliased setting is read from, in order of precedence.
+ENVIRONMENT_NAMES = {"url": ("DATABASE_URL",), "workers": ("DB_WORKERS", "WEB_CONCURRENCY")}
+
+
 class _EnvironmentWithoutCodeOnly(EnvSettingsSource):
     """The environment, minus the code-only settings (``DB_PASSWORD`` of a compose file
     stays unread rather than becoming a password nobody asked for)."""
@@ -325,7 +329,16 @@ class _EnvironmentWithoutCodeOnly(EnvSettingsSource):
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         if field_name in CODE_ONLY:
             return None, field_name, False
-        return super().get_field_value(field, field_name)
+        names = ENVIRONMENT_NAMES.get(field_name)
+        if names is None:
+            return super().get_field_value(field, field_name)
+        # pydantic-settings would also read the bare field name (``URL``, ``WORKERS``):
+        # an unrelated variable of another program would then pick the database.
+        for name in names:
+            value = self.env_vars.get(name if self.case_sensitive else name.lower())
+            if value is not None:
+                return value, name, False
+        return None, field_name, False
 
 
 class _WithoutCodeOnly(PydanticBaseSettingsSource):
@@ -373,23 +386,6 @@ def _reveal(arguments: Mapping[str, Any]) -> dict[str, Any]:
         else item
         for key, item in arguments.items()
     }
-
-
-def _check_async_url(raw: str) -> None:
-    # Whether a backend and its driver can use the URL is the backends' to judge, when
-    # the Database is constructed; here only that it is a URL at all.
-    try:
-        url = make_url(raw)
-    except (ArgumentError, ValueError):  # a port that is not a number raises ValueError
-        raise ValueError(
-            "is not a valid SQLAlchemy URL; expected e.g. postgresql+asyncpg://user@host/db "
-            "(a password holding '@', ':' or '/' must be percent-encoded: %40, %3A, %2F)"
-        ) from None
-    if url.host is not None and "@" in url.host:
-        # The password ended at its own '@', and the rest of it reads as the host name.
-        raise ValueError(
-            "has an '@' in its host name: a password holding '@' must be percent-encoded as %40"
-        )
 
 
 def _env_name(field: str) -> str:

@@ -6,11 +6,11 @@ import asyncio
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import column, table, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fastapi_asyncdb import Database, ReadOnlySessionError
+from fastapi_asyncdb import Database, ReadOnlySessionError, SharedConnectionTimeoutError
 
 from .proxy import forwarder_for
 
@@ -237,3 +237,28 @@ async def test_a_unit_of_work_cancelled_during_the_ping_leaves_nothing_checked_o
             await task
         status = database.pool_status()["read"]
     assert (status["in_use"], status["checked_out"]) == (0, 0)
+
+
+# SQLite: its writer gate bounds the wait already (a 503).
+@pytest.mark.backends("postgresql", "mysql")
+async def test_isolated_work_waiting_for_the_shared_connection_in_another_task_fails_in_time(
+    database_url: str,
+) -> None:
+    # A request's unit of work awaiting one run in a task of its own: in production
+    # each has a connection; under isolation they share one, and the wait is bounded.
+    database = Database(url=database_url, pool_timeout=0.5)
+    async with database:
+        with pytest.raises(SharedConnectionTimeoutError, match="shared connection"):
+            async with (
+                asyncio.timeout(10),
+                database.isolated(),
+                database.transaction() as session,
+            ):
+                await session.execute(text("SELECT 1"))
+                with pytest.raises(SharedConnectionTimeoutError, match="DB_POOL_TIMEOUT"):
+                    # Never runs: the wait for the connection is what times out.
+                    never = update(table("never_written", column("n"))).values(n=1)
+                    await asyncio.gather(database.run_statement(never))
+        # The shared connection is free again: a later isolation works.
+        async with database.isolated(), database.transaction() as session:
+            assert (await session.execute(text("SELECT 3"))).scalar_one() == 3

@@ -127,6 +127,31 @@ def test_refused_connect_args_name_the_setting_to_use(
         Database(url=URLS[backend], connect_args=connect_args)
 
 
+AUTOCOMMIT_KNOBS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "mysql": [
+        ("?autocommit=true", {}),
+        ("?autocommit=false", {}),  # a string: true to the driver
+        ("", {"autocommit": True}),
+        ("", {"AUTOCOMMIT": 1}),
+    ],
+    "sqlite": [
+        ("", {"isolation_level": None}),
+        ("", {"autocommit": True}),
+        ("?isolation_level=IMMEDIATE", {}),
+    ],
+}
+
+
+@pytest.mark.backends("mysql", "sqlite")
+def test_autocommit_is_refused_in_the_url_and_in_connect_args(
+    database_url: str, backend: str
+) -> None:
+    for query, connect_args in AUTOCOMMIT_KNOBS[backend]:
+        where = "connect_args=" if connect_args else r"DATABASE_URL \(url\)"
+        with pytest.raises(ConfigurationError, match=f"{where}: .*transactions out of"):
+            Database(url=database_url + query, connect_args=connect_args)
+
+
 @pytest.mark.backends("postgresql", "mysql")
 async def test_connect_args_add_to_the_limits_and_leave_them_in_force(database_url: str) -> None:
     backend = make_url(database_url).get_backend_name()

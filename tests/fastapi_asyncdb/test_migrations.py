@@ -289,10 +289,14 @@ def _environment(url: str) -> dict[str, str]:
 
 
 async def _alembic(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return await _run(url, "alembic", *args)
+
+
+async def _run(url: str, module: str, *args: str) -> subprocess.CompletedProcess[str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "alembic",
+        module,
         *args,
         env=_environment(url),
         stdout=asyncio.subprocess.PIPE,
@@ -301,3 +305,74 @@ async def _alembic(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     stdout, stderr = await process.communicate()
     assert process.returncode is not None
     return subprocess.CompletedProcess(args, process.returncode, stdout.decode(), stderr.decode())
+
+
+# The online part of Alembic's generic env.py template: it connects with alembic.ini's
+# sqlalchemy.url, ignoring the connection handed over.
+GENERIC_ENV = """\
+from alembic import context
+from sqlalchemy import engine_from_config, pool
+
+config = context.config
+connectable = engine_from_config(
+    config.get_section(config.config_ini_section, {}),
+    prefix="sqlalchemy.",
+    poolclass=pool.NullPool,
+)
+with connectable.connect() as connection:
+    context.configure(connection=connection, target_metadata=None)
+    with context.begin_transaction():
+        context.run_migrations()
+"""
+
+# An env.py with its own engine on some other database.
+OWN_ENGINE_ENV = """\
+from alembic import context
+from sqlalchemy import create_engine
+
+with create_engine({url!r}).connect() as connection:
+    context.configure(connection=connection, target_metadata=None)
+    with context.begin_transaction():
+        context.run_migrations()
+"""
+
+
+async def test_an_env_py_connecting_with_the_ini_url_fails_before_migrating_elsewhere(
+    url: str, project: Path, tmp_path: Path
+) -> None:
+    elsewhere = _use_the_ini_url(project, tmp_path / "elsewhere.db")
+    async with Database(url=url) as database:
+        with pytest.raises(MigrationError, match=r"did not use the connection.*run_migrations"):
+            await database.migrate(project)
+    assert not elsewhere.exists() or elsewhere.stat().st_size == 0
+    assert await project_tables(url) == (set(), [])
+
+
+async def test_an_env_py_migrating_another_database_fails_instead_of_nothing_to_apply(
+    url: str, project: Path, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere.db"
+    (project.parent / "env.py").write_text(OWN_ENGINE_ENV.format(url=f"sqlite:///{elsewhere}"))
+    async with Database(url=url) as database:
+        with pytest.raises(MigrationError, match=r"is at \(none\), not at r04.*did not use"):
+            await database.migrate(project)
+    assert await project_tables(url) == (set(), [])
+
+
+async def test_the_migrate_command_exits_non_zero_when_env_py_ignores_the_connection(
+    url: str, project: Path, tmp_path: Path
+) -> None:
+    _use_the_ini_url(project, tmp_path / "elsewhere.db")
+    done = await _run(url, "fastapi_asyncdb.cli", "migrate", "--config", str(project))
+    assert done.returncode != 0
+    assert "did not use the connection" in done.stderr
+    assert "nothing to apply" not in done.stdout
+    password = make_url(url).password
+    assert not password or password not in done.stdout + done.stderr
+
+
+def _use_the_ini_url(project: Path, elsewhere: Path) -> Path:
+    """Give the project Alembic's generic env.py and an ini URL to ``elsewhere``."""
+    project.write_text(project.read_text() + f"sqlalchemy.url = sqlite:///{elsewhere}\n")
+    (project.parent / "env.py").write_text(GENERIC_ENV)
+    return elsewhere

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import importlib.util
+from urllib.parse import quote, unquote
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fastapi_asyncdb import ConfigurationError, Database, DatabaseSettings
 
@@ -141,12 +144,16 @@ def test_unparseable_url_is_refused_without_echoing_it() -> None:
 )
 def test_secrets_never_appear_in_reprs(url: str) -> None:
     settings = DatabaseSettings(url=url)
-    database = Database(settings)
+    try:
+        described = repr(Database(settings))
+    except ConfigurationError as refused:
+        # A query parameter the driver does not take (auth_token) is refused by name.
+        described = str(refused)
     for text in (
         repr(settings),
         str(settings),
         settings.masked_url,
-        repr(database),
+        described,
         str(settings.model_dump()),
         settings.model_dump_json(),
     ):
@@ -275,3 +282,102 @@ def test_server_settings_are_refused_through_pgbouncer() -> None:
     with pytest.raises(ConfigurationError, match="PgBouncer refuses server_settings"):
         DatabaseSettings(url=url, pgbouncer="session", connect_args=extra)
     DatabaseSettings(url=url, connect_args=extra)
+
+
+@pytest.mark.parametrize("variable", ["URL", "url", "DB_URL"])
+def test_only_database_url_picks_the_database_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "sqlite+aiosqlite:///./other-program.db")
+    assert DatabaseSettings().sqlalchemy_url.database == "./data/app.db"
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://app@db.internal/app")
+    assert DatabaseSettings().sqlalchemy_url.host == "db.internal"
+    # The keyword stays the way to give it in code.
+    assert DatabaseSettings(url="sqlite+aiosqlite:///./given.db").sqlalchemy_url.database == (
+        "./given.db"
+    )
+
+
+def test_an_unrelated_workers_variable_is_not_a_worker_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WORKERS", "7")
+    assert DatabaseSettings().workers == 1
+
+
+# Characters a URL gives meaning to, beside some that no error message holds: a run of
+# four of them found in a message came from the password.
+PASSWORD_CHARACTERS = "0123456789JKWXYZ@/:?#%"
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=300)
+@given(password=st.text(PASSWORD_CHARACTERS, min_size=1, max_size=24))
+def test_a_raw_password_is_refused_without_a_trace_or_read_as_the_url_says(
+    password: str,
+) -> None:
+    raw = f"postgresql+asyncpg://app:{password}@db.internal:5432/app"
+    try:
+        url = DatabaseSettings(url=raw).sqlalchemy_url
+    except ConfigurationError as error:
+        message = str(error)
+        leaked = [password[i : i + 4] for i in range(len(password) - 3)]
+        assert not [piece for piece in leaked if piece in message]
+        assert "db.internal" not in message
+    else:
+        # What the URL says: percent-escapes in it are escapes.
+        assert (url.password, url.host, url.port, url.database) == (
+            unquote(password),
+            "db.internal",
+            5432,
+            "app",
+        )
+    encoded = f"postgresql+asyncpg://app:{quote(password, safe='')}@db.internal:5432/app"
+    assert DatabaseSettings(url=encoded).sqlalchemy_url.password == password
+
+
+def test_a_password_holding_at_then_slash_is_refused_naming_none_of_it() -> None:
+    raw = "postgresql+asyncpg://app:Tr0ub4dor@Horse/Battery9@127.0.0.1:5432/app"
+    with pytest.raises(ConfigurationError, match="percent-encoded as %40") as caught:
+        DatabaseSettings(url=raw)
+    for piece in ("Tr0ub4dor", "Horse", "Battery9", "127.0.0.1", "5432"):
+        assert piece not in str(caught.value)
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "99999"])
+def test_a_port_out_of_range_is_refused(port: str) -> None:
+    with pytest.raises(ConfigurationError, match="port out of range"):
+        DatabaseSettings(url=f"postgresql+asyncpg://app@db.internal:{port}/app")
+    assert DatabaseSettings(url="postgresql+asyncpg://app@db.internal:65535/app")
+
+
+def test_a_sqlite_file_name_may_hold_an_at_sign() -> None:
+    url = DatabaseSettings(url="sqlite+aiosqlite:///./data/app@2.db").sqlalchemy_url
+    assert url.database == "./data/app@2.db"
+
+
+@pytest.mark.parametrize(
+    ("url", "refusal"),
+    [
+        ("postgresql+asyncpg://app@db/app?prepared_stmt_cache=0", "did you mean prepared_st"),
+        ("postgresql+asyncpg://app@db/app?statement_cache_size=0", "as a number in connect_args"),
+        ("mysql+asyncmy://app@db/app?charset=utf8mb4x", "charset=utf8mb4x"),
+        ("mysql+asyncmy://app@db/app?charst=utf8mb4", "did you mean charset"),
+    ],
+)
+def test_a_query_parameter_that_would_fail_every_connection_is_refused_at_construction(
+    url: str, refusal: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=refusal):
+        Database(url=url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+asyncpg://app@db/app?prepared_statement_cache_size=0",
+        "postgresql+asyncpg://app@/app?host=/var/run/postgresql&target_session_attrs=primary",
+        "mysql+asyncmy://app@db/app?charset=utf8mb4&unix_socket=/run/mysqld/mysqld.sock",
+    ],
+)
+def test_query_parameters_the_driver_takes_are_kept(url: str) -> None:
+    assert Database(url=url).settings.sqlalchemy_url.query

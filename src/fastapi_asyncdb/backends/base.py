@@ -10,8 +10,10 @@ settings only.
 from __future__ import annotations
 
 import asyncio
+import difflib
+import inspect
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -117,6 +119,10 @@ class Backend:
     """Connect arguments the library sets, by the setting that controls each (nested ones
     as ``server_settings.name``): ``connect_args=`` may not set them. Whatever else
     ``connect_args()`` returns is refused too, as set by the library."""
+
+    transaction_arguments: ClassVar[frozenset[str]] = frozenset()
+    """Driver arguments that take transactions out of the library's hands (autocommit):
+    refused in ``connect_args=`` and in the URL's query, whatever their value."""
 
     def __init__(self, settings: DatabaseSettings) -> None:
         self.settings = settings
@@ -244,6 +250,35 @@ def _chain(error: BaseException) -> list[BaseException]:
 def driver_error(error: BaseException) -> Any:
     """The DBAPI exception inside SQLAlchemy's wrapper (or the error itself)."""
     return error.orig if isinstance(error, DBAPIError) else error
+
+
+def check_query_parameters(
+    url: URL,
+    connect: Callable[..., Any],
+    *,
+    also: Collection[str] = (),
+    numbers: Collection[str] = (),
+) -> None:
+    """Refuse URL query parameters the driver's ``connect`` would fail every connection
+    with: a name it does not take, or one of ``numbers`` (which it would get as a
+    string). TLS parameters (``ssl*``, ``tls*``) are the tls module's to judge."""
+    accepted = {*inspect.signature(connect).parameters, *also}
+    driver = connect.__module__.partition(".")[0]
+    for key in url.query:
+        if key.lower().startswith(("ssl", "tls")):
+            continue
+        if key not in accepted:
+            close = difflib.get_close_matches(key, sorted(accepted), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ValueError(
+                f"has the query parameter {key!r}, which {driver} does not take{hint}: "
+                "every connection would fail"
+            )
+        if key in numbers:
+            raise ValueError(
+                f"has the query parameter {key!r}, which {driver} would get as a string and "
+                f"fail every connection with: give it as a number in connect_args= instead"
+            )
 
 
 def milliseconds(seconds: float) -> int:

@@ -7,14 +7,21 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.engine import URL, Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from .. import _compat
 from ..errors import ConfigurationError, ErrorKind
 from ..tls import connect_context, tls_request
-from .base import Backend, ConnectionLimits, ServerFacts, milliseconds, poll_migration_lock
+from .base import (
+    Backend,
+    ConnectionLimits,
+    ServerFacts,
+    check_query_parameters,
+    milliseconds,
+    poll_migration_lock,
+)
 
 __all__ = ["MySQL"]
 
@@ -52,6 +59,20 @@ class MySQL(Backend):
         "ssl": "DB_TLS and DB_TLS_* (or ssl_context=)",
         "password": "password= (or DATABASE_URL)",
     }
+    # asyncmy's autocommit commits each statement as it runs: a 4xx could not roll back.
+    transaction_arguments = frozenset({"autocommit"})
+
+    def check_url(self, url: URL) -> None:
+        import asyncmy  # installed: the registry checked before constructing the backend
+        from asyncmy.charset import charset_by_name
+
+        check_query_parameters(url, asyncmy.connect)
+        charset = url.query.get("charset")
+        if isinstance(charset, str) and charset_by_name(charset.lower()) is None:
+            raise ValueError(
+                f"has charset={charset}, which asyncmy does not know (utf8mb4, say): every "
+                "connection would fail"
+            )
 
     def connect_args(self, *, read_only: bool) -> dict[str, Any]:
         arguments = {

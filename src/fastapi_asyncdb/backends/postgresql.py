@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.engine import URL, Connection, Dialect, Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -19,7 +19,14 @@ from .. import _compat
 from ..errors import ConfigurationError, ErrorKind
 from ..tls import connect_context
 from . import _pgbouncer
-from .base import Backend, ConnectionLimits, ServerFacts, milliseconds, poll_migration_lock
+from .base import (
+    Backend,
+    ConnectionLimits,
+    ServerFacts,
+    check_query_parameters,
+    milliseconds,
+    poll_migration_lock,
+)
 
 if TYPE_CHECKING:
     from ..settings import DatabaseSettings
@@ -126,6 +133,20 @@ class PostgreSQL(Backend):
         if self.settings.pgbouncer == "transaction":
             return _pgbouncer.TRANSACTION_MODE_FAST_PATH
         return None
+
+    def check_url(self, url: URL) -> None:
+        import asyncpg  # installed: the registry checked before constructing the backend
+
+        check_query_parameters(
+            url,
+            asyncpg.connect,
+            also=("prepared_statement_cache_size",),  # SQLAlchemy's own, made an int
+            numbers=(
+                "statement_cache_size",
+                "max_cached_statement_lifetime",
+                "max_cacheable_statement_size",
+            ),
+        )
 
     def connect_args(self, *, read_only: bool) -> dict[str, Any]:
         settings = self.settings

@@ -24,6 +24,10 @@ class SQLite(Backend):
     extra = "sqlite"
     sync_default_driver = "pysqlite"
     single_writer = True
+    # The sqlite3 module's own transaction handling: writes run as BEGIN IMMEDIATE
+    # (install_connection_setup), and its autocommit=True (Python 3.12) would turn
+    # commit and rollback into no-ops.
+    transaction_arguments = frozenset({"autocommit", "isolation_level"})
 
     def check_url(self, url: URL) -> None:
         if url.database in (None, "", ":memory:"):

@@ -5,6 +5,9 @@ database it names. Each process works in ``<base>_<worker>_t<pid>`` beside it (o
 SQLite, a file named so beside the given one, or in pytest's temporary directory when
 no URL is given), created at the start of the session and dropped at its end, so that
 runs and workers sharing a server never meet.
+
+URLs travel as SQLAlchemy ``URL`` objects, never as strings: a traceback (``--tb=long``,
+``--showlocals``) prints arguments and locals by their repr, which masks the password.
 """
 
 from __future__ import annotations
@@ -14,22 +17,25 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
 __all__ = [
+    "check_reachable",
     "clone_template",
     "create_database",
     "drop_database",
     "is_server",
+    "secret_url",
     "template_url",
     "worker_name",
     "worker_url",
 ]
 
-Build = Callable[[str], Awaitable[None]]
+Build = Callable[[URL], Awaitable[None]]
 """Applies the schema to the (empty) database of the URL it is given."""
 
 
@@ -38,25 +44,32 @@ def worker_name() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
-def is_server(url: str) -> bool:
-    return make_url(url).get_backend_name() != "sqlite"
+def is_server(url: URL) -> bool:
+    return url.get_backend_name() != "sqlite"
 
 
-def worker_url(base_url: str | None, temporary_directory: Path) -> str:
+def secret_url(url: URL) -> SecretStr:
+    """``url`` for the settings (``db.configure(url=...)``), its password still masked
+    in reprs."""
+    return SecretStr(url.render_as_string(hide_password=False))
+
+
+def worker_url(base_url: URL | None, temporary_directory: Path) -> URL:
     """The URL of this process's own database, derived from ``base_url``."""
     suffix = f"{worker_name()}_t{os.getpid()}"
     if base_url is None:
-        return f"sqlite+aiosqlite:///{temporary_directory / f'asyncdb_{suffix}.sqlite'}"
-    url = make_url(base_url)
+        path = temporary_directory / f"asyncdb_{suffix}.sqlite"
+        return make_url(f"sqlite+aiosqlite:///{path}")
+    url = base_url
     if not url.database:
         raise ValueError("the test database URL names no database")
     if url.get_backend_name() == "sqlite":
         path = Path(url.database)
-        return _render(url.set(database=str(path.with_name(f"{path.stem}_{suffix}{path.suffix}"))))
-    return _render(url.set(database=f"{url.database}_{suffix}"))
+        return url.set(database=str(path.with_name(f"{path.stem}_{suffix}{path.suffix}")))
+    return url.set(database=f"{url.database}_{suffix}")
 
 
-async def create_database(url: str, base_url: str | None) -> None:
+async def create_database(url: URL, base_url: URL | None) -> None:
     """Create the database of ``url`` afresh, connecting to ``base_url``'s to do it."""
     if not is_server(url):
         _remove_sqlite_files(url)
@@ -64,29 +77,28 @@ async def create_database(url: str, base_url: str | None) -> None:
     assert base_url is not None
     async with _admin(base_url) as connection:
         await _drop(connection, url)
-        name = _quoted(connection, str(make_url(url).database))
+        name = _quoted(connection, str(url.database))
         await connection.execute(text(f"CREATE DATABASE {name}"))
 
 
-def template_url(base_url: str | None) -> str | None:
+def template_url(base_url: URL | None) -> URL | None:
     """Under pytest-xdist on PostgreSQL: the database built once per run for the workers
     to copy (``CREATE DATABASE ... TEMPLATE``); None elsewhere."""
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
     if base_url is None or run is None:
         return None
-    url = make_url(base_url)
-    if url.get_backend_name() != "postgresql":
+    if base_url.get_backend_name() != "postgresql":
         return None
-    return _render(url.set(database=f"{url.database}_template_{run[:12]}"))
+    return base_url.set(database=f"{base_url.database}_template_{run[:12]}")
 
 
-async def clone_template(url: str, base_url: str, template: str, build: Build) -> None:
+async def clone_template(url: URL, base_url: URL, template: URL, build: Build) -> None:
     """Create the database of ``url`` as a copy of ``template``, built first if need be.
 
     The first worker builds the template; the others wait for it on an advisory lock.
     A template that failed to build is dropped, so the next worker tries again.
     """
-    template_name = str(make_url(template).database)
+    template_name = str(template.database)
     async with _admin(base_url) as connection:
         lock = {"name": template_name}
         await connection.execute(text("SELECT pg_advisory_lock(hashtext(:name))"), lock)
@@ -104,14 +116,20 @@ async def clone_template(url: str, base_url: str, template: str, build: Build) -
                     await _drop(connection, template)
                     raise
             await _drop(connection, url)
-            name = _quoted(connection, str(make_url(url).database))
+            name = _quoted(connection, str(url.database))
             source = _quoted(connection, template_name)
             await connection.execute(text(f"CREATE DATABASE {name} TEMPLATE {source}"))
         finally:
             await connection.execute(text("SELECT pg_advisory_unlock(hashtext(:name))"), lock)
 
 
-async def drop_database(url: str, base_url: str | None) -> None:
+async def check_reachable(base_url: URL) -> None:
+    """Connect to the base database and leave; raises the driver's error if it cannot."""
+    async with _admin(base_url):
+        pass
+
+
+async def drop_database(url: URL, base_url: URL | None) -> None:
     if not is_server(url):
         _remove_sqlite_files(url)
         return
@@ -121,11 +139,9 @@ async def drop_database(url: str, base_url: str | None) -> None:
 
 
 @asynccontextmanager
-async def _admin(base_url: str) -> AsyncIterator[AsyncConnection]:
+async def _admin(base_url: URL) -> AsyncIterator[AsyncConnection]:
     """An autocommit connection to the base database, for CREATE and DROP DATABASE."""
-    engine = create_async_engine(
-        make_url(base_url), poolclass=NullPool, isolation_level="AUTOCOMMIT"
-    )
+    engine = create_async_engine(base_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
     try:
         async with engine.connect() as connection:
             yield connection
@@ -133,8 +149,8 @@ async def _admin(base_url: str) -> AsyncIterator[AsyncConnection]:
         await engine.dispose()
 
 
-async def _drop(connection: AsyncConnection, url: str) -> None:
-    name = _quoted(connection, str(make_url(url).database))
+async def _drop(connection: AsyncConnection, url: URL) -> None:
+    name = _quoted(connection, str(url.database))
     # FORCE: a connection a killed test left open must not keep the database alive.
     force = " WITH (FORCE)" if connection.dialect.name == "postgresql" else ""
     await connection.execute(text(f"DROP DATABASE IF EXISTS {name}{force}"))
@@ -144,12 +160,8 @@ def _quoted(connection: AsyncConnection, name: str) -> str:
     return connection.dialect.identifier_preparer.quote(name)
 
 
-def _remove_sqlite_files(url: str) -> None:
-    database = make_url(url).database
+def _remove_sqlite_files(url: URL) -> None:
+    database = url.database
     assert database
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(database + suffix).unlink(missing_ok=True)
-
-
-def _render(url: URL) -> str:
-    return url.render_as_string(hide_password=False)

@@ -11,23 +11,29 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from starlette.types import ASGIApp
 
+from .. import redaction
+from ..backends.base import driver_error
 from ..database import Database
 from ..fastapi.dependencies import STATE_KEY
 from .databases import (
+    check_reachable,
     clone_template,
     create_database,
     drop_database,
     is_server,
+    secret_url,
     template_url,
     worker_url,
 )
 from .faults import DatabaseFaults, client_port
 from .forwarder import Forwarder
 from .lifespan import Lifespan
-from .options import TEMPLATE_OUTPUT, Options
+from .options import TEMPLATE_OUTPUT, URL_ENVIRONMENT_VARIABLE, Options
 from .schema import Schema, load_object, parse_schema
 
 __all__ = [
@@ -109,15 +115,19 @@ async def asyncdb_url(
     tmp_path_factory: pytest.TempPathFactory,
     asyncdb_database: Database,
     asyncdb_schema: Schema | None,
-) -> AsyncIterator[str]:
-    """This process's database, created with its schema for the session, then dropped."""
+) -> AsyncIterator[URL]:
+    """This process's database, created with its schema for the session, then dropped.
+
+    A SQLAlchemy ``URL``: its repr (in a traceback) masks the password;
+    ``url.render_as_string(hide_password=False)`` gives it whole.
+    """
     base_url = Options(pytestconfig).url
     url = worker_url(base_url, tmp_path_factory.getbasetemp())
     # Validated before anything connects: a wrong URL fails with the settings' advice.
-    asyncdb_database.configure(url=url)
+    asyncdb_database.configure(url=secret_url(url))
 
-    async def build(target: str) -> None:
-        asyncdb_database.configure(url=target)
+    async def build(target: URL) -> None:
+        asyncdb_database.configure(url=secret_url(target))
         if asyncdb_schema is not None:
             async with asyncdb_database:
                 await asyncdb_schema(asyncdb_database)
@@ -125,10 +135,12 @@ async def asyncdb_url(
     # Only an xdist worker has a controller to drop the template at the end; a pytest
     # run inside a worker (pytester) inherits the worker's environment but is not one.
     template = template_url(base_url) if hasattr(pytestconfig, "workerinput") else None
+    if base_url is not None and is_server(base_url):
+        await _reach(base_url)
     if template is not None and base_url is not None and asyncdb_schema is not None:
         await clone_template(url, base_url, template, build)
         # The controller drops the template once every worker is done with it.
-        pytestconfig.workeroutput[TEMPLATE_OUTPUT] = template  # type: ignore[attr-defined]
+        pytestconfig.workeroutput[TEMPLATE_OUTPUT] = template.database  # type: ignore[attr-defined]
     else:
         await create_database(url, base_url)
         try:
@@ -137,15 +149,32 @@ async def asyncdb_url(
             await drop_database(url, base_url)
             raise
     try:
-        asyncdb_database.configure(url=url)
+        asyncdb_database.configure(url=secret_url(url))
         yield url
     finally:
         await drop_database(url, base_url)
 
 
+async def _reach(base_url: URL) -> None:
+    """A server that cannot be reached, or has no base database, fails the session's
+    tests with one line rather than a driver's traceback."""
+    try:
+        await check_reachable(base_url)
+    except (DBAPIError, OSError) as error:
+        cause = driver_error(error)
+        reason = (str(cause).strip().splitlines() or [""])[0]
+        pytest.fail(
+            f"the test database server is not usable: {type(cause).__name__}: {reason} "
+            f"(at {redaction.mask_url(base_url)}, from {URL_ENVIRONMENT_VARIABLE} or "
+            "--asyncdb-url); the database it names must exist and accept this user: the "
+            "plugin creates its own databases beside it",
+            pytrace=False,
+        )
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def asyncdb_running_app(
-    pytestconfig: pytest.Config, asyncdb_app: Any, asyncdb_database: Database, asyncdb_url: str
+    pytestconfig: pytest.Config, asyncdb_app: Any, asyncdb_database: Database, asyncdb_url: URL
 ) -> AsyncIterator[RunningApp]:
     """The app's lifespan, entered once for the session on the test database.
 
@@ -162,7 +191,7 @@ async def asyncdb_running_app(
             await forwarder.start()
             stack.push_async_callback(forwarder.close)
             url = forwarder.url_through(url)
-        database.configure(url=url)
+        database.configure(url=secret_url(url))
         lifespan = Lifespan(asyncdb_app)
         await lifespan.startup()
         stack.push_async_callback(lifespan.shutdown)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Collection
+from typing import overload
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 __all__ = ["Forwarder"]
 
@@ -54,7 +55,7 @@ class Forwarder:
         self._server: asyncio.Server | None = None
 
     @classmethod
-    def for_url(cls, url: str) -> Forwarder:
+    def for_url(cls, url: URL | str) -> Forwarder:
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" or parsed.host is None:
             raise ValueError("only a database reached over TCP can be forwarded")
@@ -67,9 +68,15 @@ class Forwarder:
             raise RuntimeError("the forwarder is not started")
         return int(self._server.sockets[0].getsockname()[1])
 
-    def url_through(self, url: str) -> str:
-        """``url``, going through this forwarder instead of straight to the server."""
-        return make_url(url).set(host="127.0.0.1", port=self.port).render_as_string(False)
+    @overload
+    def url_through(self, url: URL) -> URL: ...
+    @overload
+    def url_through(self, url: str) -> str: ...
+    def url_through(self, url: URL | str) -> URL | str:
+        """``url``, going through this forwarder instead of straight to the server, of the
+        same type as given (a string keeps its password: it is the caller's own)."""
+        through = make_url(url).set(host="127.0.0.1", port=self.port)
+        return through if isinstance(url, URL) else through.render_as_string(hide_password=False)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 from .databases import drop_database
 
@@ -76,8 +78,18 @@ class Options:
         return self._value("asyncdb_app")
 
     @property
-    def url(self) -> str | None:
-        return self._value("asyncdb_url", URL_ENVIRONMENT_VARIABLE)
+    def url(self) -> URL | None:
+        """The base URL, as an object: its repr (in a traceback) masks the password."""
+        given = self._value("asyncdb_url", URL_ENVIRONMENT_VARIABLE)
+        if given is None:
+            return None
+        try:
+            return make_url(given)
+        except (ArgumentError, ValueError):
+            raise pytest.UsageError(
+                f"{URL_ENVIRONMENT_VARIABLE} (--asyncdb-url, asyncdb_url) is not a valid "
+                "SQLAlchemy URL; a password holding '@', ':' or '/' must be percent-encoded"
+            ) from None
 
     @property
     def schema(self) -> str | None:
@@ -161,6 +173,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: object) -> None:
     """An xdist worker is done: note the template database it used, if any."""
+    # The template's name only: the controller knows the server, and the password.
     template = getattr(node, "workeroutput", {}).get(TEMPLATE_OUTPUT)
     if template:
         node.config.stash.setdefault(_TEMPLATES, set()).add(template)
@@ -173,6 +186,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         asyncio.run(_drop_all(sorted(templates), base_url))
 
 
-async def _drop_all(urls: list[str], base_url: str) -> None:
-    for url in urls:
-        await drop_database(url, base_url)
+async def _drop_all(names: list[str], base_url: URL) -> None:
+    for name in names:
+        await drop_database(base_url.set(database=name), base_url)

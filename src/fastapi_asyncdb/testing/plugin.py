@@ -74,7 +74,15 @@ Known limits:
   statement that fails on PostgreSQL outside a unit of work (``ReadConnectionDep``,
   ``Prepared``) aborts the test's transaction.
 - Work the app leaves running after a response must use the database before the test
-  ends: the test waits for units of work in progress, not for tasks yet to begin one.
+  ends: the test waits for units of work in progress, not for tasks yet to begin one;
+  a later write commits for real and lands in a later test.
+- Reads see the request's uncommitted writes (production's read dependencies do not).
+- A unit of work waiting for one in another task (``asyncio.gather(db.run_statement(
+  ...))`` inside ``SessionDep``) raises ``SharedConnectionTimeoutError`` after
+  ``pool_timeout`` instead of running as in production.
+- Writes through ``db.engine`` directly bypass the isolation and persist.
+
+``asyncdb_url`` is a SQLAlchemy ``URL``, whose repr masks the password.
 """
 
 from __future__ import annotations

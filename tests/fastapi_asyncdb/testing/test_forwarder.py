@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.backends("postgresql", "mysql")
 
 @pytest.fixture
 async def forwarder(database_url: str) -> AsyncIterator[Forwarder]:
-    forwarder = Forwarder.for_url(database_url)
+    forwarder = Forwarder.for_url(make_url(database_url))
     await forwarder.start()
     yield forwarder
     await forwarder.close()
@@ -27,7 +28,7 @@ async def forwarder(database_url: str) -> AsyncIterator[Forwarder]:
 
 @pytest.fixture
 async def engine(forwarder: Forwarder, database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(forwarder.url_through(database_url), poolclass=NullPool)
+    engine = create_async_engine(forwarder.url_through(make_url(database_url)), poolclass=NullPool)
     yield engine
     await engine.dispose()
 
