@@ -9,15 +9,17 @@ stay floats (and the models refuse them).
 
 What standard JSON does not allow is refused as a JSON error (422), never passed on:
 ``NaN`` and ``Infinity``, numbers too large for any field (``1e999999999`` would
-otherwise be a billion-digit integer), and strings holding a lone UTF-16 surrogate, which
-no database and no JSON encoder accepts.
+otherwise be a billion-digit integer; a zero is zero whatever its exponent), strings
+holding a lone UTF-16 surrogate, which no database and no JSON encoder accepts, and an
+object that gives a key twice (RFC 8259 leaves it to the reader; Python keeps the last,
+so ``{"balance": 1, "balance": 999}`` would read as 999 unseen).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 __all__ = ["loads"]
@@ -31,7 +33,13 @@ class _NotStandardJsonError(ValueError):
 
 
 def _number(literal: str) -> int | float:
-    exact = Decimal(literal)
+    mantissa = literal.lower().partition("e")[0]
+    if not mantissa.strip("-.0"):
+        return 0  # 0e999999999 is zero, however large the exponent
+    try:
+        exact = Decimal(literal)
+    except InvalidOperation:  # an exponent past Decimal's own limits (about 10**18)
+        raise _NotStandardJsonError(f"the number {literal[:40]} is out of range") from None
     if exact.adjusted() >= _MAX_MAGNITUDE_DIGITS:
         raise _NotStandardJsonError(f"the number {literal[:40]} is out of range")
     if exact == exact.to_integral_value():
@@ -46,6 +54,14 @@ def _integer(literal: str) -> int:
     if len(literal.lstrip("-")) > _MAX_MAGNITUDE_DIGITS:
         raise _NotStandardJsonError(f"the number {literal[:40]}... is out of range")
     return int(literal)
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        # The key is the client's own text: not repeated in the answer.
+        raise _NotStandardJsonError("an object gives the same key more than once")
+    return document
 
 
 def _constant(name: str) -> Any:
@@ -76,7 +92,11 @@ def loads(body: bytes) -> Any:
         raise json.JSONDecodeError("the body is not UTF-8", "", error.start) from error
     try:
         document = json.loads(
-            text, parse_float=_number, parse_int=_integer, parse_constant=_constant
+            text,
+            parse_float=_number,
+            parse_int=_integer,
+            parse_constant=_constant,
+            object_pairs_hook=_object,
         )
         _refuse_lone_surrogates(document)
     except _NotStandardJsonError as error:

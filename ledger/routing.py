@@ -1,5 +1,5 @@
-"""The ledger's routers: JSON bodies read by ledger.json_body, query parameters given once,
-and complete Allow headers."""
+"""The ledger's routers: JSON bodies read by ledger.json_body, query parameters and headers
+given once, and complete Allow headers."""
 
 from __future__ import annotations
 
@@ -26,37 +26,49 @@ class _ExactJsonRequest(Request):
         return self._json
 
 
-def _refuse_repeated_query_parameters(request: Request, declared: frozenset[str]) -> None:
-    # FastAPI would keep the last of ?after=1&after=9 and drop the rest unseen; every
-    # query parameter of the ledger is a single value, so a repeated one is refused.
-    # Names the route does not declare are ignored, as FastAPI ignores them: a route
-    # without parameters documents no 422, so it must not answer one.
-    names = [name for name, _value in request.query_params.multi_items() if name in declared]
-    repeated = sorted({name for name in names if names.count(name) > 1})
+def _refuse_repeated_parameters(
+    request: Request, query: frozenset[str], headers: frozenset[str]
+) -> None:
+    # FastAPI would keep the last of ?after=1&after=9 (the first of two Idempotency-Key
+    # headers) and drop the rest unseen; every query parameter and header of the ledger
+    # is a single value, so a repeated one is refused. Names the route does not declare
+    # are ignored, as FastAPI ignores them: a route without parameters documents no
+    # 422, so it must not answer one.
+    names = [name for name, _value in request.query_params.multi_items() if name in query]
+    repeated = [("query", name) for name in sorted({n for n in names if names.count(n) > 1})]
+    repeated += [
+        ("header", name) for name in sorted(headers) if len(request.headers.getlist(name)) > 1
+    ]
     if repeated:
         raise RequestValidationError(
             [
                 {
                     "type": "repeated",
-                    "loc": ("query", name),
-                    "msg": "Query parameter given more than once",
-                    "input": request.query_params.getlist(name),
+                    "loc": (where, name),
+                    "msg": f"{where.capitalize()} parameter given more than once",
                 }
-                for name in repeated
+                for where, name in repeated
             ]
         )
 
 
-def _query_names(dependant: Dependant) -> frozenset[str]:
-    names = {parameter.alias for parameter in dependant.query_params}
+def _names(dependant: Dependant, kind: str) -> frozenset[str]:
+    names = set()
+    for parameter in getattr(dependant, f"{kind}_params"):
+        name = parameter.alias
+        if kind == "header":
+            # FastAPI reads a header without an alias of its own with hyphens.
+            converts = getattr(parameter.field_info, "convert_underscores", True)
+            name = (name.replace("_", "-") if converts and name == parameter.name else name).lower()
+        names.add(name)
     for sub in dependant.dependencies:
-        names |= _query_names(sub)
+        names |= _names(sub, kind)
     return frozenset(names)
 
 
 class LedgerRoute(APIRoute):
-    """A route whose JSON body is read by ``loads``, whose query parameters may each be
-    given once, and whose 405 lists every method.
+    """A route whose JSON body is read by ``loads``, whose query parameters and headers
+    may each be given once, and whose 405 lists every method.
 
     Starlette answers a method no route of a path takes with the Allow header of the
     first route it tried: ``OPTIONS /accounts`` said ``Allow: POST`` though GET is served
@@ -68,10 +80,10 @@ class LedgerRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        declared = _query_names(self.dependant)
+        query, headers = _names(self.dependant, "query"), _names(self.dependant, "header")
 
         async def read_exactly(request: Request) -> Response:
-            _refuse_repeated_query_parameters(request, declared)
+            _refuse_repeated_parameters(request, query, headers)
             return await handler(_ExactJsonRequest(request.scope, request.receive))
 
         return read_exactly

@@ -19,8 +19,12 @@ from .errors import (
 )
 from .fastapi import (
     ERROR_ANSWERS,
+    BigIntegerAfter,
     DatabaseDep,
     ErrorAnswer,
+    IntegerAfter,
+    PageLimit,
+    PageOffset,
     Problem,
     ReadConnectionDep,
     ReadSessionDep,
@@ -39,6 +43,7 @@ from .settings import DatabaseSettings
 
 __all__ = [
     "ERROR_ANSWERS",
+    "BigIntegerAfter",
     "ConfigurationError",
     "Database",
     "DatabaseDep",
@@ -48,9 +53,12 @@ __all__ = [
     "DatabaseUnavailableError",
     "ErrorAnswer",
     "ErrorKind",
+    "IntegerAfter",
     "KeysetPage",
     "NestedUnitOfWorkError",
     "OffsetPage",
+    "PageLimit",
+    "PageOffset",
     "Prepared",
     "Problem",
     "ReadConnectionDep",

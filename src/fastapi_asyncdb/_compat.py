@@ -44,6 +44,7 @@ __all__ = [
     "may_learn_from",
     "may_read_on_driver",
     "may_write_on_driver",
+    "order_by_clauses",
     "raise_as_sqlalchemy_would",
     "roll_back_after",
     "row_maker",
@@ -133,6 +134,11 @@ def compiled_for_driver(compiled: object) -> SQLCompiler | None:
     ):
         return compiled
     return None
+
+
+def order_by_clauses(statement: Any) -> tuple[Any, ...]:
+    """The ``order_by`` a ``Select`` already has (no public accessor exists)."""
+    return tuple(statement._order_by_clauses)
 
 
 def cacheable(statement: Any) -> bool:

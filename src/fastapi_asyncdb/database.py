@@ -21,6 +21,7 @@ from .errors import DatabaseNotStartedError, ErrorKind
 from .metrics import DatabaseMetrics
 from .prepared import run_statement
 from .probe import Probe
+from .redaction import redact_type_error
 from .retry import Retry, run_with_retries
 from .role import Role
 from .settings import DatabaseSettings
@@ -230,7 +231,9 @@ class Database:
         session = await unit.begin()
         try:
             yield session
-        except BaseException:
+        except BaseException as error:
+            if self.settings.hide_parameters:
+                redact_type_error(error)
             await unit.end(commit=False)
             raise
         await unit.end(commit=True)

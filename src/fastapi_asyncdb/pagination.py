@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.sql import ColumnElement
+
+from ._compat import order_by_clauses
 
 __all__ = ["KeysetPage", "OffsetPage", "keyset_page", "offset_page"]
 
@@ -26,6 +28,10 @@ Executor = AsyncSession | AsyncConnection
 class KeysetPage(BaseModel, Generic[T]):
     """One page in key order, and the key to ask for the next one."""
 
+    # Any item type, ORM classes included: ``-> KeysetPage[Account]`` beside a
+    # ``response_model=KeysetPage[AccountOut]`` that shapes the answer.
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
     items: list[T]
     next_after: Any | None = Field(
         description="Pass as ?after= for the next page; null on the last page."
@@ -34,6 +40,8 @@ class KeysetPage(BaseModel, Generic[T]):
 
 class OffsetPage(BaseModel, Generic[T]):
     """One page by position, with the number of rows in all pages."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
 
     items: list[T]
     total: int = Field(description="Rows in all pages, counted by the same query.")
@@ -51,9 +59,27 @@ async def keyset_page(
 ) -> KeysetPage[Any]:
     """The ``limit`` rows of ``statement`` whose ``key`` follows ``after``, in key order.
 
-    ``key`` must be unique (a primary key, or a unique column). A statement selecting one
-    ORM entity gives entities, any other gives rows. One statement: one snapshot.
+    ``key`` must be a unique column that holds no NULL (a primary key, or a unique
+    column declared ``nullable=False``): rows whose key is NULL would never be reached.
+    The statement must have no ``order_by``: pages follow the key, and any other order
+    would skip and repeat rows. A statement selecting one ORM entity gives entities,
+    any other gives rows. One statement: one snapshot.
+
+    Raises ``ValueError`` for a ``limit`` below 1, an ordered statement, or a key that
+    is not a selected column or may be NULL.
     """
+    if limit < 1:
+        raise ValueError(f"keyset_page needs a limit of at least 1, got {limit}")
+    _check_key(key)
+    if key.key is None or key.key not in statement.selected_columns:
+        raise ValueError(
+            f"keyset_page reads the next cursor from each row: select the key {key.key}"
+        )
+    if order_by_clauses(statement):
+        raise ValueError(
+            "keyset_page orders the rows by its key; remove the order_by of the statement "
+            "(to page in another order, page by a unique key of that order)"
+        )
     query = statement.order_by(key).limit(limit + 1)
     if after is not None:
         query = query.where(key > after)
@@ -71,11 +97,33 @@ async def offset_page(
 
     Give ``statement`` an ``order_by``: without one, the database may order each page
     differently. The count and the page are two statements; on a read session each is
-    its own snapshot, so a write between them can make them disagree by its rows.
+    its own snapshot, so a write between them can make them disagree by its rows. A
+    ``limit`` of 0 gives the total alone; a negative offset or limit raises
+    ``ValueError``.
     """
+    if offset < 0 or limit < 0:
+        raise ValueError(
+            f"offset_page needs an offset and a limit of at least 0, got {offset} and {limit}"
+        )
     total = await executor.scalar(select(func.count()).select_from(statement.subquery()))
-    items = await _fetch(executor, statement.offset(offset).limit(limit))
+    items = await _fetch(executor, statement.offset(offset).limit(limit)) if limit else []
     return OffsetPage(items=items, total=int(total or 0), offset=offset, limit=limit)
+
+
+def _check_key(key: QueryableAttribute[Any] | ColumnElement[Any]) -> None:
+    column = key.expression if isinstance(key, QueryableAttribute) else key
+    nullable = getattr(column, "nullable", None)
+    if not isinstance(nullable, bool):
+        raise ValueError(
+            f"keyset_page needs a column as its key, not {type(column).__name__}: "
+            "the uniqueness and NULLs of an expression cannot be checked"
+        )
+    if nullable and not getattr(column, "primary_key", False):
+        raise ValueError(
+            f"the key of keyset_page, {getattr(column, 'name', column)!s}, may be NULL, and rows "
+            "whose key is NULL would never be reached: page by a column declared "
+            "nullable=False"
+        )
 
 
 async def _fetch(executor: Executor, statement: Select[*tuple[Any, ...]]) -> list[Any]:

@@ -15,7 +15,6 @@ table names, the SQL text with its placeholders.
 
 from __future__ import annotations
 
-import builtins
 import logging
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -26,7 +25,19 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, ExceptionContext
 from sqlalchemy.exc import StatementError
 
+from .server_messages import (
+    HIDDEN,
+    PG_DATA_FIELDS,
+    PG_RAISE_SOURCE,
+    TYPE_NAMES,
+    in_statement,
+    redact_mysql,
+    redact_postgres,
+    redact_quoted,
+)
+
 __all__ = [
+    "HIDDEN",
     "install_log_filters",
     "install_parameter_redaction",
     "is_secret_query_key",
@@ -34,11 +45,11 @@ __all__ = [
     "redact_connect_error",
     "redact_exception",
     "redact_quoted",
+    "redact_type_error",
     "remove_log_filters",
 ]
 
 _SECRET_QUERY_KEY = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
-HIDDEN = "***"
 
 
 def is_secret_query_key(key: str) -> bool:
@@ -77,106 +88,6 @@ def _redact_on_error(context: ExceptionContext) -> None:
             redact_exception(error, statement=context.statement)
 
 
-# --- messages ------------------------------------------------------------------------
-
-_QUOTES = "'\"`"
-_MASKED = f"'{HIDDEN}'"
-_TYPE_NAMES = frozenset(name for name, value in vars(builtins).items() if isinstance(value, type))
-
-
-def redact_quoted(
-    text: str, *, quotes: str = _QUOTES, keep: Callable[[str], bool] | None = None
-) -> str:
-    """Mask every quoted stretch of ``text`` unless ``keep`` accepts what it holds.
-
-    A stretch runs from a quote to the last quote of the same kind, so a value that
-    holds that quote itself is masked whole rather than split into pieces; text
-    outside quotes is the message's own wording and stays. A masked stretch always
-    reads ``'***'``: which quote a ``repr`` chose would tell what the value held.
-    """
-    pieces: list[str] = []
-    position = 0
-    while True:
-        start = min((i for i in (text.find(q, position) for q in quotes) if i >= 0), default=-1)
-        if start < 0:
-            pieces.append(text[position:])
-            return "".join(pieces)
-        mark = text[start]
-        end = text.rfind(mark)
-        pieces.append(text[position:start])
-        if end == start:  # an unmatched quote: what follows it may be a value
-            pieces.append(_MASKED)
-            return "".join(pieces)
-        inside = text[start + 1 : end]
-        pieces.append(text[start : end + 1] if keep and keep(inside) else _MASKED)
-        position = end + 1
-
-
-def _in_statement(statement: str | None) -> Callable[[str], bool]:
-    """Quoted text that is part of the statement's SQL (a syntax error's excerpt) says
-    nothing that the SQL shown beside it does not."""
-    return lambda inside: bool(statement) and bool(inside) and inside in str(statement)
-
-
-# PostgreSQL's SQLSTATE classes whose primary message quotes only names (relations,
-# constraints, columns, roles, SQL tokens); their data is in DETAIL, dropped anyway.
-# Data exceptions (22), RAISE (P0) and anything unlisted quote values.
-_PG_NAMES_ONLY_CLASSES = frozenset(
-    {"08", "0A", "0P", "21", "23", "25", "28", "3B", "3D", "3F", "40", "42", "53", "55", "57"}
-)
-# asyncpg's own message for a value it cannot encode: "invalid input for query
-# argument $1: <the value's repr> (<why>)".
-_ASYNCPG_ARGUMENT = re.compile(
-    r"^((?:invalid input for )?query argument \$\d+"
-    r"(?: in element #\d+ of executemany\(\) sequence)?)"
-)
-# Fields of a PostgreSQL error that hold data (the failing key, row or input) or
-# the text of other sessions' queries (a deadlock's DETAIL).
-_PG_DATA_FIELDS = ("detail", "hint", "context")
-
-
-def _redact_postgres(text: str, sqlstate: str | None) -> str:
-    argument = _ASYNCPG_ARGUMENT.match(text)
-    if argument:
-        return f"{argument.group(1)}: {HIDDEN}"
-    if sqlstate is not None and sqlstate[:2] in _PG_NAMES_ONLY_CLASSES:
-        return text
-    # Data errors (22), limits (54), RAISE (P0) and the rest put values after a colon,
-    # quoted or not ("date field value out of range: 1987-13-24"): the words before
-    # the first colon say what went wrong, what follows may be the value.
-    # Quoted values go first, so a value holding ": " cannot move the cut.
-    head, colon, _value = redact_quoted(text).partition(": ")
-    return head + (f": {HIDDEN}" if colon else "")
-
-
-# MySQL/MariaDB error codes whose message quotes only names (tables, columns,
-# constraints, users and hosts), or nothing at all.
-_MYSQL_NAMES_ONLY_CODES = frozenset(
-    {
-        *(1044, 1045, 1046, 1048, 1049, 1050, 1051, 1054, 1091, 1142, 1146),  # names
-        *(1040, 1203, 1205, 1213, 1290, 1317, 1792, 1927, 1969, 3024),  # state, limits
-        *(1216, 1217, 1364, 1406, 1264, 1265, 1451, 1452, 3819, 4025),  # constraints
-        *(2002, 2003, 2006, 2013, 2014, 2055),  # the client's connection errors
-    }
-)
-_MYSQL_SYNTAX_ERROR = 1064
-_MYSQL_DUPLICATE_ENTRY = re.compile(r"^(Duplicate entry )'.*'( for key '[^']*')$", re.DOTALL)
-
-
-def _redact_mysql(code: object, text: str, statement: str | None) -> str:
-    if code in _MYSQL_NAMES_ONLY_CODES:
-        return text
-    # The value may hold quotes, the key name never does: anchor on the end.
-    duplicate = _MYSQL_DUPLICATE_ENTRY.match(text)
-    if duplicate:
-        return f"{duplicate.group(1)}'{HIDDEN}'{duplicate.group(2)}"
-    # The client interpolates values into the SQL, so a syntax error's excerpt may hold
-    # one; it is kept only when it is a piece of the statement as written.
-    keep = _in_statement(statement) if code == _MYSQL_SYNTAX_ERROR else None
-    # Backquotes hold identifiers; values are in single or double quotes.
-    return redact_quoted(text, quotes="'\"", keep=keep)
-
-
 # --- exceptions ----------------------------------------------------------------------
 
 
@@ -202,6 +113,25 @@ def redact_exception(error: BaseException, *, statement: str | None = None) -> N
         # every text instead, keeping codes (drivers' classifiers read them).
         for item in chain:
             _hide_all_text(item)
+
+
+def redact_type_error(error: BaseException) -> None:
+    """Redact an error that SQLAlchemy's own code raised over a value, in place.
+
+    A column type converts values in SQLAlchemy, outside the driver's error path: a
+    non-native ``Enum`` reading back a value it does not know raises ``LookupError``
+    quoting it, and no ``handle_error`` sees it. Errors raised elsewhere are the
+    app's own and stay as they are.
+    """
+    if isinstance(error, StatementError) or not isinstance(error, Exception):
+        return  # handle_error saw those; cancellation carries no data
+    traceback = error.__traceback__
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    if traceback is not None and traceback.tb_frame.f_globals.get("__name__", "").startswith(
+        "sqlalchemy."
+    ):
+        redact_exception(error)
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:
@@ -232,27 +162,40 @@ def _redact_one(error: BaseException, statement: str | None) -> None:
     module = type(error).__module__
     if "asyncpg" in module:
         sqlstate = getattr(error, "sqlstate", None)
-        for field in _PG_DATA_FIELDS:
+        if _raised_by_function(error):
+            sqlstate = "P0001"  # whatever ERRCODE its author chose, the text is theirs
+        for field in PG_DATA_FIELDS:
             if getattr(error, field, None) is not None:
                 setattr(error, field, None)
         if isinstance(getattr(error, "message", None), str):
-            error.message = _redact_postgres(error.message, sqlstate)  # type: ignore[attr-defined]
-        _replace_args(error, lambda text: _redact_postgres(text, sqlstate))
+            error.message = redact_postgres(error.message, sqlstate, statement)  # type: ignore[attr-defined]
+        _replace_args(error, lambda text: redact_postgres(text, sqlstate, statement))
     elif module.startswith("asyncmy"):
         code = error.args[0] if error.args else None
-        _replace_args(error, lambda text: _redact_mysql(code, text, statement))
+        _replace_args(error, lambda text: redact_mysql(code, text, statement))
     elif module.startswith("sqlite3"):
-        _replace_args(error, lambda text: redact_quoted(text, keep=_in_statement(statement)))
+        _replace_args(error, lambda text: redact_quoted(text, keep=in_statement(statement)))
     elif module.startswith(("sqlalchemy", "fastapi_asyncdb")):
         return  # their own words, and StatementError is rebuilt apart
+    elif isinstance(error, KeyError):
+        # Its argument is the missing key itself (a non-native Enum's lookup of a value).
+        error.args = tuple(HIDDEN for _ in error.args)
     elif not isinstance(error, OSError):  # an OSError's text is its errno and address
         # An encoder's complaint about a value (asyncpg's TypeError, ValueError...).
-        _replace_args(error, lambda text: redact_quoted(text, keep=_TYPE_NAMES.__contains__))
+        _replace_args(error, lambda text: redact_quoted(text, keep=TYPE_NAMES.__contains__))
+
+
+def _raised_by_function(error: BaseException) -> bool:
+    """asyncpg's error, or SQLAlchemy's adaptation of it (its cause), came from RAISE."""
+    for item in (error, error.__cause__):
+        if getattr(item, "server_source_function", None) == PG_RAISE_SOURCE:
+            return True
+    return False
 
 
 def _hide_all_text(error: BaseException) -> None:
     _replace_args(error, lambda _text: HIDDEN)
-    for field in _PG_DATA_FIELDS:
+    for field in PG_DATA_FIELDS:
         if isinstance(getattr(error, field, None), str):
             setattr(error, field, None)
     if isinstance(error, StatementError) and error.params:
@@ -279,7 +222,7 @@ def _redact_statement_error(
     if old and new is not None and old in message:
         message = message.replace(old, new)
     else:
-        message = redact_quoted(message, keep=_in_statement(statement or error.statement))
+        message = redact_quoted(message, keep=in_statement(statement or error.statement))
     error.args = (message, *error.args[1:])
 
 

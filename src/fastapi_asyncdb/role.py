@@ -22,6 +22,7 @@ from .engine import create_engine
 from .errors import DatabaseError, DatabaseUnavailableError, ErrorKind, NestedUnitOfWorkError
 from .metrics import RoleMetrics
 from .probe import Probe
+from .redaction import redact_type_error
 from .settings import DatabaseSettings
 
 __all__ = ["AdmittedConnection", "Role"]
@@ -45,6 +46,7 @@ class Role:
     ) -> None:
         self.name = name
         self.read_only = read_only
+        self.hide_parameters = settings.hide_parameters
         self.backend = backend
         self.settings = settings
         self.metrics = metrics
@@ -217,9 +219,13 @@ class AdmittedConnection:
             self._started = perf_counter()
         return connection
 
-    async def __aexit__(self, error_type: type[BaseException] | None, *_exc_info: object) -> None:
+    async def __aexit__(
+        self, error_type: type[BaseException] | None, error: BaseException | None, _tb: object
+    ) -> None:
         held, role = self._held, self._role
         assert held is not None
+        if error is not None and role.hide_parameters:
+            redact_type_error(error)
         held.units -= 1
         if held.units:
             return

@@ -7,14 +7,17 @@ statements it fails, so that a case can check that it did what it is named after
 
 from __future__ import annotations
 
+import enum
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
+    DDL,
     CheckConstraint,
     Column,
+    Enum,
     Float,
     ForeignKey,
     Integer,
@@ -27,9 +30,11 @@ from sqlalchemy import (
     Uuid,
     bindparam,
     cast,
+    event,
     func,
     insert,
     select,
+    type_coerce,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -46,6 +51,40 @@ VAULT = Table(
     Column("key_tok", String(200), ForeignKey("scan_keys.tok")),
     CheckConstraint("n > 0", name="scan_n_positive"),
 )
+
+# A trigger that refuses every row with a message built from it (RAISE, SIGNAL).
+SIGNALED = Table(
+    "scan_signaled",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("note", String(200)),
+)
+_REFUSE = {
+    "postgresql": (
+        "CREATE OR REPLACE FUNCTION scan_refuse() RETURNS trigger AS $$ BEGIN "
+        "RAISE EXCEPTION USING MESSAGE = 'note ' || NEW.note || ' refused'; END $$ "
+        "LANGUAGE plpgsql",
+        "CREATE TRIGGER scan_refuse BEFORE INSERT ON scan_signaled "
+        "FOR EACH ROW EXECUTE FUNCTION scan_refuse()",
+    ),
+    "mysql": (
+        "CREATE TRIGGER scan_refuse BEFORE INSERT ON scan_signaled FOR EACH ROW BEGIN "
+        "SET @scan_message = CONCAT('note ', NEW.note, ' refused'); "
+        "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = @scan_message; END",
+    ),
+}
+for _dialect, _statements in _REFUSE.items():
+    for _statement in _statements:
+        _ddl = DDL(_statement)  # type: ignore[no-untyped-call]
+        event.listen(SIGNALED, "after_create", _ddl.execute_if(dialect=_dialect))
+
+
+class _Mood(enum.Enum):
+    calm = "calm"
+
+
+# A non-native Enum: the value is checked in Python, on the way in and on the way out.
+_MOOD = Enum(_Mood, native_enum=False, validate_strings=True, length=200)
 
 
 def planted_rows(secret: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -145,6 +184,41 @@ KINDS = [
         _secret_param,
         read=lambda _b: select(bindparam("p", type_=Uuid)),
         warm=lambda _secret: {"p": uuid.UUID(int=1)},
+    ),
+    Kind(
+        # The server quotes what it parsed of the value in a class 42 message.
+        "parsed_value",
+        lambda secret: {"p": secret + " &"},
+        read=lambda _b: select(func.to_tsquery(bindparam("p", type_=String))),
+        backends=("postgresql",),
+        warm=lambda _secret: {"p": "calm"},
+    ),
+    Kind(
+        "setting_name",
+        _secret_param,
+        read=lambda _b: select(func.current_setting(bindparam("p", type_=String))),
+        backends=("postgresql",),
+        warm=lambda _secret: {"p": "search_path"},
+    ),
+    Kind(
+        "raised_by_trigger",
+        _secret_param,
+        write=lambda _b: insert(SIGNALED).values(note=bindparam("p")),
+        backends=("postgresql", "mysql"),
+    ),
+    Kind(
+        "enum_value",
+        _secret_param,
+        write=lambda _b: insert(VAULT).values(tok=bindparam("p", type_=_MOOD), n=1),
+    ),
+    Kind(
+        # A stored value the column type cannot convert back, outside the error path.
+        "stored_enum_value",
+        _secret_param,
+        read=lambda _b: select(type_coerce(VAULT.c.tok, _MOOD)).where(
+            VAULT.c.tok == bindparam("p")
+        ),
+        warm=lambda _secret: {"p": "absent"},
     ),
     Kind(
         "read_only_violation",

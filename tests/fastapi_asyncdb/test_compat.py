@@ -128,6 +128,16 @@ def test_cacheable_is_false_for_a_construct_sqlalchemy_cannot_cache() -> None:
     assert _compat.cacheable(select(Uncached("x"))) is False
 
 
+def test_order_by_clauses_are_the_statements_own_order() -> None:
+    assert _compat.order_by_clauses(select(items.c.id)) == ()
+    ordered = select(items.c.id).order_by(items.c.name, items.c.id.desc())
+    assert [str(clause) for clause in _compat.order_by_clauses(ordered)] == [
+        "compat_items.name",
+        "compat_items.id DESC",
+    ]
+    assert _compat.order_by_clauses(ordered.order_by(None)) == ()
+
+
 def test_compiled_for_driver_takes_a_positional_compilation() -> None:
     assert _compat.compiled_for_driver(ITEM_NAME.compile(dialect=ASYNCPG())) is not None
 

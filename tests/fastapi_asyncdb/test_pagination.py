@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import Column, Integer, MetaData, Table, delete, insert, select
 
 from fastapi_asyncdb import Database
 from fastapi_asyncdb.pagination import KeysetPage, keyset_page, offset_page
@@ -77,3 +77,109 @@ async def test_offset_pages_agree_with_their_total(database: Database) -> None:
         ]
     assert [page.total for page in pages] == [ROWS] * 3
     assert [note.id for page in pages for note in page.items] == list(range(1, ROWS + 1))
+
+
+# --- generated row sets, and what keyset_page refuses ----------------------------------
+
+page_metadata = MetaData()
+PAGE_ROWS = Table(
+    "page_rows",
+    page_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("code", Integer, unique=True, nullable=False),
+    Column("rank", Integer, unique=True, nullable=True),
+)
+INT32 = st.integers(min_value=-(2**31), max_value=2**31 - 1)
+
+
+@pytest.fixture
+async def page_database(database_url: str) -> AsyncIterator[Database]:
+    async with Database(url=database_url) as database:
+        async with database.engine.begin() as connection:
+            await connection.run_sync(page_metadata.drop_all)
+            await connection.run_sync(page_metadata.create_all)
+        yield database
+
+
+async def walk_rows(database: Database, key: Any, limit: int) -> list[int]:
+    seen: list[int] = []
+    after = None
+    for _ in range(1000):
+        async with database.read_connection() as connection:
+            page = await keyset_page(
+                connection, select(PAGE_ROWS.c.id, key), key=key, after=after, limit=limit
+            )
+        seen.extend(row.id for row in page.items)
+        if page.next_after is None:
+            return seen
+        after = page.next_after
+    raise AssertionError("the walk did not end")
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.dictionaries(INT32, INT32, max_size=30).filter(
+        lambda rows: len(set(rows.values())) == len(rows)
+    ),
+    limit=st.integers(min_value=1, max_value=8),
+    by_code=st.booleans(),
+)
+async def test_a_walk_visits_each_generated_row_once_in_key_order(
+    page_database: Database, rows: dict[int, int], limit: int, by_code: bool
+) -> None:
+    async with page_database.transaction() as session:
+        await session.execute(delete(PAGE_ROWS))
+        if rows:
+            await session.execute(
+                insert(PAGE_ROWS), [{"id": i, "code": code} for i, code in rows.items()]
+            )
+    key = PAGE_ROWS.c.code if by_code else PAGE_ROWS.c.id
+    expected = sorted(rows, key=rows.__getitem__) if by_code else sorted(rows)
+    assert await walk_rows(page_database, key, limit) == expected
+
+
+async def test_keyset_page_refuses_a_limit_below_one(database: Database) -> None:
+    async with database.read_session() as session:
+        with pytest.raises(ValueError, match="limit of at least 1, got 0"):
+            await keyset_page(session, select(Note), key=Note.id, after=None, limit=0)
+
+
+async def test_keyset_page_refuses_a_statement_with_its_own_order(database: Database) -> None:
+    async with database.read_session() as session:
+        with pytest.raises(ValueError, match="remove the order_by of the statement"):
+            await keyset_page(
+                session, select(Note).order_by(Note.body), key=Note.id, after=None, limit=2
+            )
+
+
+async def test_keyset_page_refuses_a_key_that_may_be_null(page_database: Database) -> None:
+    async with page_database.read_connection() as connection:
+        with pytest.raises(ValueError, match="rank, may be NULL"):
+            await keyset_page(
+                connection, select(PAGE_ROWS), key=PAGE_ROWS.c.rank, after=None, limit=2
+            )
+        with pytest.raises(ValueError, match="select the key code"):
+            await keyset_page(
+                connection, select(PAGE_ROWS.c.id), key=PAGE_ROWS.c.code, after=None, limit=2
+            )
+        with pytest.raises(ValueError, match="needs a column as its key"):
+            await keyset_page(
+                connection, select(PAGE_ROWS), key=PAGE_ROWS.c.id + 1, after=None, limit=2
+            )
+
+
+@pytest.mark.parametrize(("offset", "limit"), [(-1, 10), (0, -1)])
+async def test_offset_page_refuses_a_negative_offset_or_limit(
+    database: Database, offset: int, limit: int
+) -> None:
+    async with database.read_session() as session:
+        with pytest.raises(ValueError, match="at least 0"):
+            await offset_page(session, select(Note).order_by(Note.id), offset=offset, limit=limit)
+
+
+async def test_an_offset_page_of_limit_zero_gives_the_total_alone(database: Database) -> None:
+    async with database.read_session() as session:
+        page = await offset_page(session, select(Note).order_by(Note.id), offset=0, limit=0)
+    assert (page.items, page.total) == ([], ROWS)

@@ -19,7 +19,7 @@ from typing import Any
 import asyncmy.errors  # type: ignore[import-not-found,unused-ignore]
 import asyncpg
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import insert, text
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi as _asyncpg_dbapi
@@ -122,6 +122,95 @@ def test_postgresql_errors_say_the_same_whatever_the_value(
 
     def make(value: str) -> BaseException:
         return postgres_error(fields(value))
+
+    assert redacted_text(make, first) == redacted_text(make, second)
+
+
+# Messages that quote names from the statement, and also what the server parsed out of
+# a bound value (to_tsquery(:q), current_setting(:n), CAST(:v AS regclass)...).
+STATEMENT_NAME_MESSAGES: dict[str, Callable[[str], dict[str, str]]] = {
+    "tsquery": lambda v: {"C": "42601", "M": f'syntax error in tsquery: "{v}"'},
+    "tsvector": lambda v: {"C": "42601", "M": f'syntax error in tsvector: "{v}"'},
+    "setting": lambda v: {"C": "42704", "M": f'unrecognized configuration parameter "{v}"'},
+    "regclass": lambda v: {"C": "42P01", "M": f'relation "{v.lower()}" does not exist'},
+    "schema": lambda v: {"C": "3F000", "M": f'schema "{v.lower()}" does not exist'},
+}
+
+
+@pytest.mark.parametrize("message", sorted(STATEMENT_NAME_MESSAGES))
+@settings(max_examples=150, deadline=None)
+@given(first=values, second=values)
+def test_postgresql_name_errors_keep_only_the_names_the_statement_holds(
+    message: str, first: str, second: str
+) -> None:
+    # What the statement holds is shown beside the message anyway.
+    assume(not {first.casefold(), second.casefold()} & {"", *_pieces("select $1")})
+    fields = STATEMENT_NAME_MESSAGES[message]
+
+    def make(value: str) -> BaseException:
+        return postgres_error(fields(value))
+
+    assert redacted_text(make, first) == redacted_text(make, second)
+
+
+def _pieces(text: str) -> set[str]:
+    return {text[i:j] for i in range(len(text)) for j in range(i + 1, len(text) + 1)}
+
+
+def test_a_name_from_the_statement_stays_in_the_message() -> None:
+    error = postgres_error({"C": "42P01", "M": 'relation "scan_vaults" does not exist'})
+    redaction.redact_exception(error, statement="SELECT * FROM Scan_Vaults")
+    assert 'relation "scan_vaults" does not exist' in str(error)
+
+
+@settings(max_examples=150, deadline=None)
+@given(first=values, second=values, code=st.sampled_from(["P0001", "23505", "22023", "42501"]))
+def test_a_message_raised_by_a_function_is_hidden_whatever_its_sqlstate(
+    first: str, second: str, code: str
+) -> None:
+    def make(value: str) -> BaseException:
+        # RAISE EXCEPTION 'email % not allowed' USING ERRCODE = code: no quotes, no colon.
+        return postgres_error(
+            {"C": code, "M": f"email {value} not allowed", "R": "exec_stmt_raise"}
+        )
+
+    assert redacted_text(make, first) == redacted_text(make, second)
+    error = make(first)
+    redaction.redact_exception(error)
+    assert isinstance(error, DBAPIError)
+    assert error.orig.__cause__.sqlstate == code  # type: ignore[union-attr]
+    assert "raised by a function or trigger: ***" in str(error)
+
+
+@settings(max_examples=150, deadline=None)
+@given(first=values, second=values)
+def test_a_mariadb_signal_message_is_hidden_and_its_code_kept(first: str, second: str) -> None:
+    def make(value: str) -> BaseException:
+        return wrapped(
+            asyncmy.errors.OperationalError(1644, f"email {value} not allowed"),
+            asyncmy.errors.Error,
+            value,
+        )
+
+    assert redacted_text(make, first) == redacted_text(make, second)
+    error = make(first)
+    redaction.redact_exception(error)
+    assert isinstance(error, DBAPIError)
+    assert error.orig.args[0] == 1644  # type: ignore[union-attr]
+
+
+@settings(max_examples=100, deadline=None)
+@given(first=values, second=values)
+def test_a_missing_key_chained_to_a_lookup_error_is_hidden(first: str, second: str) -> None:
+    def make(value: str) -> BaseException:
+        # A non-native Enum's bind processing: KeyError(value), then LookupError.
+        try:
+            try:
+                raise KeyError(value)
+            except KeyError as missing:
+                raise LookupError(f"{value!r} is not among the defined enum values") from missing
+        except LookupError as error:
+            return error
 
     assert redacted_text(make, first) == redacted_text(make, second)
 

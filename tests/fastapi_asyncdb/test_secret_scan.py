@@ -110,9 +110,12 @@ LEAKING_WITHOUT_REDACTION = [
     ("postgresql", "bad_json", "http", True),
     ("postgresql", "wrong_parameter_type", "prepared", False),
     ("postgresql", "read_row", "read_session", False),
+    ("postgresql", "parsed_value", "read_session", True),
+    ("postgresql", "raised_by_trigger", "transaction", False),
     ("mysql", "unique_violation", "transaction", True),
     ("mysql", "bad_cast", "read_session", True),
     ("mysql", "read_row", "prepared", False),
+    ("mysql", "raised_by_trigger", "run_statement", True),
     ("sqlite", "unique_violation", "transaction", False),
     ("sqlite", "read_row", "read_session", False),
 ]

@@ -181,3 +181,28 @@ async def test_an_undeclared_query_parameter_given_twice_is_ignored(api: LedgerA
     response = await api.client.get("/accounts/total?x=1&x=2")
 
     assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "balance"),
+    [
+        pytest.param('{"owner": "x", "balance": 1, "balance": 999}', 422, None, id="repeated-key"),
+        pytest.param(
+            '{"owner": "x", "balance": 1e9999999999999999999999}', 422, None, id="huge-exponent"
+        ),
+        pytest.param('{"owner": "x", "balance": 0e999999999}', 201, 0, id="zero-huge-exponent"),
+    ],
+)
+async def test_a_body_is_read_once_and_exactly_or_refused_with_a_422_problem(
+    api: LedgerApi, body: str, status: int, balance: int | None
+) -> None:
+    response = await api.client.post(
+        "/accounts", content=body, headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == status, response.text
+    if balance is None:
+        assert response.headers["content-type"] == "application/problem+json"
+        assert (await api.total())["accounts"] == 0
+    else:
+        assert response.json()["balance"] == balance

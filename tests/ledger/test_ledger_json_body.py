@@ -92,6 +92,10 @@ def test_standard_json_without_fractions_reads_as_pythons_json_reads_it(document
         pytest.param(b'{"\\udfff": 1}', "lone UTF-16 surrogate", id="surrogate-key"),
         pytest.param(b'[[["\\ud83d"]]]', "lone UTF-16 surrogate", id="nested-surrogate"),
         pytest.param(b'{"owner": "\xff"}', "not UTF-8", id="not-utf8"),
+        pytest.param(b'{"n": 1e9999999999999999999999}', "out of range", id="past-decimal"),
+        pytest.param(b'{"n": 1e-9999999999999999999999}', "out of range", id="tiny-past-decimal"),
+        pytest.param(b'{"n": 1, "n": 2}', "same key more than once", id="repeated-key"),
+        pytest.param(b'[{"a": {"b": 1, "b": 1}}]', "same key more than once", id="nested-repeat"),
     ],
 )
 def test_what_standard_json_does_not_allow_is_a_json_error(body: bytes, reason: str) -> None:
@@ -101,3 +105,18 @@ def test_what_standard_json_does_not_allow_is_a_json_error(body: bytes, reason: 
 
 def test_a_surrogate_pair_reads_as_its_character() -> None:
     assert loads(b'"\\ud83d\\ude00"') == "😀"
+
+
+@given(
+    mantissa=st.sampled_from(["0", "-0", "0.0", "-0.000", "0.00"]),
+    exponent=st.integers(min_value=-(10**30), max_value=10**30),
+    marker=st.sampled_from(["e", "E", "e+", "E-"]),
+)
+def test_a_zero_is_zero_whatever_its_exponent(mantissa: str, exponent: int, marker: str) -> None:
+    if marker.endswith(("+", "-")):
+        exponent = abs(exponent)
+
+    read = loads(f"{mantissa}{marker}{exponent}".encode())
+
+    assert type(read) is int
+    assert read == 0

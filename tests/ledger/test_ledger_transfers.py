@@ -112,6 +112,19 @@ async def test_transfer_without_a_valid_idempotency_key_returns_422(
     assert await api.balances(alice, bob) == [100, 0]
 
 
+async def test_two_idempotency_key_headers_return_422_and_change_nothing(api: LedgerApi) -> None:
+    alice, bob = await api.open_account(100), await api.open_account(0)
+    body = {"from_account": alice, "to_account": bob, "amount": 1}
+    headers = [("Idempotency-Key", "first"), ("idempotency-key", "second")]
+
+    response = await api.client.post("/transfers", json=body, headers=headers)
+
+    assert response.status_code == 422, response.text
+    assert "Idempotency-Key" in response.text or "idempotency-key" in response.text
+    assert "more than once" in response.text
+    assert await api.balances(alice, bob) == [100, 0]
+
+
 async def test_idempotency_key_of_exactly_200_printable_characters_is_accepted(
     api: LedgerApi,
 ) -> None:

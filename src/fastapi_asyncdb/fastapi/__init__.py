@@ -15,6 +15,7 @@ from .dependencies import (
 )
 from .health import Liveness, PoolStatus, Readiness
 from .install import install
+from .pagination import BigIntegerAfter, IntegerAfter, PageLimit, PageOffset
 from .problems import (
     ERROR_ANSWERS,
     PROBLEM_JSON,
@@ -29,10 +30,14 @@ from .problems import (
 __all__ = [
     "ERROR_ANSWERS",
     "PROBLEM_JSON",
+    "BigIntegerAfter",
     "DatabaseDep",
     "DatabaseErrorHandler",
     "ErrorAnswer",
+    "IntegerAfter",
     "Liveness",
+    "PageLimit",
+    "PageOffset",
     "PoolStatus",
     "Problem",
     "ReadConnectionDep",

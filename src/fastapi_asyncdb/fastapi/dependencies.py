@@ -16,7 +16,7 @@ from starlette.requests import HTTPConnection
 
 from ..database import Database
 from ..errors import DatabaseNotStartedError
-from .request_scope import defer_end, enter_for_request
+from .request_scope import defer_end, enter_for_request, note_rollback
 
 __all__ = [
     "DatabaseDep",
@@ -53,8 +53,9 @@ async def get_session(connection: HTTPConnection) -> AsyncIterator[AsyncSession]
     session = await unit.begin()
     try:
         yield session
-    except BaseException:
+    except BaseException as error:
         await unit.end(commit=False)
+        note_rollback(connection.scope, error)
         raise
     if not defer_end(connection.scope, unit):
         await unit.end(commit=True)  # a WebSocket: no response status to wait for

@@ -27,6 +27,7 @@ from .problems import (
     Problem,
     ValidationProblem,
     http_exception_handler,
+    unexpected_error_handler,
     validation_exception_handler,
 )
 from .request_id import RequestId
@@ -59,8 +60,9 @@ def install(
 
     - The dependencies (``SessionDep``...) find ``database`` on the app.
     - Database errors are answered from ``ERROR_ANSWERS``, with ``answers`` over it.
-    - With ``problem_details``, ``HTTPException`` and validation errors are answered as
-      problem details too, and OpenAPI documents every error response that way.
+    - With ``problem_details``, ``HTTPException``, validation errors and any unexpected
+      exception (a 500, logged with quoted values masked) are answered as problem
+      details too, and OpenAPI documents every error response that way.
     - ``health_prefix``: ``/live``, ``/ready`` and ``/pools`` under it (None: no routes).
     - ``max_body_size``: larger request bodies are answered 413 (None: no limit).
     - ``cancel_on_disconnect``: a request whose client leaves is cancelled once it has
@@ -82,6 +84,8 @@ def install(
     if problem_details:
         app.add_exception_handler(HTTPException, http_exception_handler)
         app.add_exception_handler(RequestValidationError, validation_exception_handler)
+        # Starlette answers any other exception in text/plain: problem details here too.
+        app.add_exception_handler(Exception, unexpected_error_handler)
         _document_problems(app)
     # Starlette puts the last middleware added outermost.
     if cancel_on_disconnect:

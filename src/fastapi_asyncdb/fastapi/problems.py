@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..database import Database
 from ..errors import DatabaseUnavailableError, ErrorKind, ReadOnlySessionError
+from ..redaction import redact_exception
 
 __all__ = [
     "ERROR_ANSWERS",
@@ -35,6 +36,7 @@ __all__ = [
     "ValidationProblem",
     "http_exception_handler",
     "problem_response",
+    "unexpected_error_handler",
     "validation_exception_handler",
 ]
 
@@ -217,3 +219,22 @@ async def validation_exception_handler(_request: Request, error: Exception) -> R
     return problem_response(
         422, detail="the request does not match what this endpoint accepts", errors=issues
     )
+
+
+async def unexpected_error_handler(request: Request, error: Exception) -> Response:
+    """Any other exception: a 500 in problem details, logged with values masked.
+
+    Some errors carry data from outside the database's error path: a row value that
+    its column type cannot convert back (a non-native ``Enum`` holding a value another
+    program wrote) raises ``LookupError`` quoting it. The error is redacted in place,
+    so the server's own log of it (Starlette re-raises after answering) is masked too.
+    """
+    redact_exception(error)
+    logger.error(
+        "unexpected error answered 500 on %s %s: %s",
+        request.method,
+        request.url.path,
+        type(error).__name__,
+        exc_info=error,
+    )
+    return problem_response(500, detail="an unexpected error occurred")

@@ -4,7 +4,10 @@
   the endpoint has returned, every function-scoped dependency has been torn down, and
   the status is known. A status below 400 commits, anything else rolls back; a commit
   that fails replaces the response with the error's answer, so the client never gets a
-  2xx for a write that is not there. An exception anywhere before that rolls back.
+  2xx for a write that is not there. An exception anywhere before that rolls back,
+  whatever an exception handler then answers; an answer below 400 to a request whose
+  unit was rolled back that way is logged at WARNING, naming the route (the client is
+  told of success for writes that are not there).
 - Read sessions and connections, entered by plain dependencies (a yield dependency
   costs about a fifth of a simple read's CPU), are exited just before the last piece of
   the response body goes out: the endpoint and any streaming body are done with them,
@@ -29,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..errors import DatabaseNotStartedError
 from ..units import TransactionUnit
 
-__all__ = ["RequestScope", "defer_end", "enter_for_request"]
+__all__ = ["RequestScope", "defer_end", "enter_for_request", "note_rollback"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +42,13 @@ _STATE = "fastapi_asyncdb.request"
 
 
 class _RequestState:
-    __slots__ = ("opened", "unit")
+    __slots__ = ("opened", "rolled_back_by", "unit")
 
     def __init__(self) -> None:
         self.opened: list[AbstractAsyncContextManager[Any]] = []
         self.unit: TransactionUnit | None = None
+        # The class of the exception that rolled the request's unit of work back.
+        self.rolled_back_by: str | None = None
 
 
 class _ResponseReplacedError(Exception):
@@ -76,6 +81,8 @@ class RequestScope:
             if replaced:
                 return  # the app's own response, after ours replaced it
             kind = message["type"]
+            if kind == "http.response.start" and state.rolled_back_by is not None:
+                _warn_if_success(scope, message["status"], state.rolled_back_by)
             if kind == "http.response.start" and state.unit is not None:
                 unit, state.unit = state.unit, None
                 try:
@@ -101,6 +108,21 @@ class RequestScope:
         # An app that answered nothing has nothing to commit for.
         await _end(state, commit=False)
         await _exit_all(state.opened, None, None, None)
+
+
+def _warn_if_success(scope: Scope, status: int, error: str) -> None:
+    if status >= 400:
+        return
+    route = scope.get("route")
+    logger.warning(
+        "%s %s answered %d after %s rolled its unit of work back: the client is told of "
+        "success, but no write of the unit is stored (an exception rolls back whatever its "
+        "handler answers; to commit and redirect, return the response instead)",
+        scope.get("method", ""),
+        getattr(route, "path", None) or scope.get("path", ""),
+        status,
+        error,
+    )
 
 
 async def _end(state: _RequestState, *, commit: bool) -> None:
@@ -136,6 +158,14 @@ async def enter_for_request(scope: Scope, context: AbstractAsyncContextManager[T
     value = await context.__aenter__()
     opened.append(context)
     return value
+
+
+def note_rollback(scope: Scope, error: BaseException) -> None:
+    """The request's unit of work was rolled back by ``error``, raised in the endpoint or
+    a dependency: if the request is answered below 400 anyway, say so in the log."""
+    state: _RequestState | None = scope.get(_STATE)
+    if state is not None and scope["type"] == "http" and isinstance(error, Exception):
+        state.rolled_back_by = type(error).__name__
 
 
 def defer_end(scope: Scope, unit: TransactionUnit) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -10,6 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Query
 from pydantic import BaseModel
+from sqlalchemy import Enum, literal_column, select, type_coerce
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -168,6 +170,35 @@ async def test_problem_details_can_be_left_to_the_app(database: Database) -> Non
     assert response.status_code == 422
     assert "detail" in response.json()
     assert response.headers["content-type"] == "application/json"
+
+
+class _Mood(enum.Enum):
+    calm = "calm"
+
+
+async def test_an_unexpected_error_is_a_500_problem_logged_without_the_value(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A stored value its column type cannot convert back: SQLAlchemy raises LookupError
+    # quoting it while reading the row, outside any database error handler.
+    stored = "-".join(("stored", "value", "77"))
+    app = build_app(database)
+    mood = Enum(_Mood, native_enum=False, validate_strings=True, length=100)
+
+    @app.get("/moods")
+    async def moods(session: SessionDep) -> list[str]:
+        rows = await session.execute(select(type_coerce(literal_column(f"'{stored}'"), mood)))
+        return [str(row[0]) for row in rows]
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.get("/moods")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == PROBLEM_JSON
+    assert response.json()["detail"] == "an unexpected error occurred"
+    assert "unexpected error answered 500 on GET /moods: LookupError" in caplog.text
+    assert stored not in caplog.text
+    assert stored not in response.text
 
 
 @pytest.mark.backends("postgresql", "mysql")

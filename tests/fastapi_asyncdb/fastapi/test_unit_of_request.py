@@ -5,13 +5,14 @@ teardown that fails after the endpoint undoes the write."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI
-from fastapi.responses import StreamingResponse
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from sqlalchemy import insert, text
 
 from fastapi_asyncdb import (
@@ -31,6 +32,10 @@ from .server import serving
 pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
+class AlreadyDoneError(Exception):
+    """A domain exception an app answers with a 200."""
+
+
 def failing_teardown() -> Iterator[None]:
     yield
     raise RuntimeError("teardown failed after the endpoint returned")
@@ -47,6 +52,28 @@ def build_app(database: Database) -> FastAPI:
         session.add(Note(body=f"returned {status}"))
         await session.flush()
         return problem_response(status, detail="returned, not raised")
+
+    @app.exception_handler(AlreadyDoneError)
+    async def already_done(_request: object, _error: Exception) -> object:
+        return JSONResponse({"status": "done"})
+
+    @app.post("/raised/handled-as-200")
+    async def raised_handled(session: SessionDep) -> object:
+        session.add(Note(body="raised, answered 200"))
+        await session.flush()
+        raise AlreadyDoneError
+
+    @app.post("/raised/redirect")
+    async def raised_redirect(session: SessionDep) -> object:
+        session.add(Note(body="raised, answered 303"))
+        await session.flush()
+        raise HTTPException(303, headers={"Location": "/notes/1"})
+
+    @app.post("/redirect/returned")
+    async def returned_redirect(session: SessionDep) -> object:
+        session.add(Note(body="returned, answered 303"))
+        await session.flush()
+        return RedirectResponse("/notes/1", status_code=303)
 
     @app.post("/returned-but-committed")
     async def returned_but_committed(session: SessionDep) -> object:
@@ -162,6 +189,40 @@ async def test_a_returned_success_or_redirect_commits(
     response = await client.post(f"/returned/{status}", follow_redirects=False)
     assert response.status_code == status
     assert await count_rows(database, Note) == 1
+
+
+@pytest.mark.parametrize(
+    ("route", "status", "raised"),
+    [
+        ("/raised/handled-as-200", 200, "AlreadyDoneError"),
+        ("/raised/redirect", 303, "HTTPException"),
+    ],
+)
+async def test_a_raise_answered_below_400_rolls_back_and_warns_naming_the_route(
+    client: httpx.AsyncClient,
+    database: Database,
+    caplog: pytest.LogCaptureFixture,
+    route: str,
+    status: int,
+    raised: str,
+) -> None:
+    response = await client.post(route, follow_redirects=False)
+    assert response.status_code == status
+    assert await count_rows(database, Note) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        f"POST {route} answered {status} after {raised} rolled its unit of work back" in w
+        for w in warnings
+    ), warnings
+
+
+async def test_a_returned_redirect_commits_without_a_warning(
+    client: httpx.AsyncClient, database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    response = await client.post("/redirect/returned", follow_redirects=False)
+    assert response.status_code == 303
+    assert await count_rows(database, Note) == 1
+    assert not [r for r in caplog.records if "rolled its unit of work back" in r.getMessage()]
 
 
 async def test_an_explicit_commit_keeps_writes_despite_an_error_response(
