@@ -6,6 +6,9 @@ measured is the cost of tracing inside the server and not of a collector.
 ``BENCH_SPAN_PROCESSOR=simple`` ends each span into the exporter at once instead;
 ``BENCH_SPAN_PROCESSOR=none`` configures no tracer provider at all, so that every span
 is OpenTelemetry's API's non-recording one: the cost of the hooks alone.
+``BENCH_TRACE_SAMPLE_RATIO`` (default 1: every trace) samples traces as production
+services usually do (``ParentBased(TraceIdRatioBased(ratio))``): a span of a trace left
+out is created but not recorded.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 __all__ = ["configure_tracing"]
 
@@ -35,7 +39,8 @@ class DroppingExporter(SpanExporter):
 def configure_tracing() -> TracerProvider | None:
     if os.environ.get("BENCH_SPAN_PROCESSOR") == "none":
         return None
-    provider = TracerProvider()
+    ratio = float(os.environ.get("BENCH_TRACE_SAMPLE_RATIO", "1"))
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
     exporter = DroppingExporter()
     simple = os.environ.get("BENCH_SPAN_PROCESSOR") == "simple"
     provider.add_span_processor(
