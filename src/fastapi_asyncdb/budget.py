@@ -16,7 +16,13 @@ from .errors import ConfigurationError
 from .probe import Probe
 from .settings import DatabaseSettings
 
-__all__ = ["PROBE_CONNECTIONS", "ConnectionBudget", "check_budget", "connection_budget"]
+__all__ = [
+    "PROBE_CONNECTIONS",
+    "ConnectionBudget",
+    "LimitsReading",
+    "check_budget",
+    "connection_budget",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -104,10 +110,31 @@ def connection_budget(settings: DatabaseSettings, limits: ConnectionLimits) -> C
     )
 
 
+class LimitsReading:
+    """The server's limits, read once on the probe's connection for every startup check
+    that needs them: the result, or the failure, is kept."""
+
+    def __init__(self, backend: Backend, probe: Probe) -> None:
+        self._backend, self._probe = backend, probe
+        self._outcome: ConnectionLimits | BaseException | None = None
+        self._done = False
+
+    async def __call__(self) -> ConnectionLimits | None:
+        if not self._done:
+            try:
+                self._outcome = await self._probe.read(self._backend.connection_limits)
+            except Exception as error:
+                self._outcome = error
+            self._done = True
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        return self._outcome
+
+
 async def check_budget(
     settings: DatabaseSettings,
     backend: Backend,
-    probe: Probe,
+    reading: LimitsReading,
 ) -> ConnectionBudget | None:
     """At startup: refuse (``ConfigurationError``) or warn, by ``DB_BUDGET_CHECK``.
 
@@ -121,7 +148,7 @@ async def check_budget(
     if settings.budget_check == "off" or not backend.limits_connections:
         return None
     try:
-        limits = await probe.read(backend.connection_limits)
+        limits = await reading()
     except Exception as error:
         logger.warning(
             "connection budget not checked: the server's limits could not be read (%s); "

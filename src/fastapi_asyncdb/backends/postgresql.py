@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, Dialect, Engine
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -20,6 +20,7 @@ from ..errors import ConfigurationError, ErrorKind
 from ..tls import connect_context
 from . import _pgbouncer
 from .base import (
+    TRANSACTION_POOLER,
     Backend,
     ConnectionLimits,
     ServerFacts,
@@ -60,9 +61,9 @@ _TIMEOUT_SETTINGS = {
 
 
 def _pooler(connection: Connection) -> str | None:
-    """A transaction pooler hands each transaction its own server session; PgBouncer
-    gives its own process id at login; a proxy or pooler of any kind listens on a port
-    other than the server's."""
+    """A transaction pooler hands an idle server session to any client; PgBouncer gives
+    its own process id at login; a proxy or pooler of any kind listens on a port other
+    than the server's."""
     if connection.in_transaction():
         connection.commit()
     pids = set()
@@ -70,7 +71,11 @@ def _pooler(connection: Connection) -> str | None:
         with connection.begin():
             pids.add(connection.execute(text("SELECT pg_backend_pid()")).scalar())
     if len(pids) > 1:
-        return "a transaction pooler (each transaction met another server session)"
+        return f"{TRANSACTION_POOLER} (each transaction met another server session)"
+    # An idle PgBouncer serves each transaction of one client from the same server
+    # connection, so the loop above proves nothing; two clients open at once do.
+    if _second_client_shares_session(connection, pids):
+        return f"{TRANSACTION_POOLER} (two client connections met one server session)"
     driver_connection: Any = connection.connection.driver_connection
     if driver_connection.get_server_pid() not in pids:
         return "a pooler, PgBouncer say (the login named a process other than the server's)"
@@ -79,6 +84,31 @@ def _pooler(connection: Connection) -> str | None:
     if server_port is not None and int(server_port) != client_port:
         return f"a proxy or pooler (port {client_port} leads to the server's port {server_port})"
     return None
+
+
+def _second_client_shares_session(connection: Connection, pids: set[Any]) -> bool:
+    """Whether another client connection, opened while this one idles between
+    transactions, meets this one's server session.
+
+    A transaction pooler gives the new client's transaction an idle server connection,
+    and the one this client just released is the first it picks (PgBouncer reuses the
+    most recently released unless ``server_round_robin``): same process id, two clients,
+    conclusive. A session pooler keeps that server connection for this client while it
+    stays connected, and a direct connection is a process of its own: never the same.
+    A different id proves nothing (another client may have taken the idle one).
+    """
+    try:
+        with connection.engine.connect() as other:
+            other_pid = other.execute(text("SELECT pg_backend_pid()")).scalar()
+            other.rollback()
+    except DBAPIError as error:
+        # asyncpg names its statements per client connection: on a shared server
+        # session the second client's name is taken (or the first's is missing),
+        # even in the dialect's own first queries on connecting.
+        if "prepared statement" in str(error.orig):
+            return True
+        raise
+    return other_pid in pids
 
 
 # Connection slots kept from roles without special rights (reserved_connections: 16+).
@@ -216,7 +246,10 @@ class PostgreSQL(Backend):
             @event.listens_for(engine, "first_connect")
             def _notice_pooler(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
                 # Once per engine: a pooler that let the login through (it ignores our
-                # parameters) makes reads fail and drops the server-side limits.
+                # parameters) makes reads fail and drops the server-side limits. Said
+                # here when the start could not tell (the server did not answer then).
+                if self.pooler_reported:
+                    return
                 through = _compat.await_in_greenlet(
                     _pgbouncer.connects_through_pooler(
                         dbapi_connection.driver_connection, timeout=settings.connect_timeout

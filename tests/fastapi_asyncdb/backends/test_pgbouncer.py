@@ -218,20 +218,27 @@ async def test_a_pooler_that_lets_the_login_through_is_reported_at_the_first_con
     start_pgbouncer: StartPgBouncer, pgbouncer_database: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     lenient = start_pgbouncer(
+        pool_mode="session",
         ignore_startup_parameters=(
             "extra_float_digits",
             "statement_timeout",
             "idle_in_transaction_session_timeout",
             "client_connection_check_interval",
             "default_transaction_read_only",
-        )
+        ),
     )
     caplog.set_level(logging.WARNING)
     database = _database(lenient, pgbouncer_database, "off")
-    async with database, database.transaction() as session:
-        await session.execute(text("SELECT 1"))
+    await database.start()
+    # As if the start's own check had not run (say the server did not answer then).
+    database.backend.pooler_reported = False
+    try:
+        async with database.transaction() as session:
+            await session.execute(text("SELECT 1"))
+    finally:
+        await database.stop()
     warnings = [r.getMessage() for r in caplog.records if "DB_PGBOUNCER is off" in r.getMessage()]
-    assert len(warnings) == 1
+    assert len(warnings) == 2  # the start's, and the first connection's
 
 
 async def test_no_warning_when_connecting_directly(
