@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, Dialect, Engine
-from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -20,7 +20,6 @@ from ..errors import ConfigurationError, ErrorKind
 from ..tls import connect_context
 from . import _pgbouncer
 from .base import (
-    TRANSACTION_POOLER,
     Backend,
     ConnectionLimits,
     ServerFacts,
@@ -58,57 +57,6 @@ _TIMEOUT_SETTINGS = {
     "client_connection_check_interval": "client_connection_check_interval",
     "lock_timeout": "lock_timeout",
 }
-
-
-def _pooler(connection: Connection) -> str | None:
-    """A transaction pooler hands an idle server session to any client; PgBouncer gives
-    its own process id at login; a proxy or pooler of any kind listens on a port other
-    than the server's."""
-    if connection.in_transaction():
-        connection.commit()
-    pids = set()
-    for _ in range(3):
-        with connection.begin():
-            pids.add(connection.execute(text("SELECT pg_backend_pid()")).scalar())
-    if len(pids) > 1:
-        return f"{TRANSACTION_POOLER} (each transaction met another server session)"
-    # An idle PgBouncer serves each transaction of one client from the same server
-    # connection, so the loop above proves nothing; two clients open at once do.
-    if _second_client_shares_session(connection, pids):
-        return f"{TRANSACTION_POOLER} (two client connections met one server session)"
-    driver_connection: Any = connection.connection.driver_connection
-    if driver_connection.get_server_pid() not in pids:
-        return "a pooler, PgBouncer say (the login named a process other than the server's)"
-    server_port = connection.execute(text("SELECT inet_server_port()")).scalar()
-    client_port = connection.engine.url.port or 5432
-    if server_port is not None and int(server_port) != client_port:
-        return f"a proxy or pooler (port {client_port} leads to the server's port {server_port})"
-    return None
-
-
-def _second_client_shares_session(connection: Connection, pids: set[Any]) -> bool:
-    """Whether another client connection, opened while this one idles between
-    transactions, meets this one's server session.
-
-    A transaction pooler gives the new client's transaction an idle server connection,
-    and the one this client just released is the first it picks (PgBouncer reuses the
-    most recently released unless ``server_round_robin``): same process id, two clients,
-    conclusive. A session pooler keeps that server connection for this client while it
-    stays connected, and a direct connection is a process of its own: never the same.
-    A different id proves nothing (another client may have taken the idle one).
-    """
-    try:
-        with connection.engine.connect() as other:
-            other_pid = other.execute(text("SELECT pg_backend_pid()")).scalar()
-            other.rollback()
-    except DBAPIError as error:
-        # asyncpg names its statements per client connection: on a shared server
-        # session the second client's name is taken (or the first's is missing),
-        # even in the dialect's own first queries on connecting.
-        if "prepared statement" in str(error.orig):
-            return True
-        raise
-    return other_pid in pids
 
 
 # Connection slots kept from roles without special rights (reserved_connections: 16+).
@@ -312,7 +260,7 @@ class PostgreSQL(Backend):
         return facts
 
     def connection_limits(self, connection: Connection) -> ConnectionLimits:
-        pooler = _pooler(connection)  # first: it needs transactions of its own
+        pooler = _pgbouncer.pooler_seen(connection)  # first: it needs transactions of its own
         if pooler is not None:
             return _pooler_limits(connection, pooler)
         names = ["max_connections", *_RESERVED_SETTINGS]
