@@ -329,11 +329,12 @@ async def test_a_credential_in_the_error_of_a_provider_or_creator_is_never_shown
     def failing_in_a_thread() -> str:
         raise RuntimeError(complaint)
 
-    options: dict[str, Any] = {
+    choices: dict[str, dict[str, Any]] = {
         "async provider": {"password": failing},
         "sync provider": {"password": failing_in_a_thread},
         "async_creator": {"async_creator": failing},
-    }[code]
+    }
+    options = choices[code]
     evidence = Evidence()
     with capturing_logs(evidence):
         async with Database(url=database_url, budget_check="off", **options) as database:
