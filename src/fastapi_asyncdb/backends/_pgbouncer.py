@@ -4,7 +4,10 @@ PgBouncer refuses any startup parameter outside its ``ignore_startup_parameters`
 (and drops those inside it, unapplied), so the server-side limits cannot travel as
 ``server_settings``. In session mode a client keeps its server connection for its
 whole session: ``SET`` once after connecting holds, until PgBouncer's reset query
-(``DISCARD ALL``) when the client leaves. In transaction mode the next transaction
+(``DISCARD ALL``) when the client leaves, or until a unit of work runs ``RESET ALL``
+or ``DISCARD ALL`` itself; so each ``BEGIN`` carries the limits as ``SET LOCAL`` too,
+as in transaction mode, and the session's ``SET`` bounds what runs outside a
+transaction (autocommit reads, ``run_statement``'s fast path). In transaction mode the next transaction
 may meet another server connection: only ``SET LOCAL`` inside a transaction holds,
 so the limits ride in ``BEGIN``'s own message (the simple protocol runs several
 commands in one message: no round trip added), and a named prepared statement may
@@ -66,7 +69,7 @@ def _limits(settings: DatabaseSettings) -> list[tuple[str, int]]:
 
 
 def begin_limits(settings: DatabaseSettings) -> str:
-    """What follows ``BEGIN`` in its message in transaction mode: the limits.
+    """What follows ``BEGIN`` in its message behind PgBouncer: the limits.
 
     (The read engine's ``BEGIN`` says ``READ ONLY`` itself: its adapter is read-only.)
     """

@@ -144,6 +144,13 @@ class PostgreSQL(Backend):
             arguments["connection_class"] = _pgbouncer.connection_class(
                 _pgbouncer.begin_limits(settings), read_only=read_only
             )
+        elif settings.pgbouncer == "session" and _pgbouncer.begin_limits(settings):
+            # The session's SET holds until a unit of work runs RESET ALL or DISCARD
+            # ALL on the pooled connection; SET LOCAL in each BEGIN's own message
+            # holds for every transaction whatever came before, at no round trip.
+            arguments["connection_class"] = _pgbouncer.connection_class(
+                _pgbouncer.begin_limits(settings), read_only=False
+            )
         if settings.pgbouncer != "off":
             return arguments  # the limits are set after login (install_connection_setup)
         for name, seconds in (

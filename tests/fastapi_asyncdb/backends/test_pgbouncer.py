@@ -190,6 +190,27 @@ async def test_limits_are_those_of_the_settings_inside_each_transaction(
     assert tuple(read) == (f"{int(LIMIT * 1000)}ms", "on")
 
 
+@pytest.mark.parametrize("reset", ["RESET ALL", "DISCARD ALL", "SET statement_timeout = 0"])
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_unit_of_work_that_resets_its_session_leaves_later_transactions_bounded(
+    start_pgbouncer: StartPgBouncer, pgbouncer_database: str, mode: str, reset: str
+) -> None:
+    bouncer = start_pgbouncer(pool_mode=mode, default_pool_size=2)
+    # One pooled connection: the next unit of work meets the session this one reset.
+    database = _database(bouncer, pgbouncer_database, mode, pool_size=1)
+    async with database:
+        async with database.engine.connect() as connection:
+            # Outside a transaction (DISCARD ALL cannot run inside one).
+            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await autocommit.execute(text(reset))
+        async with database.transaction() as session:
+            in_force = await session.scalar(text("SELECT current_setting('statement_timeout')"))
+            with pytest.raises(DBAPIError) as ended:
+                await session.execute(text(f"SELECT pg_sleep({SLEEP})"))
+    assert in_force == f"{int(LIMIT * 1000)}ms"
+    assert database.classify(ended.value) is ErrorKind.TIMEOUT
+
+
 # -- the mode off: what a user sees ------------------------------------------------------
 
 
