@@ -7,8 +7,8 @@ whole session: ``SET`` once after connecting holds, until PgBouncer's reset quer
 (``DISCARD ALL``) when the client leaves, or until a unit of work runs ``RESET ALL``
 or ``DISCARD ALL`` itself; so each ``BEGIN`` carries the limits as ``SET LOCAL`` too,
 as in transaction mode, and the session's ``SET`` bounds what runs outside a
-transaction (autocommit reads, ``run_statement``'s fast path). In transaction mode the next transaction
-may meet another server connection: only ``SET LOCAL`` inside a transaction holds,
+transaction (autocommit reads, ``run_statement``'s fast path). In transaction mode
+the next transaction may meet another server connection: only ``SET LOCAL`` holds,
 so the limits ride in ``BEGIN``'s own message (the simple protocol runs several
 commands in one message: no round trip added), and a named prepared statement may
 be missing on the next server connection, so asyncpg keeps none (its unnamed
