@@ -29,10 +29,9 @@ logger = logging.getLogger(__name__)
 PROBE_CONNECTIONS = 1
 """The health probe's own connection, beside the pools, in each process."""
 
-ADVICE = (
+_FEWER = (
     "lower DB_POOL_SIZE, DB_MAX_OVERFLOW, DB_READ_POOL_SIZE or DB_READ_MAX_OVERFLOW, "
-    "run fewer workers (DB_WORKERS, else WEB_CONCURRENCY), or raise the server's "
-    "max_connections"
+    "run fewer workers (DB_WORKERS, else WEB_CONCURRENCY)"
 )
 
 
@@ -76,6 +75,18 @@ class ConnectionBudget:
     def fits(self) -> bool | None:
         available = self.available
         return None if available is None else self.needed <= available
+
+    def advice(self) -> str:
+        """What to change: fewer connections, or more from the limit that binds."""
+        limits = self.limits
+        server = (
+            None if limits.max_connections is None else limits.max_connections - limits.reserved
+        )
+        if limits.account_limit is not None and (server is None or limits.account_limit < server):
+            more = f"raise {limits.account_limit_detail}"
+        else:
+            more = "raise the server's max_connections"
+        return f"{_FEWER}, or {more}"
 
     def arithmetic(self) -> str:
         """E.g. ``2 workers x (10 + 5 write + 10 + 5 read + 1 probe) = 62 connections; ...``."""
@@ -165,7 +176,8 @@ async def check_budget(
         message = f"more connections than {limits.limited_by} allows: {budget.arithmetic()}"
         if settings.budget_check == "refuse":
             raise ConfigurationError(
-                f"{message}. To fix: {ADVICE}; or set DB_BUDGET_CHECK=warn to start anyway."
+                f"{message}. To fix: {budget.advice()}; "
+                "or set DB_BUDGET_CHECK=warn to start anyway."
             )
-        logger.warning("%s; %s", message, ADVICE)
+        logger.warning("%s; %s", message, budget.advice())
     return budget

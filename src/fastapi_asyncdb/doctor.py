@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from . import _compat
 from .backends import ServerFacts
 from .backends.base import TRANSACTION_POOLER
-from .budget import ADVICE, connection_budget
+from .budget import connection_budget
 from .database import Database
 from .errors import DatabaseError
 from .pooler_check import pooler_as_finding
@@ -312,7 +312,7 @@ def _connection_budget(database: Database, facts: ServerFacts, workers: int) -> 
         ]
     findings = []
     if budget.needed > available:
-        findings.append(Finding("error", "connections", arithmetic, ADVICE))
+        findings.append(Finding("error", "connections", arithmetic, budget.advice()))
     elif budget.needed > available * _BUDGET_WARNING:
         findings.append(
             Finding("warning", "connections", arithmetic, "little room for other clients")
