@@ -28,18 +28,18 @@ __all__ = ["check_pooler", "pooler_as_finding"]
 
 logger = logging.getLogger(__name__)
 
-# The doctor reports a mismatch as a finding of its own instead of refusing to start.
-_REFUSE = ContextVar("fastapi_asyncdb_refuse_on_pooler_mismatch", default=True)
+# The doctor reports the pooler as a finding of its own instead of refusing to start.
+_CHECKED_AT_START = ContextVar("fastapi_asyncdb_pooler_checked_at_start", default=True)
 
 
 @contextmanager
 def pooler_as_finding() -> Iterator[None]:
-    """Within the block, a start logs a mismatched pooler instead of refusing."""
-    token = _REFUSE.set(False)
+    """Within the block, a start leaves the pooler to the caller (the doctor)."""
+    token = _CHECKED_AT_START.set(False)
     try:
         yield
     finally:
-        _REFUSE.reset(token)
+        _CHECKED_AT_START.reset(token)
 
 
 async def check_pooler(
@@ -51,6 +51,8 @@ async def check_pooler(
     A server that does not answer is not this check's to judge (the budget check,
     which shares the reading, says it could not read).
     """
+    if not _CHECKED_AT_START.get():
+        return
     if backend.name != "postgresql" or settings.pgbouncer == "transaction":
         return
     try:
@@ -84,9 +86,7 @@ async def check_pooler(
             "the server-side limits (statement_timeout...) would hold on one server session "
             "and the statements run on others; set DB_PGBOUNCER=transaction (docs/pgbouncer.md)"
         )
-        if _REFUSE.get():
-            raise ConfigurationError(message)
-        logger.warning("%s", message)
+        raise ConfigurationError(message)
     elif pooler is not None and settings.pgbouncer == "off":
         backend.pooler_reported = True
         logger.warning(
