@@ -166,12 +166,13 @@ def pooler_seen(connection: Connection) -> str | None:
             pids.add(connection.execute(text("SELECT pg_backend_pid()")).scalar())
     if len(pids) > 1:
         return f"{TRANSACTION_POOLER} (each transaction met another server session)"
-    # An idle PgBouncer serves each transaction of one client from the same server
-    # connection, so the loop above proves nothing; two clients open at once do.
-    if _second_client_shares_session(connection, pids):
-        return f"{TRANSACTION_POOLER} (two client connections met one server session)"
     driver_connection: Any = connection.connection.driver_connection
     if driver_connection.get_server_pid() not in pids:
+        # An idle PgBouncer serves each transaction of one client from the same server
+        # connection, so the loop above proves nothing; two clients open at once do.
+        # (Asked only here: a direct start pays no second login.)
+        if _second_client_shares_session(connection, pids):
+            return f"{TRANSACTION_POOLER} (two client connections met one server session)"
         return "a pooler, PgBouncer say (the login named a process other than the server's)"
     server_port = connection.execute(text("SELECT inet_server_port()")).scalar()
     client_port = connection.engine.url.port or 5432
