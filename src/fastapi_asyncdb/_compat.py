@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar, cast
 
-from sqlalchemy.engine import Connection, CursorResult, RootTransaction
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, CursorResult, Engine, ExceptionContext, RootTransaction
 from sqlalchemy.engine.cursor import CursorResultMetaData
 from sqlalchemy.engine.interfaces import BindTyping
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -40,6 +41,7 @@ __all__ = [
     "driver_fetch",
     "execution_listeners",
     "fast_path_supported",
+    "handle_error_first",
     "has_execution_listeners",
     "may_learn_from",
     "may_read_on_driver",
@@ -443,3 +445,18 @@ def raise_as_sqlalchemy_would(
             context,
         )
     raise error  # not reached: the connection raises; defensive only
+
+
+def handle_error_first(engine: Engine, listener: Callable[[ExceptionContext], None]) -> None:
+    """Add a ``handle_error`` listener that runs before every other of the engine's.
+
+    ``event.listen(..., insert=True)`` would say so, but ``DialectEvents._listen``
+    (where ``handle_error`` lives since 2.0) drops ``insert``: the listener is appended.
+    So it is appended, then moved to the head of the dialect's own listener deque (what
+    ``insert`` does); the registry that ``event.remove`` consults keeps no order.
+    Listeners set on the ``Engine`` or ``Dialect`` class still run before it.
+    """
+    event.listen(engine, "handle_error", listener)
+    listeners = engine.dialect.dispatch.handle_error.listeners
+    listeners.remove(listener)
+    listeners.appendleft(listener)

@@ -16,17 +16,22 @@ from .errors import ConfigurationError
 from .probe import Probe
 from .settings import DatabaseSettings
 
-__all__ = ["PROBE_CONNECTIONS", "ConnectionBudget", "check_budget", "connection_budget"]
+__all__ = [
+    "PROBE_CONNECTIONS",
+    "ConnectionBudget",
+    "LimitsReading",
+    "check_budget",
+    "connection_budget",
+]
 
 logger = logging.getLogger(__name__)
 
 PROBE_CONNECTIONS = 1
 """The health probe's own connection, beside the pools, in each process."""
 
-ADVICE = (
+_FEWER = (
     "lower DB_POOL_SIZE, DB_MAX_OVERFLOW, DB_READ_POOL_SIZE or DB_READ_MAX_OVERFLOW, "
-    "run fewer workers (DB_WORKERS, else WEB_CONCURRENCY), or raise the server's "
-    "max_connections"
+    "run fewer workers (DB_WORKERS, else WEB_CONCURRENCY)"
 )
 
 
@@ -71,6 +76,18 @@ class ConnectionBudget:
         available = self.available
         return None if available is None else self.needed <= available
 
+    def advice(self) -> str:
+        """What to change: fewer connections, or more from the limit that binds."""
+        limits = self.limits
+        server = (
+            None if limits.max_connections is None else limits.max_connections - limits.reserved
+        )
+        if limits.account_limit is not None and (server is None or limits.account_limit < server):
+            more = f"raise {limits.account_limit_detail}"
+        else:
+            more = "raise the server's max_connections"
+        return f"{_FEWER}, or {more}"
+
     def arithmetic(self) -> str:
         """E.g. ``2 workers x (10 + 5 write + 10 + 5 read + 1 probe) = 62 connections; ...``."""
         workers = f"{self.workers} worker{'s' if self.workers != 1 else ''}"
@@ -104,10 +121,31 @@ def connection_budget(settings: DatabaseSettings, limits: ConnectionLimits) -> C
     )
 
 
+class LimitsReading:
+    """The server's limits, read once on the probe's connection for every startup check
+    that needs them: the result, or the failure, is kept."""
+
+    def __init__(self, backend: Backend, probe: Probe) -> None:
+        self._backend, self._probe = backend, probe
+        self._outcome: ConnectionLimits | BaseException | None = None
+        self._done = False
+
+    async def __call__(self) -> ConnectionLimits | None:
+        if not self._done:
+            try:
+                self._outcome = await self._probe.read(self._backend.connection_limits)
+            except Exception as error:
+                self._outcome = error
+            self._done = True
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        return self._outcome
+
+
 async def check_budget(
     settings: DatabaseSettings,
     backend: Backend,
-    probe: Probe,
+    reading: LimitsReading,
 ) -> ConnectionBudget | None:
     """At startup: refuse (``ConfigurationError``) or warn, by ``DB_BUDGET_CHECK``.
 
@@ -121,7 +159,7 @@ async def check_budget(
     if settings.budget_check == "off" or not backend.limits_connections:
         return None
     try:
-        limits = await probe.read(backend.connection_limits)
+        limits = await reading()
     except Exception as error:
         logger.warning(
             "connection budget not checked: the server's limits could not be read (%s); "
@@ -138,7 +176,8 @@ async def check_budget(
         message = f"more connections than {limits.limited_by} allows: {budget.arithmetic()}"
         if settings.budget_check == "refuse":
             raise ConfigurationError(
-                f"{message}. To fix: {ADVICE}; or set DB_BUDGET_CHECK=warn to start anyway."
+                f"{message}. To fix: {budget.advice()}; "
+                "or set DB_BUDGET_CHECK=warn to start anyway."
             )
-        logger.warning("%s; %s", message, ADVICE)
+        logger.warning("%s; %s", message, budget.advice())
     return budget

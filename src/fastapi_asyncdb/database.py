@@ -14,11 +14,12 @@ from sqlalchemy import MetaData, UpdateBase
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from . import backends
-from .budget import check_budget
+from .budget import LimitsReading, check_budget
 from .connections import SharedConnection
 from .drain import drain
 from .errors import DatabaseNotStartedError, ErrorKind
 from .metrics import DatabaseMetrics
+from .pooler_check import check_pooler
 from .prepared import run_statement
 from .probe import Probe
 from .redaction import redact_type_error
@@ -107,15 +108,19 @@ class Database:
         """Create the engines, once the connection budget is checked (``DB_BUDGET_CHECK``).
 
         Raises ``ConfigurationError`` when ``DB_WORKERS`` processes with these pools
-        would open more connections than the server allows (docs/operating.md); a
-        server that does not answer yet does not stop the start.
+        would open more connections than the server allows (docs/operating.md), or
+        when a transaction pooler answers for PostgreSQL and ``DB_PGBOUNCER`` is not
+        ``transaction`` (docs/pgbouncer.md); a server that does not answer yet does
+        not stop the start.
         """
         if self.is_started:
             raise RuntimeError("the database is already started")
         self.backend.prepare()
         probe = Probe(self.settings, self.backend)
         try:
-            await check_budget(self.settings, self.backend, probe)
+            reading = LimitsReading(self.backend, probe)
+            await check_pooler(self.settings, self.backend, reading)
+            await check_budget(self.settings, self.backend, reading)
         except BaseException:
             await probe.close()
             raise

@@ -19,9 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import _compat
 from .backends import ServerFacts
-from .budget import ADVICE, connection_budget
+from .backends.base import TRANSACTION_POOLER
+from .budget import connection_budget
 from .database import Database
 from .errors import DatabaseError
+from .pooler_check import pooler_as_finding
 from .tls import tls_request
 
 __all__ = ["Finding", "add_arguments", "examine", "render", "run"]
@@ -55,7 +57,8 @@ async def examine(database: Database, *, workers: int | None = None) -> list[Fin
             # The budget is a finding here, not a refusal to start.
             database.settings = settings.model_copy(update={"budget_check": "off"})
             try:
-                await database.start()
+                with pooler_as_finding():  # the pooler check below reports it
+                    await database.start()
             finally:
                 database.settings = settings
             connection = await database.engine.connect()
@@ -309,7 +312,7 @@ def _connection_budget(database: Database, facts: ServerFacts, workers: int) -> 
         ]
     findings = []
     if budget.needed > available:
-        findings.append(Finding("error", "connections", arithmetic, ADVICE))
+        findings.append(Finding("error", "connections", arithmetic, budget.advice()))
     elif budget.needed > available * _BUDGET_WARNING:
         findings.append(
             Finding("warning", "connections", arithmetic, "little room for other clients")
@@ -345,7 +348,7 @@ def _pooler(database: Database, facts: ServerFacts, _workers: int) -> list[Findi
                 "set DB_PGBOUNCER=off when connecting directly (docs/pgbouncer.md)",
             )
         ]
-    transaction_pooler = facts.pooler.startswith("a transaction pooler")
+    transaction_pooler = facts.pooler.startswith(TRANSACTION_POOLER)
     if mode == "off" or (transaction_pooler and mode == "session"):
         harm = "server-side limits are not in force"
         if transaction_pooler:

@@ -22,7 +22,7 @@ from .errors import (
     ReadOnlySessionError,
     UnavailableCause,
 )
-from .managed import NewConnections, PasswordProviderError, merged_connect_args
+from .managed import AsyncCreatorError, NewConnections, PasswordProviderError, merged_connect_args
 from .metrics import RoleMetrics
 from .prepared import keep_write_fast_path_off
 from .settings import DatabaseSettings
@@ -208,7 +208,7 @@ def connect_failure_reason(
 
 
 def _why(error: BaseException, settings: DatabaseSettings) -> str:
-    if isinstance(error, PasswordProviderError):
+    if isinstance(error, PasswordProviderError | AsyncCreatorError):
         return str(error)
     chain = list(_chain(error))
     mode = tls_request(settings).mode

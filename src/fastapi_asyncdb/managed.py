@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .settings import DatabaseSettings
 
 __all__ = [
+    "AsyncCreatorError",
     "NewConnections",
     "PasswordProviderError",
     "check_connect_options",
@@ -38,6 +39,16 @@ __all__ = [
 
 class PasswordProviderError(Exception):
     """The ``password=`` provider failed or hung: no connection can be made without it."""
+
+
+class AsyncCreatorError(Exception):
+    """The ``async_creator`` failed with an error of its own (not the driver's)."""
+
+
+# Token services' and connectors' errors quote what they sent: a refresh token, a
+# signed URL, a key. Only the class is told, at every level, and the error is not
+# chained (a traceback would print it).
+_MESSAGE_WITHHELD = "its message is not shown: it may hold a credential"
 
 
 def check_connect_options(settings: DatabaseSettings, backend: Backend) -> None:
@@ -135,17 +146,19 @@ class NewConnections:
         provider = self._settings.password
         if isinstance(provider, SecretStr):
             return provider.get_secret_value()
+        failure = None
         try:
             password = _compat.await_in_greenlet(self._ask(provider))
         except TimeoutError:
-            raise PasswordProviderError(
+            failure = (
                 f"the password provider did not answer within "
                 f"{self._settings.connect_timeout:g} s (DB_CONNECT_TIMEOUT)"
-            ) from None
+            )
         except Exception as error:
-            raise PasswordProviderError(
-                f"the password provider failed: {type(error).__name__}: {error}"
-            ) from error
+            failure = f"the password provider failed: {type(error).__name__} ({_MESSAGE_WITHHELD})"
+        if failure is not None:
+            # Raised outside the handler, so that not even __context__ holds the error.
+            raise PasswordProviderError(failure) from None
         if not isinstance(password, str):
             raise TypeError(f"password=: the provider returned {type(password).__name__}, not str")
         return password
@@ -170,16 +183,33 @@ class NewConnections:
             return await connect(*args, **arguments)
 
     async def _create(self, *args: Any, **arguments: Any) -> Any:
-        creator = self._settings.async_creator
-        assert creator is not None
         async with asyncio.timeout(self._settings.connect_timeout):
-            connection = await creator(*args, **arguments)
+            connection = await self._call_creator(*args, **arguments)
             try:
                 await self._backend.check_created_connection(connection, read_only=self._read_only)
             except BaseException:
                 await _close(connection)
                 raise
         return connection
+
+    async def _call_creator(self, *args: Any, **arguments: Any) -> Any:
+        """The creator's connection; its own errors named by their class alone.
+
+        The driver's errors and the network's pass on as they are: they describe the
+        server, and are redacted as every connect failure is.
+        """
+        creator = self._settings.async_creator
+        assert creator is not None
+        failure = None
+        try:
+            return await creator(*args, **arguments)
+        except (OSError, TimeoutError):
+            raise
+        except Exception as error:
+            if type(error).__module__.partition(".")[0] == self._backend.driver:
+                raise
+            failure = f"the async_creator failed: {type(error).__name__} ({_MESSAGE_WITHHELD})"
+        raise AsyncCreatorError(failure)
 
 
 async def _close(driver_connection: Any) -> None:

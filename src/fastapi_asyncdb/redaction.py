@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, ExceptionContext
 from sqlalchemy.exc import StatementError
 
+from . import _compat
 from .server_messages import (
     HIDDEN,
     PG_DATA_FIELDS,
@@ -77,8 +77,14 @@ def install_parameter_redaction(engine: Engine) -> None:
     For an engine with ``hide_parameters``: that setting drops the parameter list from
     SQLAlchemy's own message, but the value still travels in the driver's message,
     in the server's DETAIL and HINT, in the exception's ``params``, and in DEBUG logs.
+
+    The redaction goes first among the engine's ``handle_error`` listeners, whenever
+    they were added: SQLAlchemy hands every listener the same exception objects, and
+    one registered earlier (OpenTelemetry's, when the instrumentation wraps
+    ``create_async_engine`` before the engine exists) would otherwise read the driver's
+    text unredacted and record it in its span's status.
     """
-    event.listen(engine, "handle_error", _redact_on_error)
+    _compat.handle_error_first(engine, _redact_on_error)
     install_log_filters()
 
 

@@ -23,7 +23,7 @@ from fastapi_asyncdb import Database, Prepared, ReadSessionDep, SessionDep, inst
 from .proxy import forwarder_for
 from .secret_scan import Evidence, capturing_logs, find_leaks, new_secret
 from .secret_scan_cases import KEYS, VAULT, Kind, metadata, planted_rows, statement_for
-from .spans import exported_spans, instrumented
+from .spans import exported_spans, instrumented_before_engines
 
 # When the cut comes: after connecting and the first, quick run, during the sleep.
 CUT_AFTER = 1.0
@@ -156,7 +156,9 @@ async def scan(
     statement, is_write = planned
     evidence = Evidence()
     threads_before = set(threading.enumerate())
-    with capturing_logs(evidence):
+    # Traced as docs/observability.md says: instrumented before the engines exist,
+    # so the instrumentation's listeners come first; spans of both paths are evidence.
+    with capturing_logs(evidence), instrumented_before_engines():
         database = Database(
             url=url.render_as_string(hide_password=False),
             echo=echo,
@@ -166,20 +168,19 @@ async def scan(
         )
         async with database:
             run = _Run(database, kind, path, (statement, is_write), secret, evidence)
-            # Traced as services trace: spans from both paths are evidence too.
-            with instrumented(database):
-                if forwarder is None:
-                    await run.capturing()
-                else:
-                    async with forwarder.running():
-                        task = asyncio.create_task(run.capturing())
-                        await asyncio.sleep(CUT_AFTER)
-                    await task  # leaving running() cut every connection under the statement
-                for span in exported_spans():
-                    evidence.add(f"span {span.name}", span.to_json())
+            if forwarder is None:
+                await run.capturing()
+            else:
+                async with forwarder.running():
+                    task = asyncio.create_task(run.capturing())
+                    await asyncio.sleep(CUT_AFTER)
+                await task  # leaving running() cut every connection under the statement
             await evidence.database_state(database)
         await evidence.database_state(database)
         await _sqlite_threads_finished(threads_before)
+        # Status descriptions and events included: to_json() writes the whole span.
+        for span in exported_spans():
+            evidence.add(f"span {span.name}", span.to_json())
     return Outcome(secret, find_leaks(secret, evidence.texts), evidence)
 
 

@@ -18,7 +18,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from fastapi_asyncdb import Database
 
-__all__ = ["exported_spans", "instrumented", "recording", "statement_spans"]
+__all__ = [
+    "exported_spans",
+    "instrumented",
+    "instrumented_before_engines",
+    "recording",
+    "statement_spans",
+]
 
 
 class _WhileRecording(SimpleSpanProcessor):
@@ -71,6 +77,20 @@ def instrumented(database: Database, **options: Any) -> Iterator[None]:
         skip_dep_check=True,
         **options,
     )
+    try:
+        with recording():
+            yield
+    finally:
+        instrumentor.uninstrument()
+
+
+@contextmanager
+def instrumented_before_engines() -> Iterator[None]:
+    """The SQLAlchemy instrumentation as docs/observability.md puts it: installed
+    before any engine exists, so it wraps ``create_async_engine`` and its listeners
+    are on each engine before the library's own."""
+    instrumentor = SQLAlchemyInstrumentor()
+    instrumentor.instrument(tracer_provider=_provider, skip_dep_check=True)
     try:
         with recording():
             yield

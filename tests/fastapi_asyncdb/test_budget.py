@@ -132,6 +132,9 @@ async def test_a_role_connection_limit_tighter_than_the_server_is_what_counts(
     with pytest.raises(ConfigurationError) as refused:
         await Database(url=limited_role_url, pool_size=2, max_overflow=1).start()
     assert "role workers_budget_app's CONNECTION LIMIT 5" in str(refused.value)
+    # The advice names the limit that binds, not the server's.
+    assert "or raise role workers_budget_app's CONNECTION LIMIT;" in str(refused.value)
+    assert "max_connections" not in str(refused.value)
     assert "(2 + 1 write + 2 + 1 read + 1 probe) = 7 connections" in str(refused.value)
     async with Database(url=limited_role_url, pool_size=1, max_overflow=0, read_pool_size=1):
         pass  # 1 + 0 + 1 + 0 + 1 probe = 3 connections fit in 5
@@ -286,6 +289,8 @@ async def test_an_account_connection_limit_tighter_than_the_server_is_what_count
         await Database(url=limited_user_url, pool_size=2, max_overflow=1).start()
     assert "= 7 connections; the server allows" in str(refused.value)
     assert "and max_user_connections 5" in str(refused.value)
+    assert "or raise max_user_connections;" in str(refused.value)
+    assert "max_connections" not in str(refused.value)
     async with Database(url=limited_user_url, pool_size=1, max_overflow=0, read_pool_size=1):
         pass
 

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
+    create_engine,
     event,
     insert,
     or_,
@@ -373,3 +374,22 @@ async def test_raise_as_sqlalchemy_would_wraps_a_driver_error_like_execute(
     context: Any = hooked[0].execution_context
     assert context is not None  # ...with an execution context, as through execute
     assert context.compiled is compiled
+
+
+def test_handle_error_first_runs_before_listeners_added_earlier() -> None:
+    engine = create_engine("sqlite://")  # the stdlib driver: no event loop needed
+    seen: list[str] = []
+
+    def earlier(_context: ExceptionContext) -> None:
+        seen.append("earlier")
+
+    def first(_context: ExceptionContext) -> None:
+        seen.append("first")
+
+    event.listen(engine, "handle_error", earlier)
+    _compat.handle_error_first(engine, first)
+    with pytest.raises(DBAPIError), engine.connect() as connection:
+        connection.execute(text("SELECT * FROM no_such_table"))
+    assert seen == ["first", "earlier"]
+    event.remove(engine, "handle_error", first)  # the registry still knows it
+    assert list(engine.dialect.dispatch.handle_error) == [earlier]

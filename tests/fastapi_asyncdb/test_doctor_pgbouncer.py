@@ -89,3 +89,16 @@ async def test_the_budget_through_pgbouncer_is_the_pooler_s_not_the_server_s(
     assert budget.level == "ok"
     assert "8 worker(s) x 401 connections = 3208 client connections to PgBouncer" in budget.message
     assert "max_client_conn" in budget.advice
+
+
+async def test_the_session_setting_in_front_of_an_idle_transaction_pooler_is_an_error(
+    start_pgbouncer: StartPgBouncer, pgbouncer_database: str
+) -> None:
+    # One client on a fresh PgBouncer: its transactions all meet one server connection.
+    bouncer = start_pgbouncer(pool_mode="transaction", default_pool_size=3)
+    database = Database(url=bouncer.url(pgbouncer_database), pgbouncer="session")
+    findings = await examine(database, workers=1)
+    (pooler,) = by_check(findings, "pooler")
+    assert pooler.level == "error", pooler
+    assert "transaction pooler" in pooler.message
+    assert "DB_PGBOUNCER=session" in pooler.message

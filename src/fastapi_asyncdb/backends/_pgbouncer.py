@@ -4,8 +4,11 @@ PgBouncer refuses any startup parameter outside its ``ignore_startup_parameters`
 (and drops those inside it, unapplied), so the server-side limits cannot travel as
 ``server_settings``. In session mode a client keeps its server connection for its
 whole session: ``SET`` once after connecting holds, until PgBouncer's reset query
-(``DISCARD ALL``) when the client leaves. In transaction mode the next transaction
-may meet another server connection: only ``SET LOCAL`` inside a transaction holds,
+(``DISCARD ALL``) when the client leaves, or until a unit of work runs ``RESET ALL``
+or ``DISCARD ALL`` itself; so each ``BEGIN`` carries the limits as ``SET LOCAL`` too,
+as in transaction mode, and the session's ``SET`` bounds what runs outside a
+transaction (autocommit reads, ``run_statement``'s fast path). In transaction mode
+the next transaction may meet another server connection: only ``SET LOCAL`` holds,
 so the limits ride in ``BEGIN``'s own message (the simple protocol runs several
 commands in one message: no round trip added), and a named prepared statement may
 be missing on the next server connection, so asyncpg keeps none (its unnamed
@@ -20,7 +23,11 @@ import logging
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from .base import milliseconds
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+
+from .base import TRANSACTION_POOLER, milliseconds
 
 if TYPE_CHECKING:
     from ..settings import DatabaseSettings
@@ -30,6 +37,7 @@ __all__ = [
     "begin_limits",
     "connection_class",
     "connects_through_pooler",
+    "pooler_seen",
     "refused_startup_parameter_hint",
     "session_limits",
 ]
@@ -61,7 +69,7 @@ def _limits(settings: DatabaseSettings) -> list[tuple[str, int]]:
 
 
 def begin_limits(settings: DatabaseSettings) -> str:
-    """What follows ``BEGIN`` in its message in transaction mode: the limits.
+    """What follows ``BEGIN`` in its message behind PgBouncer: the limits.
 
     (The read engine's ``BEGIN`` says ``READ ONLY`` itself: its adapter is read-only.)
     """
@@ -144,6 +152,58 @@ async def connects_through_pooler(driver_connection: Any, *, timeout: float) -> 
         # meets it again.
         return "prepared statement" in str(error)
     return bool(driver_connection.get_server_pid() != backend_pid)
+
+
+def pooler_seen(connection: Connection) -> str | None:
+    """A transaction pooler hands an idle server session to any client; PgBouncer gives
+    its own process id at login; a proxy or pooler of any kind listens on a port other
+    than the server's."""
+    if connection.in_transaction():
+        connection.commit()
+    pids = set()
+    for _ in range(3):
+        with connection.begin():
+            pids.add(connection.execute(text("SELECT pg_backend_pid()")).scalar())
+    if len(pids) > 1:
+        return f"{TRANSACTION_POOLER} (each transaction met another server session)"
+    driver_connection: Any = connection.connection.driver_connection
+    if driver_connection.get_server_pid() not in pids:
+        # An idle PgBouncer serves each transaction of one client from the same server
+        # connection, so the loop above proves nothing; two clients open at once do.
+        # (Asked only here: a direct start pays no second login.)
+        if _second_client_shares_session(connection, pids):
+            return f"{TRANSACTION_POOLER} (two client connections met one server session)"
+        return "a pooler, PgBouncer say (the login named a process other than the server's)"
+    server_port = connection.execute(text("SELECT inet_server_port()")).scalar()
+    client_port = connection.engine.url.port or 5432
+    if server_port is not None and int(server_port) != client_port:
+        return f"a proxy or pooler (port {client_port} leads to the server's port {server_port})"
+    return None
+
+
+def _second_client_shares_session(connection: Connection, pids: set[Any]) -> bool:
+    """Whether another client connection, opened while this one idles between
+    transactions, meets this one's server session.
+
+    A transaction pooler gives the new client's transaction an idle server connection,
+    and the one this client just released is the first it picks (PgBouncer reuses the
+    most recently released unless ``server_round_robin``): same process id, two clients,
+    conclusive. A session pooler keeps that server connection for this client while it
+    stays connected, and a direct connection is a process of its own: never the same.
+    A different id proves nothing (another client may have taken the idle one).
+    """
+    try:
+        with connection.engine.connect() as other:
+            other_pid = other.execute(text("SELECT pg_backend_pid()")).scalar()
+            other.rollback()
+    except DBAPIError as error:
+        # asyncpg names its statements per client connection: on a shared server
+        # session the second client's name is taken (or the first's is missing),
+        # even in the dialect's own first queries on connecting.
+        if "prepared statement" in str(error.orig):
+            return True
+        raise
+    return other_pid in pids
 
 
 def refused_startup_parameter_hint(reason: str) -> str:

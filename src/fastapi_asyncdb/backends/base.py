@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ..settings import DatabaseSettings
 
 __all__ = [
+    "TRANSACTION_POOLER",
     "Backend",
     "ConnectionLimits",
     "ServerFacts",
@@ -44,6 +45,9 @@ __all__ = [
 ]
 
 MIGRATION_LOCK_POLL_INTERVAL = 0.2
+
+TRANSACTION_POOLER = "a transaction pooler"
+"""How a pooler's description begins when transaction pooling is certain."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,11 @@ class ConnectionLimits:
     """Whose limits these are: ``the server``, or the pooler's (max_client_conn)."""
     pooler: str | None = None
     """The pooler or proxy seen between the client and the server, described."""
+
+    @property
+    def transaction_pooler(self) -> bool:
+        """Whether transaction pooling was seen for certain (not merely a pooler)."""
+        return self.pooler is not None and self.pooler.startswith(TRANSACTION_POOLER)
 
 
 @dataclass
@@ -126,6 +135,8 @@ class Backend:
 
     def __init__(self, settings: DatabaseSettings) -> None:
         self.settings = settings
+        self.pooler_reported = False
+        """Whether the start already warned of a pooler: the engines need not again."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}+{self.driver}>"

@@ -59,28 +59,6 @@ _TIMEOUT_SETTINGS = {
 }
 
 
-def _pooler(connection: Connection) -> str | None:
-    """A transaction pooler hands each transaction its own server session; PgBouncer
-    gives its own process id at login; a proxy or pooler of any kind listens on a port
-    other than the server's."""
-    if connection.in_transaction():
-        connection.commit()
-    pids = set()
-    for _ in range(3):
-        with connection.begin():
-            pids.add(connection.execute(text("SELECT pg_backend_pid()")).scalar())
-    if len(pids) > 1:
-        return "a transaction pooler (each transaction met another server session)"
-    driver_connection: Any = connection.connection.driver_connection
-    if driver_connection.get_server_pid() not in pids:
-        return "a pooler, PgBouncer say (the login named a process other than the server's)"
-    server_port = connection.execute(text("SELECT inet_server_port()")).scalar()
-    client_port = connection.engine.url.port or 5432
-    if server_port is not None and int(server_port) != client_port:
-        return f"a proxy or pooler (port {client_port} leads to the server's port {server_port})"
-    return None
-
-
 # Connection slots kept from roles without special rights (reserved_connections: 16+).
 _RESERVED_SETTINGS = ("superuser_reserved_connections", "reserved_connections")
 
@@ -166,6 +144,13 @@ class PostgreSQL(Backend):
             arguments["connection_class"] = _pgbouncer.connection_class(
                 _pgbouncer.begin_limits(settings), read_only=read_only
             )
+        elif settings.pgbouncer == "session" and _pgbouncer.begin_limits(settings):
+            # The session's SET holds until a unit of work runs RESET ALL or DISCARD
+            # ALL on the pooled connection; SET LOCAL in each BEGIN's own message
+            # holds for every transaction whatever came before, at no round trip.
+            arguments["connection_class"] = _pgbouncer.connection_class(
+                _pgbouncer.begin_limits(settings), read_only=False
+            )
         if settings.pgbouncer != "off":
             return arguments  # the limits are set after login (install_connection_setup)
         for name, seconds in (
@@ -216,7 +201,10 @@ class PostgreSQL(Backend):
             @event.listens_for(engine, "first_connect")
             def _notice_pooler(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
                 # Once per engine: a pooler that let the login through (it ignores our
-                # parameters) makes reads fail and drops the server-side limits.
+                # parameters) makes reads fail and drops the server-side limits. Said
+                # here when the start could not tell (the server did not answer then).
+                if self.pooler_reported:
+                    return
                 through = _compat.await_in_greenlet(
                     _pgbouncer.connects_through_pooler(
                         dbapi_connection.driver_connection, timeout=settings.connect_timeout
@@ -279,7 +267,7 @@ class PostgreSQL(Backend):
         return facts
 
     def connection_limits(self, connection: Connection) -> ConnectionLimits:
-        pooler = _pooler(connection)  # first: it needs transactions of its own
+        pooler = _pgbouncer.pooler_seen(connection)  # first: it needs transactions of its own
         if pooler is not None:
             return _pooler_limits(connection, pooler)
         names = ["max_connections", *_RESERVED_SETTINGS]

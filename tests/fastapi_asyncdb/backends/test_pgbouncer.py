@@ -190,6 +190,27 @@ async def test_limits_are_those_of_the_settings_inside_each_transaction(
     assert tuple(read) == (f"{int(LIMIT * 1000)}ms", "on")
 
 
+@pytest.mark.parametrize("reset", ["RESET ALL", "DISCARD ALL", "SET statement_timeout = 0"])
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_unit_of_work_that_resets_its_session_leaves_later_transactions_bounded(
+    start_pgbouncer: StartPgBouncer, pgbouncer_database: str, mode: str, reset: str
+) -> None:
+    bouncer = start_pgbouncer(pool_mode=mode, default_pool_size=2)
+    # One pooled connection: the next unit of work meets the session this one reset.
+    database = _database(bouncer, pgbouncer_database, mode, pool_size=1)
+    async with database:
+        async with database.engine.connect() as connection:
+            # Outside a transaction (DISCARD ALL cannot run inside one).
+            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await autocommit.execute(text(reset))
+        async with database.transaction() as session:
+            in_force = await session.scalar(text("SELECT current_setting('statement_timeout')"))
+            with pytest.raises(DBAPIError) as ended:
+                await session.execute(text(f"SELECT pg_sleep({SLEEP})"))
+    assert in_force == f"{int(LIMIT * 1000)}ms"
+    assert database.classify(ended.value) is ErrorKind.TIMEOUT
+
+
 # -- the mode off: what a user sees ------------------------------------------------------
 
 
@@ -218,20 +239,27 @@ async def test_a_pooler_that_lets_the_login_through_is_reported_at_the_first_con
     start_pgbouncer: StartPgBouncer, pgbouncer_database: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     lenient = start_pgbouncer(
+        pool_mode="session",
         ignore_startup_parameters=(
             "extra_float_digits",
             "statement_timeout",
             "idle_in_transaction_session_timeout",
             "client_connection_check_interval",
             "default_transaction_read_only",
-        )
+        ),
     )
     caplog.set_level(logging.WARNING)
     database = _database(lenient, pgbouncer_database, "off")
-    async with database, database.transaction() as session:
-        await session.execute(text("SELECT 1"))
+    await database.start()
+    # As if the start's own check had not run (say the server did not answer then).
+    database.backend.pooler_reported = False
+    try:
+        async with database.transaction() as session:
+            await session.execute(text("SELECT 1"))
+    finally:
+        await database.stop()
     warnings = [r.getMessage() for r in caplog.records if "DB_PGBOUNCER is off" in r.getMessage()]
-    assert len(warnings) == 1
+    assert len(warnings) == 2  # the start's, and the first connection's
 
 
 async def test_no_warning_when_connecting_directly(
