@@ -4,6 +4,7 @@ held from outside the service, and reads of the service's and the database's sta
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,10 +14,10 @@ from typing import Any
 import asyncpg
 import httpx
 
-from chaos.bank import Attempt, LoadWindow, run_load
+from chaos.bank import Attempt, LoadWindow, Operation, run_load
 from chaos.checker import read_snapshot
 from chaos.faults import PG_ADMIN_DSN, FaultSchedule, FaultStep
-from chaos.harness import Harness, ScenarioResult
+from chaos.harness import Harness, ScenarioResult, ServiceSettings
 from chaos.service import DATABASE_NAME
 
 Progress = Callable[[str], None]
@@ -79,6 +80,42 @@ async def row_locked(account: int) -> AsyncIterator[None]:
             await transaction.rollback()
     finally:
         await locker.close()
+
+
+# How long past the statement timeout a blocked request may take to be answered.
+TIMEOUT_SLACK_S = 1.0
+
+
+async def transfers_blocked_past_the_statement_timeout(
+    harness: Harness, settings: ServiceSettings, *, hold: float, clients: int
+) -> None:
+    """Transfers blocked on a row lock held for ``hold`` seconds, past the statement
+    timeout, must each end at the timeout: a violation for any that ends later or
+    succeeds."""
+    log = harness.log
+    account = min(log.accounts)
+    async with row_locked(account):
+        started = time.monotonic()
+        blocked: list[Operation] = await asyncio.gather(
+            *(
+                harness.bank.call_abandoning(
+                    "transfer", "POST", "/transfers", hold, blocked_transfer(account, other)
+                )
+                for other in sorted(log.accounts)[1 : clients + 1]
+            )
+        )
+        await asyncio.sleep(max(0.0, hold - (time.monotonic() - started)))
+    limit = settings.statement_timeout + TIMEOUT_SLACK_S
+    late = [
+        f"status={op.status} after {op.ended - op.started:.2f}s"
+        for op in blocked
+        if op.ended - op.started > limit or op.outcome == "ok"
+    ]
+    harness.result.add_violations(f"blocked query not ended within {limit:g}s", late)
+    harness.result.notes.append(
+        "blocked transfers: "
+        + ", ".join(f"{op.status}@{op.ended - op.started:.2f}s" for op in blocked)
+    )
 
 
 def blocked_transfer(account: int, other: int) -> dict[str, Any]:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
-from chaos.bank import Operation
 from chaos.faults import FaultStep
 from chaos.harness import ConnectionSampler, Harness, ScenarioResult, ServiceSettings
-from chaos.scenarios.common import Options, blocked_transfer, row_locked, run_bank_with_faults
+from chaos.scenarios.common import (
+    Options,
+    run_bank_with_faults,
+    transfers_blocked_past_the_statement_timeout,
+)
 from chaos.service import DATABASE_NAME
 from tests.servers.pgbouncer import PgBouncer, PgBouncerConfig
 
@@ -29,7 +31,6 @@ SERVER_CONNECTIONS = 12
 # How long a query may wait for a server connection before PgBouncer drops its client.
 QUERY_WAIT_TIMEOUT_S = 3.0
 BLOCKED_CLIENTS = 4
-TIMEOUT_SLACK_S = 1.0
 MODULE = "chaos.pgbouncer_ledger"
 
 
@@ -119,7 +120,10 @@ async def pgbouncer(db: str, options: Options) -> ScenarioResult:
                 FaultStep(0.7 * duration, "pgbouncer-kill-1s", _kill_for(bouncer, 1.0)),
             ]
             await run_bank_with_faults(harness, duration, steps)
-            await _statement_timeout(harness, settings)
+            # The server's limit must reach the transaction through PgBouncer.
+            await transfers_blocked_past_the_statement_timeout(
+                harness, settings, hold=settings.statement_timeout + 1.5, clients=BLOCKED_CLIENTS
+            )
             await harness.settle()
             await sampler.stop()
             harness.result.notes.append(
@@ -137,33 +141,3 @@ async def pgbouncer(db: str, options: Options) -> ScenarioResult:
             return harness.result
     finally:
         bouncer.remove()
-
-
-async def _statement_timeout(harness: Harness, settings: ServiceSettings) -> None:
-    """Transfers blocked on a row lock held past the statement timeout end at it: the
-    server's limit reached the transaction through PgBouncer."""
-    log = harness.log
-    hold = settings.statement_timeout + 1.5
-    account = min(log.accounts)
-    async with row_locked(account):
-        started = time.monotonic()
-        blocked: list[Operation] = await asyncio.gather(
-            *(
-                harness.bank.call_abandoning(
-                    "transfer", "POST", "/transfers", hold, blocked_transfer(account, other)
-                )
-                for other in sorted(log.accounts)[1 : BLOCKED_CLIENTS + 1]
-            )
-        )
-        await asyncio.sleep(max(0.0, hold - (time.monotonic() - started)))
-    limit = settings.statement_timeout + TIMEOUT_SLACK_S
-    late = [
-        f"status={op.status} after {op.ended - op.started:.2f}s"
-        for op in blocked
-        if op.ended - op.started > limit or op.outcome == "ok"
-    ]
-    harness.result.add_violations(f"blocked query not ended within {limit:g}s", late)
-    harness.result.notes.append(
-        "blocked transfers: "
-        + ", ".join(f"{op.status}@{op.ended - op.started:.2f}s" for op in blocked)
-    )

@@ -9,17 +9,19 @@ stay idle in transaction longer than its timeout + 1 s; the pool is healthy afte
 from __future__ import annotations
 
 import asyncio
-import time
 
-from chaos.bank import Operation, run_load
+from chaos.bank import run_load
 from chaos.harness import ConnectionSampler, Harness, ScenarioResult, ServiceSettings
 from chaos.proxy import ProxyMode
-from chaos.scenarios.common import Options, blocked_transfer, row_locked
+from chaos.scenarios.common import (
+    TIMEOUT_SLACK_S,
+    Options,
+    transfers_blocked_past_the_statement_timeout,
+)
 
 # Server-side timeouts shorter than the service's defaults, so the scenario stays short.
 SHORT_TIMEOUT_S = 2.0
-# What the server may take past a timeout to act on it.
-TIMEOUT_SLACK_S = 1.0
+# Transfers left blocked on a row lock past the statement timeout.
 BLOCKED_CLIENTS = 8
 
 
@@ -31,38 +33,15 @@ async def timeouts(db: str, options: Options) -> ScenarioResult:
     async with Harness(
         "timeouts", db, options.work_dir, settings, progress=options.progress
     ) as harness:
-        await _statement_timeout(harness, settings, options)
+        await transfers_blocked_past_the_statement_timeout(
+            harness,
+            settings,
+            hold=options.outage_s(60, settings.statement_timeout + 1.5),
+            clients=BLOCKED_CLIENTS,
+        )
         await _idle_in_transaction_timeout(harness, settings, options)
         await harness.check(settings.hung_deadline_s)
         return harness.result
-
-
-async def _statement_timeout(harness: Harness, settings: ServiceSettings, options: Options) -> None:
-    log = harness.log
-    hold = options.outage_s(60, settings.statement_timeout + 1.5)
-    account = min(log.accounts)
-    async with row_locked(account):
-        started = time.monotonic()
-        blocked: list[Operation] = await asyncio.gather(
-            *(
-                harness.bank.call_abandoning(
-                    "transfer", "POST", "/transfers", hold, blocked_transfer(account, other)
-                )
-                for other in sorted(log.accounts)[1 : BLOCKED_CLIENTS + 1]
-            )
-        )
-        await asyncio.sleep(max(0.0, hold - (time.monotonic() - started)))
-    limit = settings.statement_timeout + TIMEOUT_SLACK_S
-    late = [
-        f"status={op.status} after {op.ended - op.started:.2f}s"
-        for op in blocked
-        if op.ended - op.started > limit or op.outcome == "ok"
-    ]
-    harness.result.add_violations(f"blocked query not ended within {limit:g}s", late)
-    harness.result.notes.append(
-        "blocked transfers: "
-        + ", ".join(f"{op.status}@{op.ended - op.started:.2f}s" for op in blocked)
-    )
 
 
 async def _idle_in_transaction_timeout(
