@@ -262,18 +262,6 @@ async def test_a_pooler_that_lets_the_login_through_is_reported_at_the_first_con
     assert len(warnings) == 2  # the start's, and the first connection's
 
 
-async def test_no_warning_when_connecting_directly(
-    pgbouncer_database: str, pgbouncer_transaction: PgBouncer, caplog: pytest.LogCaptureFixture
-) -> None:
-    target = pgbouncer_transaction.config
-    url = f"postgresql+asyncpg://postgres@{target.target_host}:{target.target_port}/"
-    caplog.set_level(logging.WARNING)
-    database = Database(url=url + pgbouncer_database)
-    async with database, database.transaction() as session:
-        await session.execute(text("SELECT 1"))
-    assert not [r for r in caplog.records if "DB_PGBOUNCER" in r.getMessage()]
-
-
 # -- PgBouncer's own failures ---------------------------------------------------------------
 
 
