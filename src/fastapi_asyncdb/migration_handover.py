@@ -11,7 +11,9 @@ asked for, resolved (``+1``, ``-1`` included) against its revision before the st
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
+import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -40,6 +42,15 @@ IGNORED_CONNECTION = (
     "`connection=config.attributes['connection']` (docs/migrations.md)"
 )
 
+# Alembic's async template (``alembic init -t async``) calls asyncio.run in env.py, which
+# cannot start inside the event loop that Database.migrate runs in.
+OWN_EVENT_LOOP = (
+    "the project's env.py starts its own event loop (asyncio.run, as `alembic init -t "
+    "async` writes it), which cannot run inside fastapi-asyncdb's: make env.py "
+    "`from fastapi_asyncdb.migrations import run_migrations; run_migrations(Base.metadata)` "
+    "(docs/migrations.md)"
+)
+
 
 @contextlib.contextmanager
 def handing_over(config: Config, connection: Connection) -> Iterator[None]:
@@ -59,12 +70,27 @@ def handing_over(config: Config, connection: Connection) -> Iterator[None]:
             f"{IGNORED_CONNECTION}; it tried alembic.ini's sqlalchemy.url instead, and "
             "migrated nothing"
         ) from None
+    except RuntimeError as error:
+        if "cannot be called from a running event loop" not in str(error):
+            raise
+        _close_refused_coroutines(error)
+        raise MigrationError(OWN_EVENT_LOOP) from None
     finally:
         config.attributes.pop(CONNECTION_KEY, None)
         if had_url is None:
             config.file_config.remove_option(section, "sqlalchemy.url")
         else:
             config.set_section_option(section, "sqlalchemy.url", had_url.replace("%", "%%"))
+
+
+def _close_refused_coroutines(error: BaseException) -> None:
+    # The coroutine env.py gave asyncio.run never ran: closed here, it is not reported
+    # later as "never awaited" under the one-line error.
+    frames = traceback.walk_tb(error.__traceback__)
+    for frame, _ in frames:
+        for value in frame.f_locals.values():
+            if inspect.iscoroutine(value) and inspect.getcoroutinestate(value) == "CORO_CREATED":
+                value.close()
 
 
 def _names_the_same_database(given: str | None, url: URL) -> bool:
