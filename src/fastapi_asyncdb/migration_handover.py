@@ -138,7 +138,7 @@ def resolve_target(
     try:
         if relative is not None:
             found = _walk(script, relative["start"], int(relative["step"]), previous)
-            return Target(revision, downgrade, found, exact=True)
+            return Target(revision, downgrade, found, exact=found is not None)
         targets = frozenset(s.revision for s in script.get_revisions(revision) if s is not None)
     except (CommandError, RevisionError):
         # Alembic refuses it too, or a relative step across branches: checked loosely.
