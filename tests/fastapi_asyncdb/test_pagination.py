@@ -21,6 +21,7 @@ from sqlalchemy import (
     insert,
     select,
 )
+from sqlalchemy.orm import aliased
 
 from fastapi_asyncdb import Database
 from fastapi_asyncdb.pagination import KeysetPage, keyset_page, offset_page
@@ -71,6 +72,19 @@ async def test_keyset_page_gives_entities_for_an_entity_select(database: Databas
         page = await keyset_page(session, select(Note), key=Note.id, after=20, limit=2)
     assert [note.body for note in page.items] == ["note 21", "note 22"]
     assert page.next_after == 22
+
+
+async def test_keyset_page_of_an_aliased_entity_orders_by_the_alias(database: Database) -> None:
+    note = aliased(Note)
+    async with database.read_session() as session:
+        by_column = await keyset_page(
+            session, select(note), key=Note.__table__.c.body, after="note 20", limit=2
+        )
+        by_attribute = await keyset_page(session, select(note), key=note.id, after=20, limit=2)
+    assert [n.id for n in by_column.items] == [21, 22]
+    assert by_column.next_after == "note 22"
+    assert [n.id for n in by_attribute.items] == [21, 22]
+    assert by_attribute.next_after == 22
 
 
 async def test_keyset_page_works_on_a_core_connection(database: Database) -> None:
