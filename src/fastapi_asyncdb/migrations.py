@@ -129,7 +129,8 @@ async def downgrade(
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> None:
     """Downgrade the schema to ``revision``, holding the migration lock: for an operator
-    rolling back a release, never at startup."""
+    rolling back a release, never at startup. Raises ``MigrationError`` if the database
+    is not where the step leads afterwards (an env.py that ignored the connection)."""
     alembic = alembic_config(config)
     script = _script_directory(alembic)
     async with migration_lock(engine, backend, lock_timeout=lock_timeout) as connection:
