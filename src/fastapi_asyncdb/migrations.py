@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .backends import Backend
 from .errors import MigrationError, MigrationLockTimeoutError
-from .migration_handover import CONNECTION_KEY, check_reached, handing_over
+from .migration_handover import CONNECTION_KEY, check_reached, handing_over, resolve_target
 from .settings import DatabaseSettings
 
 if TYPE_CHECKING:
@@ -129,23 +129,31 @@ async def downgrade(
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> None:
     """Downgrade the schema to ``revision``, holding the migration lock: for an operator
-    rolling back a release, never at startup."""
+    rolling back a release, never at startup. Raises ``MigrationError`` if the database
+    is not where the step leads afterwards (an env.py that ignored the connection)."""
     alembic = alembic_config(config)
+    script = _script_directory(alembic)
     async with migration_lock(engine, backend, lock_timeout=lock_timeout) as connection:
-        await connection.run_sync(_downgrade, alembic, revision)
+        await connection.run_sync(_downgrade, alembic, script, revision)
 
 
-def _downgrade(connection: Connection, config: Config, revision: str) -> None:
+def _downgrade(
+    connection: Connection, config: Config, script: ScriptDirectory, revision: str
+) -> None:
     from alembic import command
     from alembic.util import CommandError
 
-    if not connection.in_transaction() or connection.dialect.name != "sqlite":
+    holds_lock_transaction = connection.in_transaction()
+    previous = _current_revisions(connection)
+    target = resolve_target(script, revision, previous, downgrade=True)
+    if not holds_lock_transaction or connection.dialect.name != "sqlite":
         connection.commit()  # Alembic begins and commits its own transactions
     try:
         with handing_over(config, connection):
             command.downgrade(config, revision)
     except CommandError as error:
         raise MigrationError(f"alembic: {error}") from error
+    check_reached(script, target, previous, _current_revisions(connection))
     connection.commit()
 
 
@@ -319,6 +327,7 @@ def _upgrade(
             f"the database is at {names(previous)}, which these migrations do not know: "
             "it was migrated by a newer release, or with other migrations"
         ) from None
+    target = resolve_target(script, revision, previous, downgrade=False)
     if not holds_lock_transaction:
         connection.commit()  # Alembic begins and commits its own transactions
     try:
@@ -327,7 +336,7 @@ def _upgrade(
     except CommandError as error:
         raise MigrationError(f"alembic: {error}") from error
     current = _current_revisions(connection)
-    check_reached(script, revision, current)
+    check_reached(script, target, previous, current)
     connection.commit()
     return previous, current
 

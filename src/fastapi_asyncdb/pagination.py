@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Select, func, select
+from sqlalchemy import Column, Select, Table, UniqueConstraint, func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.sql import ColumnElement
@@ -59,34 +59,36 @@ async def keyset_page(
 ) -> KeysetPage[Any]:
     """The ``limit`` rows of ``statement`` whose ``key`` follows ``after``, in key order.
 
-    ``key`` must be a unique column that holds no NULL (a primary key, or a unique
-    column declared ``nullable=False``): rows whose key is NULL would never be reached.
+    ``key`` must be a selected table column that is provably unique and holds no NULL:
+    the whole primary key of its table, or a column declared ``unique=True`` (or the one
+    column of a unique constraint or index) and ``nullable=False``. Rows sharing a key
+    would be skipped at page boundaries, and rows whose key is NULL never reached.
     The statement must have no ``order_by``: pages follow the key, and any other order
     would skip and repeat rows. A statement selecting one ORM entity gives entities,
     any other gives rows. One statement: one snapshot.
 
     Raises ``ValueError`` for a ``limit`` below 1, an ordered statement, or a key that
-    is not a selected column or may be NULL.
+    is not a selected column (matched by identity, never by name), not provably unique,
+    or may be NULL.
     """
     if limit < 1:
         raise ValueError(f"keyset_page needs a limit of at least 1, got {limit}")
-    _check_key(key)
-    if key.key is None or key.key not in statement.selected_columns:
-        raise ValueError(
-            f"keyset_page reads the next cursor from each row: select the key {key.key}"
-        )
+    column = _unique_key_column(key)
+    position, selected = _selected_key(statement, column)
     if order_by_clauses(statement):
         raise ValueError(
             "keyset_page orders the rows by its key; remove the order_by of the statement "
             "(to page in another order, page by a unique key of that order)"
         )
-    query = statement.order_by(key).limit(limit + 1)
+    # Order and filter by the selected column itself: the same table, or the same alias,
+    # as the rows the cursor is read from.
+    query = statement.order_by(selected).limit(limit + 1)
     if after is not None:
-        query = query.where(key > after)
+        query = query.where(selected > after)
     items = await _fetch(executor, query)
     more = len(items) > limit
     items = items[:limit]
-    next_after = _key_of(items[-1], key) if more else None
+    next_after = _key_of(items[-1], key, column, position) if more else None
     return KeysetPage(items=items, next_after=next_after)
 
 
@@ -110,20 +112,58 @@ async def offset_page(
     return OffsetPage(items=items, total=int(total or 0), offset=offset, limit=limit)
 
 
-def _check_key(key: QueryableAttribute[Any] | ColumnElement[Any]) -> None:
-    column = key.expression if isinstance(key, QueryableAttribute) else key
-    nullable = getattr(column, "nullable", None)
-    if not isinstance(nullable, bool):
+def _unique_key_column(key: QueryableAttribute[Any] | ColumnElement[Any]) -> Column[Any]:
+    """The table column of ``key``, if it provably holds one distinct, non-NULL value a row."""
+    expression = key.expression if isinstance(key, QueryableAttribute) else key
+    bases: set[Any] = getattr(expression, "base_columns", set())
+    column = next(iter(bases)) if len(bases) == 1 else None
+    if not isinstance(column, Column) or not isinstance(column.table, Table):
         raise ValueError(
-            f"keyset_page needs a column as its key, not {type(column).__name__}: "
+            f"keyset_page needs a table column as its key, not {type(expression).__name__}: "
             "the uniqueness and NULLs of an expression cannot be checked"
         )
-    if nullable and not getattr(column, "primary_key", False):
+    if not _is_unique(column):
+        # A key shared by rows skips those on either side of a page boundary.
         raise ValueError(
-            f"the key of keyset_page, {getattr(column, 'name', column)!s}, may be NULL, and rows "
-            "whose key is NULL would never be reached: page by a column declared "
-            "nullable=False"
+            f"the key of keyset_page, {column.table.name}.{column.name}, is not provably "
+            "unique and rows sharing it would be skipped: page by a column that is the "
+            "whole primary key of its table, declared unique=True, or the one column of a "
+            "unique constraint or index (a tie-breaker column is not supported)"
         )
+    if column.nullable and not column.primary_key:
+        raise ValueError(
+            f"the key of keyset_page, {column.name}, may be NULL, and rows whose key is "
+            "NULL would never be reached: page by a column declared nullable=False"
+        )
+    return column
+
+
+def _is_unique(column: Column[Any]) -> bool:
+    table = column.table
+    if list(table.primary_key.columns) == [column] or column.unique:
+        return True
+    constraints = [c for c in table.constraints if isinstance(c, UniqueConstraint)]
+    if any(list(c.columns) == [column] for c in constraints):
+        return True
+    return any(index.unique and list(index.expressions) == [column] for index in table.indexes)
+
+
+def _selected_key(
+    statement: Select[*tuple[Any, ...]], column: Column[Any]
+) -> tuple[int, ColumnElement[Any]]:
+    """Where the key is among the selected columns, found by identity, never by name."""
+    # The same column or its proxy (a label, an alias's column); iteration may give an
+    # annotated copy of it, equal by structure (``compare``), not by identity.
+    columns = statement.selected_columns
+    selected = columns.corresponding_column(column)
+    for position, candidate in enumerate(columns):
+        if selected is not None and (candidate is selected or candidate.compare(selected)):
+            return position, selected
+    raise ValueError(
+        "keyset_page reads the next cursor from each row: select the key "
+        f"{column.table.name}.{column.name} itself (a column of the same name from "
+        "another table or alias is not the key)"
+    )
 
 
 async def _fetch(executor: Executor, statement: Select[*tuple[Any, ...]]) -> list[Any]:
@@ -142,8 +182,15 @@ def _selects_one_entity(statement: Select[*tuple[Any, ...]]) -> bool:
     )
 
 
-def _key_of(item: Any, key: QueryableAttribute[Any] | ColumnElement[Any]) -> Any:
-    if isinstance(key, QueryableAttribute) and not hasattr(item, "_mapping"):
+def _key_of(
+    item: Any,
+    key: QueryableAttribute[Any] | ColumnElement[Any],
+    column: Column[Any],
+    position: int,
+) -> Any:
+    if hasattr(item, "_mapping"):
+        return item[position]
+    if isinstance(key, QueryableAttribute):
         return getattr(item, key.key)
-    mapping = item._mapping
-    return mapping[key] if key in mapping else mapping[key.key]
+    # An entity, with the key given as a table column: the attribute mapped to it.
+    return getattr(item, inspect(type(item)).get_property_by_column(column).key)

@@ -19,6 +19,7 @@ from fastapi_asyncdb.backends.postgresql import advisory_lock_key
 from fastapi_asyncdb.migrations import (
     MigrationError,
     MigrationLockTimeoutError,
+    downgrade,
     lock_name,
     migration_lock,
 )
@@ -369,6 +370,49 @@ async def test_the_migrate_command_exits_non_zero_when_env_py_ignores_the_connec
     assert "nothing to apply" not in done.stdout
     password = make_url(url).password
     assert not password or password not in done.stdout + done.stderr
+
+
+async def test_relative_upgrades_and_downgrades_move_by_the_steps_asked(
+    url: str, project: Path
+) -> None:
+    every = revision_ids(REVISIONS)
+    async with Database(url=url) as database:
+        await database.migrate(project, "+1")
+        assert (await project_tables(url))[1] == every[:1]
+        await database.migrate(project, "+2")
+        assert (await project_tables(url))[1] == every[2:3]
+        await downgrade(database.engine, database.backend, project, "-1")
+        assert (await project_tables(url))[1] == every[1:2]
+        await downgrade(database.engine, database.backend, project, "base")
+    assert await project_tables(url) == (set(), [])
+
+
+async def test_a_relative_upgrade_by_an_env_py_migrating_elsewhere_fails_each_time(
+    url: str, project: Path, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere.db"
+    (project.parent / "env.py").write_text(OWN_ENGINE_ENV.format(url=f"sqlite:///{elsewhere}"))
+    async with Database(url=url) as database:
+        for _ in range(2):
+            with pytest.raises(MigrationError, match=r"is at \(none\), not at r01.*run_migrations"):
+                await database.migrate(project, "+1")
+    assert await project_tables(url) == (set(), [])
+
+
+@pytest.mark.parametrize(("revision", "wanted"), [("-1", "at r03"), ("base", r"at \(none\)")])
+async def test_a_downgrade_by_an_env_py_migrating_elsewhere_fails_and_changes_nothing(
+    url: str, project: Path, tmp_path: Path, revision: str, wanted: str
+) -> None:
+    elsewhere = tmp_path / "elsewhere.db"
+    async with Database(url=f"sqlite+aiosqlite:///{elsewhere}") as other:
+        await other.migrate(project)  # so that the rogue env.py has something to undo
+    async with Database(url=url) as database:
+        await database.migrate(project)
+        before = await project_tables(url)
+        (project.parent / "env.py").write_text(OWN_ENGINE_ENV.format(url=f"sqlite:///{elsewhere}"))
+        with pytest.raises(MigrationError, match=rf"is at r04, not {wanted}.*connection"):
+            await downgrade(database.engine, database.backend, project, revision)
+    assert await project_tables(url) == before
 
 
 def _use_the_ini_url(project: Path, elsewhere: Path) -> Path:

@@ -9,7 +9,19 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Column, Integer, MetaData, Table, delete, insert, select
+from sqlalchemy import (
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    UniqueConstraint,
+    delete,
+    insert,
+    select,
+)
+from sqlalchemy.orm import aliased
 
 from fastapi_asyncdb import Database
 from fastapi_asyncdb.pagination import KeysetPage, keyset_page, offset_page
@@ -62,6 +74,19 @@ async def test_keyset_page_gives_entities_for_an_entity_select(database: Databas
     assert page.next_after == 22
 
 
+async def test_keyset_page_of_an_aliased_entity_orders_by_the_alias(database: Database) -> None:
+    note = aliased(Note)
+    async with database.read_session() as session:
+        by_column = await keyset_page(
+            session, select(note), key=Note.__table__.c.body, after="note 20", limit=2
+        )
+        by_attribute = await keyset_page(session, select(note), key=note.id, after=20, limit=2)
+    assert [n.id for n in by_column.items] == [21, 22]
+    assert by_column.next_after == "note 22"
+    assert [n.id for n in by_attribute.items] == [21, 22]
+    assert by_attribute.next_after == 22
+
+
 async def test_keyset_page_works_on_a_core_connection(database: Database) -> None:
     async with database.read_connection() as connection:
         page = await keyset_page(connection, select(Note.id), key=Note.id, after=None, limit=ROWS)
@@ -88,6 +113,33 @@ PAGE_ROWS = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("code", Integer, unique=True, nullable=False),
     Column("rank", Integer, unique=True, nullable=True),
+)
+# Keys that look usable but are not unique: part of a composite primary key, a NOT NULL
+# column without a unique declaration; and a join whose two tables both have an "id".
+LINES = Table(
+    "page_lines",
+    page_metadata,
+    Column("order_id", Integer, primary_key=True, autoincrement=False),
+    Column("n", Integer, primary_key=True, autoincrement=False),
+)
+EVENTS = Table(
+    "page_events",
+    page_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("day", Integer, nullable=False),
+    Column("serial", Integer, nullable=False),
+    Column("tag", Integer, nullable=False),
+    UniqueConstraint("serial"),
+    Index("page_events_tag", "tag", unique=True),
+)
+OWNERS = Table(
+    "page_owners", page_metadata, Column("id", Integer, primary_key=True, autoincrement=False)
+)
+ACCOUNTS = Table(
+    "page_accounts",
+    page_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("owner_id", Integer, ForeignKey("page_owners.id"), nullable=False),
 )
 INT32 = st.integers(min_value=-(2**31), max_value=2**31 - 1)
 
@@ -160,14 +212,75 @@ async def test_keyset_page_refuses_a_key_that_may_be_null(page_database: Databas
             await keyset_page(
                 connection, select(PAGE_ROWS), key=PAGE_ROWS.c.rank, after=None, limit=2
             )
-        with pytest.raises(ValueError, match="select the key code"):
+        with pytest.raises(ValueError, match=r"select the key page_rows\.code itself"):
             await keyset_page(
                 connection, select(PAGE_ROWS.c.id), key=PAGE_ROWS.c.code, after=None, limit=2
             )
-        with pytest.raises(ValueError, match="needs a column as its key"):
+        with pytest.raises(ValueError, match="needs a table column as its key"):
             await keyset_page(
                 connection, select(PAGE_ROWS), key=PAGE_ROWS.c.id + 1, after=None, limit=2
             )
+
+
+async def test_keyset_page_refuses_a_key_that_is_not_provably_unique(
+    page_database: Database,
+) -> None:
+    async with page_database.read_connection() as connection:
+        for statement, key in [
+            (select(LINES.c.order_id, LINES.c.n), LINES.c.order_id),
+            (select(EVENTS.c.id, EVENTS.c.day), EVENTS.c.day),
+        ]:
+            with pytest.raises(ValueError, match=r"not provably unique.*declared unique=True"):
+                await keyset_page(connection, statement, key=key, after=None, limit=2)
+
+
+async def test_keyset_page_refuses_a_key_of_another_table_with_the_same_name(
+    page_database: Database,
+) -> None:
+    statement = select(ACCOUNTS.c.id, ACCOUNTS.c.owner_id).join(OWNERS)
+    async with page_database.read_connection() as connection:
+        with pytest.raises(ValueError, match=r"select the key page_owners\.id itself"):
+            await keyset_page(connection, statement, key=OWNERS.c.id, after=None, limit=2)
+
+
+async def walk_with(database: Database, statement: Any, key: Any) -> list[tuple[Any, ...]]:
+    seen: list[tuple[Any, ...]] = []
+    after = None
+    while True:
+        async with database.read_connection() as connection:
+            page = await keyset_page(connection, statement, key=key, after=after, limit=2)
+        seen.extend(tuple(row) for row in page.items)
+        if page.next_after is None:
+            return seen
+        after = page.next_after
+
+
+async def test_keyset_pages_a_join_by_a_selected_key_and_unique_constraints(
+    page_database: Database,
+) -> None:
+    async with page_database.transaction() as session:
+        await session.execute(insert(OWNERS), [{"id": 1}, {"id": 2}])
+        await session.execute(
+            insert(ACCOUNTS), [{"id": i, "owner_id": 1 + i % 2} for i in range(1, 6)]
+        )
+        await session.execute(
+            insert(EVENTS), [{"id": i, "day": 0, "serial": -i, "tag": 10 - i} for i in range(5)]
+        )
+    accounts = [(i, 1 + i % 2) for i in range(1, 6)]
+    joined = select(ACCOUNTS.c.id, OWNERS.c.id.label("owner")).join(OWNERS)
+    assert await walk_with(page_database, joined, ACCOUNTS.c.id) == accounts
+    labelled = select(ACCOUNTS.c.id.label("account"), ACCOUNTS.c.owner_id).join(OWNERS)
+    assert await walk_with(page_database, labelled, ACCOUNTS.c.id) == accounts
+    by_serial = select(EVENTS.c.id, EVENTS.c.serial)
+    assert [i for i, _ in await walk_with(page_database, by_serial, EVENTS.c.serial)] == [
+        4,
+        3,
+        2,
+        1,
+        0,
+    ]
+    by_tag = select(EVENTS.c.id, EVENTS.c.tag)
+    assert [i for i, _ in await walk_with(page_database, by_tag, EVENTS.c.tag)] == [4, 3, 2, 1, 0]
 
 
 @pytest.mark.parametrize(("offset", "limit"), [(-1, 10), (0, -1)])
