@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 __all__ = [
     "HIDDEN",
+    "MYSQL_NAMES_ONLY_CODES",
     "PG_DATA_FIELDS",
     "PG_RAISE_SOURCE",
     "RAISED",
@@ -174,6 +175,7 @@ _MYSQL_TEMPLATES: dict[int, str] = {
     2055: rf"Lost connection to (?:MySQL|MariaDB) server at {_NAME}, system error: \d+",
 }
 _MYSQL_NAMES_ONLY = {code: re.compile(template) for code, template in _MYSQL_TEMPLATES.items()}
+MYSQL_NAMES_ONLY_CODES = frozenset(_MYSQL_NAMES_ONLY)
 _MYSQL_SYNTAX_ERROR = 1064
 # SIGNAL's codes (1644 for SQLSTATE 45000): the message a trigger or routine wrote.
 _MYSQL_SIGNAL_CODES = frozenset({1642, 1643, 1644})
