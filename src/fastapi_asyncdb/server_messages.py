@@ -179,6 +179,10 @@ MYSQL_NAMES_ONLY_CODES = frozenset(_MYSQL_NAMES_ONLY)
 _MYSQL_SYNTAX_ERROR = 1064
 # SIGNAL's codes (1644 for SQLSTATE 45000): the message a trigger or routine wrote.
 _MYSQL_SIGNAL_CODES = frozenset({1642, 1643, 1644})
+# The numbers of the errors a server or client sends (1000-9999: numbers from 10000 on
+# name messages of the server's own log); a routine that picks its own number
+# (SET MYSQL_ERRNO = 50001, a common habit) picks one outside them.
+_MYSQL_OWN_CODES = range(1000, 10000)
 _MYSQL_DUPLICATE_ENTRY = re.compile(r"^(Duplicate entry )'.*'( for key '[^']*')$", re.DOTALL)
 
 
@@ -186,7 +190,7 @@ def redact_mysql(code: object, text: str, statement: str | None) -> str:
     names_only = _MYSQL_NAMES_ONLY.get(code) if isinstance(code, int) else None
     if names_only is not None:
         return text if names_only.fullmatch(text) else RAISED
-    if code in _MYSQL_SIGNAL_CODES:
+    if code in _MYSQL_SIGNAL_CODES or (isinstance(code, int) and code not in _MYSQL_OWN_CODES):
         return RAISED
     # The value may hold quotes, the key name never does: anchor on the end.
     duplicate = _MYSQL_DUPLICATE_ENTRY.match(text)

@@ -94,6 +94,21 @@ def test_a_names_only_code_with_other_words_is_masked_like_a_raised_message(
     assert redact_mysql(code, signalled + GENUINE[code], None) == RAISED
 
 
+# Numbers no server or client error has: a routine's own choice (SIGNAL takes up to 65534).
+routine_codes = st.one_of(st.integers(1, 999), st.integers(10000, 65534))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    code=routine_codes,
+    signalled=st.one_of(signalled_texts, st.sampled_from(list(GENUINE.values()))),
+)
+def test_a_code_of_the_routines_own_choosing_is_masked_whatever_its_words(
+    code: int, signalled: str
+) -> None:
+    assert redact_mysql(code, signalled, None) == RAISED
+
+
 # --- on a real MariaDB -----------------------------------------------------------------
 
 _TABLES = ("srvmsg_c", "srvmsg_p")
@@ -139,7 +154,10 @@ async def _error_of(database: Database, *statements: str, **params: Any) -> DBAP
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(code=st.sampled_from(sorted(MYSQL_NAMES_ONLY_CODES)), signalled=signalled_texts)
+@given(
+    code=st.one_of(st.sampled_from(sorted(MYSQL_NAMES_ONLY_CODES)), routine_codes),
+    signalled=signalled_texts,
+)
 async def test_a_routine_signalling_a_names_only_code_shows_no_value(
     mariadb: Database, code: int, signalled: str
 ) -> None:
