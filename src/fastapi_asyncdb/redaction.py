@@ -35,6 +35,7 @@ from .server_messages import (
     redact_postgres,
     redact_quoted,
 )
+from .validation_errors import redact_validation_error
 
 __all__ = [
     "HIDDEN",
@@ -183,6 +184,8 @@ def _redact_one(error: BaseException, statement: str | None) -> None:
         _replace_args(error, lambda text: redact_quoted(text, keep=in_statement(statement)))
     elif module.startswith(("sqlalchemy", "fastapi_asyncdb")):
         return  # their own words, and StatementError is rebuilt apart
+    elif redact_validation_error(error):
+        return  # a model's errors, the values they quote masked
     elif isinstance(error, KeyError):
         # Its argument is the missing key itself (a non-native Enum's lookup of a value).
         error.args = tuple(HIDDEN for _ in error.args)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 __all__ = [
     "HIDDEN",
+    "MYSQL_NAMES_ONLY_CODES",
     "PG_DATA_FIELDS",
     "PG_RAISE_SOURCE",
     "RAISED",
@@ -113,26 +114,83 @@ def redact_postgres(text: str, sqlstate: str | None, statement: str | None) -> s
     return head + (f": {HIDDEN}" if colon else "")
 
 
-# MySQL/MariaDB error codes whose message quotes only names (tables, columns,
-# constraints, users and hosts), or nothing at all.
-_MYSQL_NAMES_ONLY_CODES = frozenset(
-    {
-        *(1044, 1045, 1046, 1048, 1049, 1050, 1051, 1054, 1091, 1142, 1146),  # names
-        *(1040, 1203, 1205, 1213, 1290, 1317, 1792, 1927, 1969, 3024),  # state, limits
-        *(1216, 1217, 1364, 1406, 1264, 1265, 1451, 1452, 3819, 4025),  # constraints
-        *(2002, 2003, 2006, 2013, 2014, 2055),  # the client's connection errors
-    }
+# MySQL/MariaDB messages that quote only names (tables, columns, constraints, users and
+# hosts) or nothing at all, by error code: the server's own wording for each (MariaDB's
+# and MySQL's). A routine may SIGNAL any code with any text (SET MYSQL_ERRNO = 1048,
+# MESSAGE_TEXT = CONCAT(...a value...)): its text passes only when it has the shape of
+# the server's own, else it is masked like any raised message. A routine that imitates
+# a template with a value in a name's place is not told apart.
+_NAME = r"'[^'\n]{1,200}'"
+_IDENT = r"`[^`\n]{1,200}`"
+_IDENTS = rf"{_IDENT}(?:, {_IDENT})*"
+_QUALIFIED = rf"{_IDENT}(?:\.{_IDENT})?"
+_FOREIGN_KEY = (
+    rf"a foreign key constraint fails(?: \({_QUALIFIED}, CONSTRAINT {_IDENT} FOREIGN KEY "
+    rf"\({_IDENTS}\) REFERENCES {_QUALIFIED} \({_IDENTS}\)"
+    r"(?: ON (?:DELETE|UPDATE) (?:CASCADE|SET NULL|SET DEFAULT|RESTRICT|NO ACTION))*\))?"
 )
+# The client's own connection errors end with the socket's complaint, which may nest
+# one pair of parentheses ("[Errno 111] Connect call failed ('127.0.0.1', 3306)").
+_REASON = r"(?: \([^()\n]*(?:\([^()\n]*\)[^()\n]*)*\))?"
+_MYSQL_TEMPLATES: dict[int, str] = {
+    1044: rf"Access denied for user {_NAME}@{_NAME} to database {_NAME}",
+    1045: rf"Access denied for user {_NAME}@{_NAME} \(using password: (?:YES|NO)\)",
+    1046: r"No database selected",
+    1048: rf"Column {_NAME} cannot be null",
+    1049: rf"Unknown database {_NAME}",
+    1050: rf"Table {_NAME} already exists",
+    1051: rf"Unknown table {_NAME}",
+    1054: rf"Unknown column {_NAME} in {_NAME}",
+    1091: rf"Can't DROP (?:[A-Z]+ ){{0,2}}(?:{_IDENT}|{_NAME}); check that it exists",
+    1142: rf"[A-Z ]{{1,40}} command denied to user {_NAME}@{_NAME} for table "
+    rf"(?:{_NAME}|{_QUALIFIED})",
+    1146: rf"Table {_NAME} doesn't exist",
+    1040: r"Too many connections",
+    1203: r"User [^\s']{1,200} already has more than 'max_user_connections' active connections",
+    1205: r"Lock wait timeout exceeded; try restarting transaction",
+    1213: r"Deadlock found when trying to get lock; try restarting transaction",
+    1290: r"The (?:MySQL|MariaDB) server is running with the [\w-]{1,60} option so it "
+    r"cannot execute this statement",
+    1317: r"Query execution was interrupted",
+    1792: r"Cannot execute statement in a READ ONLY transaction\.?",
+    1927: r"Connection was killed",
+    1969: r"Query execution was interrupted \(max_statement_time exceeded\)",
+    3024: r"Query execution was interrupted, maximum statement execution time exceeded",
+    1216: rf"Cannot add or update a child row: {_FOREIGN_KEY}",
+    1217: rf"Cannot delete or update a parent row: {_FOREIGN_KEY}",
+    1451: rf"Cannot delete or update a parent row: {_FOREIGN_KEY}",
+    1452: rf"Cannot add or update a child row: {_FOREIGN_KEY}",
+    1364: rf"Field {_NAME} doesn't have a default value",
+    1406: rf"Data too long for column {_NAME} at row \d+",
+    1264: rf"Out of range value for column {_NAME} at row \d+",
+    1265: rf"Data truncated for column {_NAME} at row \d+",
+    3819: rf"Check constraint {_NAME} is violated\.",
+    4025: rf"CONSTRAINT {_IDENT} failed for {_QUALIFIED}",
+    2002: rf"Can't connect to (?:local )?(?:MySQL|MariaDB) server(?: on {_NAME}| through "
+    rf"socket {_NAME}){_REASON}",
+    2003: rf"Can't connect to (?:MySQL|MariaDB) server on {_NAME}{_REASON}",
+    2006: rf"(?:MySQL|MariaDB) server has gone away{_REASON}",
+    2013: rf"Lost connection to (?:MySQL|MariaDB) server during query{_REASON}",
+    2014: r"Commands? Out of Sync",
+    2055: rf"Lost connection to (?:MySQL|MariaDB) server at {_NAME}, system error: \d+",
+}
+_MYSQL_NAMES_ONLY = {code: re.compile(template) for code, template in _MYSQL_TEMPLATES.items()}
+MYSQL_NAMES_ONLY_CODES = frozenset(_MYSQL_NAMES_ONLY)
 _MYSQL_SYNTAX_ERROR = 1064
 # SIGNAL's codes (1644 for SQLSTATE 45000): the message a trigger or routine wrote.
 _MYSQL_SIGNAL_CODES = frozenset({1642, 1643, 1644})
+# The numbers of the errors a server or client sends (1000-9999: numbers from 10000 on
+# name messages of the server's own log); a routine that picks its own number
+# (SET MYSQL_ERRNO = 50001, a common habit) picks one outside them.
+_MYSQL_OWN_CODES = range(1000, 10000)
 _MYSQL_DUPLICATE_ENTRY = re.compile(r"^(Duplicate entry )'.*'( for key '[^']*')$", re.DOTALL)
 
 
 def redact_mysql(code: object, text: str, statement: str | None) -> str:
-    if code in _MYSQL_NAMES_ONLY_CODES:
-        return text
-    if code in _MYSQL_SIGNAL_CODES:
+    names_only = _MYSQL_NAMES_ONLY.get(code) if isinstance(code, int) else None
+    if names_only is not None:
+        return text if names_only.fullmatch(text) else RAISED
+    if code in _MYSQL_SIGNAL_CODES or (isinstance(code, int) and code not in _MYSQL_OWN_CODES):
         return RAISED
     # The value may hold quotes, the key name never does: anchor on the end.
     duplicate = _MYSQL_DUPLICATE_ENTRY.match(text)

@@ -73,10 +73,33 @@ _REFUSE = {
         "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = @scan_message; END",
     ),
 }
-for _dialect, _statements in _REFUSE.items():
-    for _statement in _statements:
-        _ddl = DDL(_statement)  # type: ignore[no-untyped-call]
-        event.listen(SIGNALED, "after_create", _ddl.execute_if(dialect=_dialect))
+# The same, under the code of an error whose message quotes only names (a NOT NULL
+# violation): the code alone must not let the text through.
+SIGNALED_CODED = Table(
+    "scan_signaled_coded",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("note", String(200)),
+)
+_REFUSE_CODED = {
+    "postgresql": (
+        "CREATE OR REPLACE FUNCTION scan_refuse_coded() RETURNS trigger AS $$ BEGIN "
+        "RAISE EXCEPTION USING MESSAGE = 'Column ' || NEW.note || ' cannot be null', "
+        "ERRCODE = '23502'; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER scan_refuse_coded BEFORE INSERT ON scan_signaled_coded "
+        "FOR EACH ROW EXECUTE FUNCTION scan_refuse_coded()",
+    ),
+    "mysql": (
+        "CREATE TRIGGER scan_refuse_coded BEFORE INSERT ON scan_signaled_coded FOR EACH ROW "
+        "BEGIN SET @scan_message = CONCAT('Column ', NEW.note, ' cannot be null'); "
+        "SIGNAL SQLSTATE '23000' SET MYSQL_ERRNO = 1048, MESSAGE_TEXT = @scan_message; END",
+    ),
+}
+for _table, _refusals in ((SIGNALED, _REFUSE), (SIGNALED_CODED, _REFUSE_CODED)):
+    for _dialect, _statements in _refusals.items():
+        for _statement in _statements:
+            _ddl = DDL(_statement)  # type: ignore[no-untyped-call]
+            event.listen(_table, "after_create", _ddl.execute_if(dialect=_dialect))
 
 
 class _Mood(enum.Enum):
@@ -204,6 +227,12 @@ KINDS = [
         "raised_by_trigger",
         _secret_param,
         write=lambda _b: insert(SIGNALED).values(note=bindparam("p")),
+        backends=("postgresql", "mysql"),
+    ),
+    Kind(
+        "raised_under_a_names_only_code",
+        _secret_param,
+        write=lambda _b: insert(SIGNALED_CODED).values(note=bindparam("p")),
         backends=("postgresql", "mysql"),
     ),
     Kind(

@@ -226,8 +226,11 @@ async def unexpected_error_handler(request: Request, error: Exception) -> Respon
 
     Some errors carry data from outside the database's error path: a row value that
     its column type cannot convert back (a non-native ``Enum`` holding a value another
-    program wrote) raises ``LookupError`` quoting it. The error is redacted in place,
-    so the server's own log of it (Starlette re-raises after answering) is masked too.
+    program wrote) raises ``LookupError`` quoting it; a model that does not fit a row
+    (a response model, ``Model.model_validate(row)``) fails with the row's values in its
+    errors. The error is redacted in place (a validation error keeps its class, count,
+    locations and types), so the server's own log of it is masked too: Starlette
+    re-raises the very object after answering, and nothing can replace it there.
     """
     redact_exception(error)
     logger.error(
