@@ -279,17 +279,25 @@ def check_query_parameters(
         if key.lower().startswith(("ssl", "tls")):
             continue
         if key not in accepted:
-            close = difflib.get_close_matches(key, sorted(accepted), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ValueError(
-                f"has the query parameter {key!r}, which {driver} does not take{hint}: "
-                "every connection would fail"
-            )
+            raise unknown_query_parameter(key, accepted, driver)
         if key in numbers:
             raise ValueError(
                 f"has the query parameter {key!r}, which {driver} would get as a string and "
                 f"fail every connection with: give it as a number in connect_args= instead"
             )
+
+
+def unknown_query_parameter(
+    key: str, accepted: Collection[str], taker: str, *, consequence: str = ""
+) -> ValueError:
+    """The refusal of a URL query parameter ``taker`` does not take, with the closest
+    name it does take."""
+    close = difflib.get_close_matches(key, sorted(accepted), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return ValueError(
+        f"has the query parameter {key!r}, which {taker} does not take{hint}: "
+        + (consequence or "every connection would fail")
+    )
 
 
 def milliseconds(seconds: float) -> int:
