@@ -7,6 +7,7 @@ from urllib.parse import quote, unquote
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic_settings import SettingsConfigDict
 from sqlalchemy import text as sql
 
 from fastapi_asyncdb import ConfigurationError, Database, DatabaseSettings
@@ -342,6 +343,43 @@ def test_only_database_url_picks_the_database_from_the_environment(
     assert DatabaseSettings(url="sqlite+aiosqlite:///./given.db").sqlalchemy_url.database == (
         "./given.db"
     )
+
+
+@pytest.mark.parametrize("variable", ["URL", "url", "DB_URL"])
+def test_only_database_url_picks_the_database_from_a_dotenv_file(
+    tmp_path: Path, variable: str
+) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        f"{variable}=postgresql+asyncpg://app:pw@other-program.invalid/prod\n"
+        "WORKERS=64\nDB_PASSWORD=from-compose\n"
+    )
+    read = DatabaseSettings(_env_file=dotenv)
+    assert read.sqlalchemy_url.database == "./data/app.db"
+    assert (read.workers, read.password) == (1, None)
+    dotenv.write_text(
+        "DATABASE_URL=postgresql+asyncpg://app@db.internal/app\nDB_WORKERS=3\nDB_POOL_SIZE=4\n"
+    )
+    read = DatabaseSettings(_env_file=dotenv)
+    assert (read.sqlalchemy_url.host, read.workers, read.pool_size) == ("db.internal", 3, 4)
+
+
+def test_a_dotenv_file_of_model_config_reads_the_database_from_database_url_only(
+    tmp_path: Path,
+) -> None:
+    dotenv = tmp_path / "app.env"
+    dotenv.write_text("URL=sqlite+aiosqlite:///./other.db\nWEB_CONCURRENCY=2\n")
+
+    class AppSettings(DatabaseSettings):
+        model_config = SettingsConfigDict(env_file=dotenv)
+
+    assert AppSettings().sqlalchemy_url.database == "./data/app.db"
+    assert AppSettings().workers == 2
+    dotenv.write_text("DATABASE_URL=sqlite+aiosqlite:///./chosen.db\nDB_POOL_SIZ=3\n")
+    with pytest.raises(ConfigurationError, match="DB_POOL_SIZ"):
+        AppSettings()
+    dotenv.write_text("DATABASE_URL=sqlite+aiosqlite:///./chosen.db\n")
+    assert AppSettings().sqlalchemy_url.database == "./chosen.db"
 
 
 def test_an_unrelated_workers_variable_is_not_a_worker_count(
