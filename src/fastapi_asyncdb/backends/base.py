@@ -73,6 +73,9 @@ class ConnectionLimits:
     """Whose limits these are: ``the server``, or the pooler's (max_client_conn)."""
     pooler: str | None = None
     """The pooler or proxy seen between the client and the server, described."""
+    not_in_force: tuple[str, ...] = ()
+    """Server-side limits the settings ask for that the connection runs without, each
+    described (``statement_timeout=5000 (has 0)``)."""
 
     @property
     def transaction_pooler(self) -> bool:
@@ -199,6 +202,11 @@ class Backend:
         """What bounds this client's connections (when ``limits_connections``); run in
         ``run_sync``, on a connection of its own: it may commit."""
         return None
+
+    def limits_not_in_force(self, connection: Connection) -> tuple[str, ...]:
+        """The server-side limits the login asked for that this connection (the read
+        engine's kind) runs without, read back from the server; run in ``run_sync``."""
+        return ()
 
     def classify(self, error: BaseException) -> ErrorKind:
         """The kind of a failure: the library's own errors, SQLAlchemy's, the driver's."""
