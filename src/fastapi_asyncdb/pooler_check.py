@@ -6,7 +6,8 @@ transaction pooling ``SET`` and asyncpg's named statements meet other server ses
 ``DB_PGBOUNCER=session`` in front of a transaction pooler sets the limits on one server
 session and runs on others. Reads run as soon as the app starts, so the warning the
 primary engine gives at its first connection comes too late: the start checks first,
-on the probe's connection, as the budget check does.
+on the probe's connection, as the budget check does. With the setting off it reads back
+the limits the login asked for instead of guessing from what the pooler looks like.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ async def check_pooler(
     settings: DatabaseSettings, backend: Backend, reading: LimitsReading
 ) -> None:
     """Refuse (``ConfigurationError``) to start behind a transaction pooler unless
-    ``DB_PGBOUNCER=transaction``; warn once behind another pooler with the setting off.
+    ``DB_PGBOUNCER=transaction``, and, with the setting off, when the login's startup
+    parameters are refused or the limits they carry are not in force; warn once behind
+    another pooler with the setting off.
 
     A server that does not answer is not this check's to judge (the budget check,
     which shares the reading, says it could not read).
