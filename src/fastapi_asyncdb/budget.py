@@ -9,7 +9,9 @@ for the check ``Database.start`` runs and for the doctor, so both say the same n
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from sqlalchemy.engine import Connection
 
 from .backends import Backend, ConnectionLimits
 from .errors import ConfigurationError
@@ -133,13 +135,20 @@ class LimitsReading:
     async def __call__(self) -> ConnectionLimits | None:
         if not self._done:
             try:
-                self._outcome = await self._probe.read(self._backend.connection_limits)
+                self._outcome = await self._probe.read(self._read)
             except Exception as error:
                 self._outcome = error
             self._done = True
         if isinstance(self._outcome, BaseException):
             raise self._outcome
         return self._outcome
+
+    def _read(self, connection: Connection) -> ConnectionLimits | None:
+        limits = self._backend.connection_limits(connection)
+        if limits is None:
+            return None
+        # On the same connection: the probe's is made as the read engine's are.
+        return replace(limits, not_in_force=self._backend.limits_not_in_force(connection))
 
 
 async def check_budget(

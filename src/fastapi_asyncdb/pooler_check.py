@@ -6,7 +6,8 @@ transaction pooling ``SET`` and asyncpg's named statements meet other server ses
 ``DB_PGBOUNCER=session`` in front of a transaction pooler sets the limits on one server
 session and runs on others. Reads run as soon as the app starts, so the warning the
 primary engine gives at its first connection comes too late: the start checks first,
-on the probe's connection, as the budget check does.
+on the probe's connection, as the budget check does. With the setting off it reads back
+the limits the login asked for instead of guessing from what the pooler looks like.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ async def check_pooler(
     settings: DatabaseSettings, backend: Backend, reading: LimitsReading
 ) -> None:
     """Refuse (``ConfigurationError``) to start behind a transaction pooler unless
-    ``DB_PGBOUNCER=transaction``; warn once behind another pooler with the setting off.
+    ``DB_PGBOUNCER=transaction``, and, with the setting off, when the login's startup
+    parameters are refused or the limits they carry are not in force; warn once behind
+    another pooler with the setting off.
 
     A server that does not answer is not this check's to judge (the budget check,
     which shares the reading, says it could not read).
@@ -57,8 +60,16 @@ async def check_pooler(
         return
     try:
         limits = await reading()
-    except DBAPIError as error:
-        if not _shared_server_session(error):
+    except Exception as error:
+        if settings.pgbouncer == "off" and _refused_startup_parameters(error):
+            # Each unit of work would fail the same way: refuse now, in one line.
+            raise ConfigurationError(
+                "a pooler (PgBouncer?) answers for PostgreSQL and refuses the startup "
+                "parameters that carry the server-side limits, and DB_PGBOUNCER is off: "
+                "set DB_PGBOUNCER=session or transaction, whichever its pool_mode is "
+                "(docs/pgbouncer.md)"
+            ) from None
+        if not (isinstance(error, DBAPIError) and _shared_server_session(error)):
             return
         # A new client met another client's statement: only a transaction pooler
         # hands one server session to two clients.
@@ -67,19 +78,12 @@ async def check_pooler(
             "prepared statement)"
         )
         transaction_pooler = True
-    except Exception as error:
-        if settings.pgbouncer == "off" and "unsupported startup parameter" in str(error):
-            backend.pooler_reported = True
-            logger.warning(
-                "a pooler (PgBouncer?) refused the startup parameters of the login, and "
-                "DB_PGBOUNCER is off: set DB_PGBOUNCER=session or transaction, whichever "
-                "its pool_mode is (docs/pgbouncer.md)"
-            )
-        return
+        not_in_force: tuple[str, ...] = ()
     else:
         if limits is None:
             return
         pooler, transaction_pooler = limits.pooler, limits.transaction_pooler
+        not_in_force = limits.not_in_force
     if transaction_pooler:
         message = (
             f"{pooler} answers for PostgreSQL, and DB_PGBOUNCER={settings.pgbouncer}: "
@@ -87,15 +91,33 @@ async def check_pooler(
             "and the statements run on others; set DB_PGBOUNCER=transaction (docs/pgbouncer.md)"
         )
         raise ConfigurationError(message)
-    elif pooler is not None and settings.pgbouncer == "off":
+    if not_in_force and settings.pgbouncer == "off":
+        # Read back, not guessed: the login asked for these and the server session does
+        # not have them, so the pools would run without limits (and reads writable).
+        cause = pooler or "a pooler (PgBouncer?)"
+        raise ConfigurationError(
+            "the server-side limits the settings ask for are not in force on a new "
+            f"connection: {', '.join(not_in_force)}; {cause} in front of PostgreSQL "
+            "likely drops the startup parameters (ignore_startup_parameters): set "
+            "DB_PGBOUNCER=session or transaction, whichever its pool_mode is "
+            "(docs/pgbouncer.md)"
+        )
+    if pooler is not None and settings.pgbouncer == "off":
         backend.pooler_reported = True
         logger.warning(
             "%s answers for PostgreSQL, and DB_PGBOUNCER is off: the server-side limits "
-            "may not be in force, and under transaction pooling statements fail; "
+            "are in force now, but under transaction pooling statements fail; "
             "set DB_PGBOUNCER=session or transaction, whichever its pool_mode is "
             "(docs/pgbouncer.md)",
             pooler,
         )
+
+
+def _refused_startup_parameters(error: BaseException) -> bool:
+    # PgBouncer's answer to a login parameter it neither knows nor ignores; asyncpg's
+    # error may come wrapped in SQLAlchemy's.
+    orig = error.orig if isinstance(error, DBAPIError) else None
+    return any("unsupported startup parameter" in str(e) for e in (error, orig) if e)
 
 
 def _shared_server_session(error: DBAPIError) -> bool:

@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    DotEnvSettingsSource,
     EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
@@ -270,7 +271,7 @@ class DatabaseSettings(BaseSettings):
         return (
             init_settings,
             _EnvironmentWithoutCodeOnly(settings_cls),
-            _WithoutCodeOnly(dotenv_settings),
+            _DotEnvWithoutCodeOnly.of(dotenv_settings),
             file_secret_settings,
         )
 
@@ -322,9 +323,10 @@ class DatabaseSettings(BaseSettings):
 ENVIRONMENT_NAMES = {"url": ("DATABASE_URL",), "workers": ("DB_WORKERS", "WEB_CONCURRENCY")}
 
 
-class _EnvironmentWithoutCodeOnly(EnvSettingsSource):
-    """The environment, minus the code-only settings (``DB_PASSWORD`` of a compose file
-    stays unread rather than becoming a password nobody asked for)."""
+class _OwnNamesOnly(EnvSettingsSource):
+    """Variables (of the environment or a ``.env`` file), minus the code-only settings
+    (``DB_PASSWORD`` of a compose file stays unread rather than becoming a password
+    nobody asked for), and an aliased setting read only from its own names."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         if field_name in CODE_ONLY:
@@ -332,8 +334,9 @@ class _EnvironmentWithoutCodeOnly(EnvSettingsSource):
         names = ENVIRONMENT_NAMES.get(field_name)
         if names is None:
             return super().get_field_value(field, field_name)
-        # pydantic-settings would also read the bare field name (``URL``, ``WORKERS``):
-        # an unrelated variable of another program would then pick the database.
+        # pydantic-settings would also read the bare field name (``URL``, ``WORKERS``)
+        # and the prefixed one (``DB_URL``): an unrelated variable of another program
+        # would then pick the database.
         for name in names:
             value = self.env_vars.get(name if self.case_sensitive else name.lower())
             if value is not None:
@@ -341,18 +344,22 @@ class _EnvironmentWithoutCodeOnly(EnvSettingsSource):
         return None, field_name, False
 
 
-class _WithoutCodeOnly(PydanticBaseSettingsSource):
-    """Another source (a ``.env`` file), minus the code-only settings."""
+class _EnvironmentWithoutCodeOnly(_OwnNamesOnly):
+    """The environment, read as :class:`_OwnNamesOnly` says."""
 
-    def __init__(self, source: PydanticBaseSettingsSource) -> None:
-        super().__init__(source.settings_cls)
-        self._source = source
 
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
+class _DotEnvWithoutCodeOnly(_OwnNamesOnly, DotEnvSettingsSource):
+    """A ``.env`` file, read as :class:`_OwnNamesOnly` says."""
 
-    def __call__(self) -> dict[str, Any]:
-        return {key: value for key, value in self._source().items() if key not in CODE_ONLY}
+    @classmethod
+    def of(cls, source: PydanticBaseSettingsSource) -> PydanticBaseSettingsSource:
+        if not isinstance(source, DotEnvSettingsSource):
+            return source
+        # The same source (its file, as ``_env_file=`` or model_config chose, already
+        # read), with this class's reading of it.
+        own = cls.__new__(cls)
+        own.__dict__.update(source.__dict__)
+        return own
 
 
 def _hide_secrets(arguments: Mapping[str, Any]) -> dict[str, Any]:

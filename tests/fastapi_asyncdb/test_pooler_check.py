@@ -98,29 +98,35 @@ async def test_the_matching_setting_starts_without_a_warning(
     assert not _pooler_warnings(caplog)
 
 
-async def test_a_session_pooler_with_the_setting_off_is_warned_of_once_at_the_start(
-    start_pgbouncer: StartPgBouncer, pgbouncer_database: str, caplog: pytest.LogCaptureFixture
+async def test_a_session_pooler_dropping_the_limits_with_the_setting_off_is_refused_at_start(
+    start_pgbouncer: StartPgBouncer, pgbouncer_database: str
 ) -> None:
     bouncer = start_pgbouncer(pool_mode="session", ignore_startup_parameters=LENIENT)
-    caplog.set_level(logging.WARNING)
-    async with Database(url=bouncer.url(pgbouncer_database)) as database:
-        # Before any read ran without its limits.
-        (warning,) = _pooler_warnings(caplog)
-        assert "DB_PGBOUNCER is off" in warning
-        async with database.read_connection() as connection:
-            await connection.execute(text("SELECT 1"))
-        async with database.transaction() as session:
-            await session.execute(text("SELECT 1"))
-    assert len(_pooler_warnings(caplog)) == 1
+    database = Database(
+        url=bouncer.url(pgbouncer_database), statement_timeout=7, budget_check="off"
+    )
+    with pytest.raises(ConfigurationError) as refused:
+        await database.start()
+    assert not database.is_started
+    message = str(refused.value)
+    assert "\n" not in message
+    # What was read back, not guessed: the read engine's kind of connection.
+    assert "statement_timeout=7000 (has 0)" in message
+    assert "default_transaction_read_only=on (has off)" in message
+    assert "set DB_PGBOUNCER=session or transaction" in message
 
 
-async def test_a_pooler_refusing_the_login_with_the_setting_off_is_warned_of_at_the_start(
-    pgbouncer_session: PgBouncer, pgbouncer_database: str, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+async def test_a_pooler_refusing_the_login_with_the_setting_off_is_refused_at_the_start(
+    start_pgbouncer: StartPgBouncer, pgbouncer_database: str, mode: str
 ) -> None:
-    caplog.set_level(logging.WARNING)
-    async with Database(url=pgbouncer_session.url(pgbouncer_database), budget_check="off"):
-        (warning,) = _pooler_warnings(caplog)
-        assert "refused the startup parameters" in warning
+    bouncer = start_pgbouncer(pool_mode=mode)
+    database = Database(url=bouncer.url(pgbouncer_database), budget_check="off")
+    with pytest.raises(ConfigurationError, match="refuses the startup parameters") as refused:
+        await database.start()
+    assert not database.is_started
+    assert "set DB_PGBOUNCER=session or transaction" in str(refused.value)
+    assert "\n" not in str(refused.value)
 
 
 async def test_no_pooler_warning_when_connecting_directly(
@@ -133,3 +139,24 @@ async def test_no_pooler_warning_when_connecting_directly(
     async with database, database.transaction() as session:
         await session.execute(text("SELECT 1"))
     assert not _pooler_warnings(caplog)
+
+
+async def test_a_direct_start_reads_its_limits_in_force_and_is_not_refused(
+    pgbouncer_transaction: PgBouncer, pgbouncer_database: str
+) -> None:
+    target = pgbouncer_transaction.config
+    url = f"postgresql+asyncpg://postgres@{target.target_host}:{target.target_port}/"
+    database = Database(
+        url=url + pgbouncer_database,
+        statement_timeout=7,
+        idle_in_transaction_timeout=9,
+        client_connection_check_interval=3,
+    )
+    probe = Probe(database.settings, database.backend)
+    try:
+        assert await probe.read(database.backend.limits_not_in_force) == ()
+    finally:
+        await probe.close()
+    async with database, database.read_connection() as connection:
+        assert await connection.scalar(text("SHOW statement_timeout")) == "7s"
+        assert await connection.scalar(text("SHOW transaction_read_only")) == "on"

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from urllib.parse import quote, unquote
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic_settings import SettingsConfigDict
+from sqlalchemy import text as sql
 
 from fastapi_asyncdb import ConfigurationError, Database, DatabaseSettings
 
@@ -122,9 +125,53 @@ def test_missing_driver_package_names_the_extra_to_install(
         Database(url="mysql+asyncmy://root@localhost/app")
 
 
-def test_in_memory_sqlite_is_refused_in_favour_of_a_file() -> None:
-    with pytest.raises(ConfigurationError, match="use a file"):
-        Database(url="sqlite+aiosqlite:///:memory:")
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite+aiosqlite:///:memory:",
+        "sqlite+aiosqlite://",
+        "sqlite+aiosqlite:///file::memory:?uri=true",
+        "sqlite+aiosqlite:///file::memory:?cache=shared&uri=true",
+        "sqlite+aiosqlite:///file:x.db?mode=memory&cache=shared&uri=true",
+        "sqlite+aiosqlite:///file:x.db?mode=MEMORY&uri=1",
+        "sqlite+aiosqlite:///file:x.db%3Fmode%3Dmemory?uri=true",
+        "sqlite+aiosqlite:///file:?uri=true",
+        "sqlite+aiosqlite:///file://localhost?uri=true",
+    ],
+)
+def test_in_memory_sqlite_in_any_form_is_refused_in_favour_of_a_file(url: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"in-memory SQLite database.*use a file"):
+        Database(url=url)
+
+
+@pytest.mark.parametrize(
+    ("url", "refusal"),
+    [
+        ("sqlite+aiosqlite:///app.db?bogus=1", "'bogus', which SQLite"),
+        ("sqlite+aiosqlite:///app.db?timout=5", "did you mean timeout"),
+        ("sqlite+aiosqlite:///file:app.db?uri=true&mdoe=ro", "did you mean mode"),
+        ("sqlite+aiosqlite:///file:app.db?mode=ro", "without uri=true"),
+        ("sqlite+aiosqlite:///app.db?mode=ro&uri=true", "not a file: URI"),
+    ],
+)
+def test_a_sqlite_query_parameter_sqlite_would_not_see_is_refused_by_name(
+    url: str, refusal: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=refusal):
+        Database(url=url)
+
+
+async def test_a_sqlite_file_uri_with_uri_parameters_keeps_committed_rows(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite+aiosqlite:///file:{tmp_path}/sub/app.db?uri=true&cache=private&timeout=5"
+    async with Database(url=url) as db:
+        async with db.transaction() as session:
+            await session.execute(sql("CREATE TABLE t (x int)"))
+            await session.execute(sql("INSERT INTO t VALUES (1)"))
+        async with db.read_session() as session:
+            assert (await session.execute(sql("SELECT count(*) FROM t"))).scalar() == 1
+    assert (tmp_path / "sub" / "app.db").is_file()
 
 
 def test_unparseable_url_is_refused_without_echoing_it() -> None:
@@ -296,6 +343,43 @@ def test_only_database_url_picks_the_database_from_the_environment(
     assert DatabaseSettings(url="sqlite+aiosqlite:///./given.db").sqlalchemy_url.database == (
         "./given.db"
     )
+
+
+@pytest.mark.parametrize("variable", ["URL", "url", "DB_URL"])
+def test_only_database_url_picks_the_database_from_a_dotenv_file(
+    tmp_path: Path, variable: str
+) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        f"{variable}=postgresql+asyncpg://app:pw@other-program.invalid/prod\n"
+        "WORKERS=64\nDB_PASSWORD=from-compose\n"
+    )
+    read = DatabaseSettings(_env_file=dotenv)
+    assert read.sqlalchemy_url.database == "./data/app.db"
+    assert (read.workers, read.password) == (1, None)
+    dotenv.write_text(
+        "DATABASE_URL=postgresql+asyncpg://app@db.internal/app\nDB_WORKERS=3\nDB_POOL_SIZE=4\n"
+    )
+    read = DatabaseSettings(_env_file=dotenv)
+    assert (read.sqlalchemy_url.host, read.workers, read.pool_size) == ("db.internal", 3, 4)
+
+
+def test_a_dotenv_file_of_model_config_reads_the_database_from_database_url_only(
+    tmp_path: Path,
+) -> None:
+    dotenv = tmp_path / "app.env"
+    dotenv.write_text("URL=sqlite+aiosqlite:///./other.db\nWEB_CONCURRENCY=2\n")
+
+    class AppSettings(DatabaseSettings):
+        model_config = SettingsConfigDict(env_file=dotenv)
+
+    assert AppSettings().sqlalchemy_url.database == "./data/app.db"
+    assert AppSettings().workers == 2
+    dotenv.write_text("DATABASE_URL=sqlite+aiosqlite:///./chosen.db\nDB_POOL_SIZ=3\n")
+    with pytest.raises(ConfigurationError, match="DB_POOL_SIZ"):
+        AppSettings()
+    dotenv.write_text("DATABASE_URL=sqlite+aiosqlite:///./chosen.db\n")
+    assert AppSettings().sqlalchemy_url.database == "./chosen.db"
 
 
 def test_an_unrelated_workers_variable_is_not_a_worker_count(

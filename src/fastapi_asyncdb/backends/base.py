@@ -73,6 +73,9 @@ class ConnectionLimits:
     """Whose limits these are: ``the server``, or the pooler's (max_client_conn)."""
     pooler: str | None = None
     """The pooler or proxy seen between the client and the server, described."""
+    not_in_force: tuple[str, ...] = ()
+    """Server-side limits the settings ask for that the connection runs without, each
+    described (``statement_timeout=5000 (has 0)``)."""
 
     @property
     def transaction_pooler(self) -> bool:
@@ -200,6 +203,11 @@ class Backend:
         ``run_sync``, on a connection of its own: it may commit."""
         return None
 
+    def limits_not_in_force(self, connection: Connection) -> tuple[str, ...]:
+        """The server-side limits the login asked for that this connection (the read
+        engine's kind) runs without, read back from the server; run in ``run_sync``."""
+        return ()
+
     def classify(self, error: BaseException) -> ErrorKind:
         """The kind of a failure: the library's own errors, SQLAlchemy's, the driver's."""
         if isinstance(error, ReadOnlySessionError):
@@ -279,17 +287,25 @@ def check_query_parameters(
         if key.lower().startswith(("ssl", "tls")):
             continue
         if key not in accepted:
-            close = difflib.get_close_matches(key, sorted(accepted), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ValueError(
-                f"has the query parameter {key!r}, which {driver} does not take{hint}: "
-                "every connection would fail"
-            )
+            raise unknown_query_parameter(key, accepted, driver)
         if key in numbers:
             raise ValueError(
                 f"has the query parameter {key!r}, which {driver} would get as a string and "
                 f"fail every connection with: give it as a number in connect_args= instead"
             )
+
+
+def unknown_query_parameter(
+    key: str, accepted: Collection[str], taker: str, *, consequence: str = ""
+) -> ValueError:
+    """The refusal of a URL query parameter ``taker`` does not take, with the closest
+    name it does take."""
+    close = difflib.get_close_matches(key, sorted(accepted), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return ValueError(
+        f"has the query parameter {key!r}, which {taker} does not take{hint}: "
+        + (consequence or "every connection would fail")
+    )
 
 
 def milliseconds(seconds: float) -> int:

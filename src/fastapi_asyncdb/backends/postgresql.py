@@ -309,6 +309,23 @@ class PostgreSQL(Backend):
             in_use=None if in_use is None else int(in_use),
         )
 
+    def limits_not_in_force(self, connection: Connection) -> tuple[str, ...]:
+        if self.settings.pgbouncer != "off":
+            return ()  # set after login, per connection or per BEGIN, not read back here
+        wanted = _limits_asked(self.connect_args(read_only=True))
+        found = {
+            str(name): str(setting)
+            for name, setting in connection.execute(
+                text("SELECT name, setting FROM pg_settings WHERE name = ANY(:names)"),
+                {"names": list(wanted)},
+            )
+        }
+        return tuple(
+            f"{name}={value} (has {found.get(name)})"
+            for name, value in wanted.items()
+            if found.get(name) != value
+        )
+
     def login_refusal(self, error: BaseException) -> bool:
         # too_many_connections, invalid_authorization (28xxx), invalid_catalog_name (3D)
         sqlstate = getattr(error, "sqlstate", None)
@@ -376,16 +393,21 @@ def _tls_argument(settings: DatabaseSettings) -> ssl.SSLContext | bool:
     return False if context is None else context
 
 
+def _limits_asked(connect_args: Mapping[str, Any]) -> dict[str, str]:
+    """The server settings the login asks for, as pg_settings shows them when in force."""
+    return {
+        name: value
+        for name, value in connect_args["server_settings"].items()
+        if name != "application_name"
+    }
+
+
 async def _check_created_connection(
     backend: PostgreSQL, connection: Any, *, read_only: bool
 ) -> None:
     # connect_args() builds no new TLS context: the same files give the cached one.
     expected = backend.connect_args(read_only=read_only)
-    wanted = {
-        name: value
-        for name, value in expected["server_settings"].items()
-        if name != "application_name"
-    }
+    wanted = _limits_asked(expected)
     rows = await connection.fetch(
         "SELECT name, setting FROM pg_settings WHERE name = ANY($1::text[]) "
         "UNION ALL SELECT 'ssl', ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()",

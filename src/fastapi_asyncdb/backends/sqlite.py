@@ -4,17 +4,27 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
+from sqlalchemy.util import asbool
 
 from ..errors import ErrorKind
-from .base import Backend, ServerFacts, milliseconds
+from .base import Backend, ServerFacts, milliseconds, unknown_query_parameter
 
 __all__ = ["SQLite"]
+
+# What SQLAlchemy's pysqlite dialect (and so aiosqlite's) takes from the URL query and
+# hands to sqlite3.connect; the rest it discards with a warning, or, with uri=true,
+# appends to the SQLite URI, where only SQLite's own URI parameters mean anything.
+_DRIVER_PARAMETERS = frozenset(
+    {"uri", "timeout", "isolation_level", "detect_types", "check_same_thread", "cached_statements"}
+)
+_URI_PARAMETERS = frozenset({"mode", "cache", "immutable", "vfs", "nolock", "psow"})
 
 
 class SQLite(Backend):
@@ -30,14 +40,38 @@ class SQLite(Backend):
     transaction_arguments = frozenset({"autocommit", "isolation_level"})
 
     def check_url(self, url: URL) -> None:
-        if url.database in (None, "", ":memory:"):
+        uri = _uri_mode(url)
+        for key in url.query:
+            if key in _DRIVER_PARAMETERS or (uri and key in _URI_PARAMETERS):
+                continue
+            if key in _URI_PARAMETERS:
+                raise ValueError(
+                    f"has the SQLite URI parameter {key!r} without uri=true: SQLite would "
+                    "never see it; write the database as file:... with uri=true"
+                )
+            raise unknown_query_parameter(
+                key, sorted({*_DRIVER_PARAMETERS, *_URI_PARAMETERS}), "SQLite (aiosqlite)"
+            )
+        uri_parameters = any(key in _URI_PARAMETERS for key in url.query)
+        if uri_parameters and not (url.database or "").startswith("file:"):
+            raise ValueError(
+                "has SQLite URI parameters on a database that is not a file: URI: "
+                "SQLite would take them as part of the file name; write "
+                "sqlite+aiosqlite:///file:data/app.db?uri=true&..."
+            )
+        if _in_memory(url, uri=uri):
+            # Each pooled connection would open its own empty database (committed rows
+            # lost to the next connection), or, shared, one connection for every task.
             raise ValueError(
                 "points at an in-memory SQLite database, which async pools share unsafely; "
                 "use a file, e.g. sqlite+aiosqlite:///./data/app.db"
             )
 
     def prepare(self) -> None:
-        database = self.settings.sqlalchemy_url.database
+        url = self.settings.sqlalchemy_url
+        database = url.database
+        if database and _uri_mode(url) and database.startswith("file:"):
+            database = _uri_path(database)
         if database:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
 
@@ -128,6 +162,42 @@ class SQLite(Backend):
             await connection.rollback()
         await _set_busy_timeout(connection, self.settings.pool_timeout)
         await _pragma(connection, "PRAGMA foreign_keys=ON")
+
+
+def _uri_mode(url: URL) -> bool:
+    value = url.query.get("uri", "false")
+    return asbool(value if isinstance(value, str) else value[-1])
+
+
+def _uri_path(database: str) -> str:
+    """The file a SQLite ``file:`` URI names: its path, without authority or query."""
+    rest = database.removeprefix("file:").partition("#")[0].partition("?")[0]
+    if rest.startswith("//"):
+        rest = rest[2:]
+        rest = rest[rest.find("/") :] if "/" in rest else ""
+    return unquote(rest)
+
+
+def _in_memory(url: URL, *, uri: bool) -> bool:
+    """Whether every connection would open its own (or a shared) database in memory:
+    ':memory:', no database, a ``file:`` URI naming ':memory:' or nothing, or
+    mode=memory (in the URL query or the URI's own)."""
+    database = url.database or ""
+    if database in ("", ":memory:"):
+        return True
+    if not database.startswith("file:"):
+        return False
+    # Without uri=true this is a file with an odd name on disk, but ':memory:' in it
+    # means the user meant memory: refuse rather than surprise.
+    path = _uri_path(database)
+    if path in ("", ":memory:"):
+        return True
+    given = url.query.get("mode", ())
+    modes = [
+        *parse_qs(database.partition("?")[2].partition("#")[0]).get("mode", ()),
+        *((given,) if isinstance(given, str) else given),
+    ]
+    return uri and any(mode.lower() == "memory" for mode in modes)
 
 
 async def _set_busy_timeout(connection: AsyncConnection, seconds: float) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from starlette.types import ASGIApp
@@ -172,9 +172,34 @@ async def _reach(base_url: URL) -> None:
         )
 
 
+@pytest.fixture(scope="session")
+def _asyncdb_url(asyncdb_url: URL | str) -> URL:
+    """``asyncdb_url`` as a ``URL``, whichever an override returns (a string was the
+    contract before): what the plugin's fixtures take, so a traceback's locals show its
+    masked repr, never the string."""
+    if isinstance(asyncdb_url, URL):
+        return asyncdb_url
+    try:
+        url: URL | None = make_url(asyncdb_url)
+    except Exception:
+        url = None
+    if url is not None:
+        return url
+    # Outside the except block and without a traceback: no frame (nor SQLAlchemy's
+    # message) repeats the string, which may hold a password.
+    pytest.fail(
+        "asyncdb_url: the override returned no valid SQLAlchemy URL (a URL or a string "
+        "like postgresql+asyncpg://user@host/app)",
+        pytrace=False,
+    )
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def asyncdb_running_app(
-    pytestconfig: pytest.Config, asyncdb_app: Any, asyncdb_database: Database, asyncdb_url: URL
+    pytestconfig: pytest.Config,
+    asyncdb_app: Any,
+    asyncdb_database: Database,
+    _asyncdb_url: URL,
 ) -> AsyncIterator[RunningApp]:
     """The app's lifespan, entered once for the session on the test database.
 
@@ -185,7 +210,7 @@ async def asyncdb_running_app(
     database = asyncdb_database
     async with contextlib.AsyncExitStack() as stack:
         forwarder = None
-        url = asyncdb_url
+        url = _asyncdb_url
         if Options(pytestconfig).uses_faults and is_server(url):
             forwarder = Forwarder.for_url(url)
             await forwarder.start()

@@ -82,7 +82,9 @@ Known limits:
   ``pool_timeout`` instead of running as in production.
 - Writes through ``db.engine`` directly bypass the isolation and persist.
 
-``asyncdb_url`` is a SQLAlchemy ``URL``, whose repr masks the password.
+``asyncdb_url`` is a SQLAlchemy ``URL``, whose repr and ``str()`` mask the password
+(``render_as_string(hide_password=False)`` gives it whole); an override may return a
+``URL`` or a string.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ _NEEDS = ("httpx", "pytest_asyncio")
 
 if all(importlib.util.find_spec(name) is not None for name in _NEEDS):
     from .fixtures import (  # noqa: F401 - pytest finds fixtures in this module's namespace
+        _asyncdb_url,
         asyncdb_app,
         asyncdb_database,
         asyncdb_isolation,

@@ -36,6 +36,7 @@ from fastapi_asyncdb.errors import (
     ErrorKind,
     ReadOnlySessionError,
 )
+from fastapi_asyncdb.pooler_check import pooler_as_finding
 from fastapi_asyncdb.prepared import Prepared
 from fastapi_asyncdb.retry import Retry
 from tests.fastapi_asyncdb.prepared_runs import sqlalchemy_runs
@@ -219,10 +220,16 @@ async def test_a_refused_startup_parameter_is_named_with_the_setting_to_change(
 ) -> None:
     database = _database(pgbouncer_transaction, pgbouncer_database, "off")
     caplog.set_level(logging.WARNING)
-    async with database:
+    # As if the start's own check had not run (the pooler did not answer then): the
+    # start would refuse in one line.
+    with pooler_as_finding():
+        await database.start()
+    try:
         with pytest.raises(DatabaseUnavailableError) as refused:
             async with database.transaction() as session:
                 await session.execute(text("SELECT 1"))
+    finally:
+        await database.stop()
     reason = refused.value.reason
     assert "ProtocolViolationError: unsupported startup parameter: " in reason
     assert "DB_PGBOUNCER" in reason
@@ -250,16 +257,17 @@ async def test_a_pooler_that_lets_the_login_through_is_reported_at_the_first_con
     )
     caplog.set_level(logging.WARNING)
     database = _database(lenient, pgbouncer_database, "off")
-    await database.start()
-    # As if the start's own check had not run (say the server did not answer then).
-    database.backend.pooler_reported = False
+    # As if the start's own check had not run (say the server did not answer then): it
+    # would refuse, the limits not being in force.
+    with pooler_as_finding():
+        await database.start()
     try:
         async with database.transaction() as session:
             await session.execute(text("SELECT 1"))
     finally:
         await database.stop()
     warnings = [r.getMessage() for r in caplog.records if "DB_PGBOUNCER is off" in r.getMessage()]
-    assert len(warnings) == 2  # the start's, and the first connection's
+    assert len(warnings) == 1
 
 
 # -- PgBouncer's own failures ---------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import make_url
 
 from .conftest import REPOSITORY, UserSuite
 
@@ -54,6 +55,7 @@ def test_an_app_with_a_lifespan_of_its_own_that_enters_the_databases_runs_it_onc
 
 LEDGER = """
 import pytest
+from sqlalchemy import make_url
 from ledger.app import create_app
 
 @pytest.fixture(scope="session")
@@ -86,6 +88,7 @@ def test_the_ledger_migrated_by_alembic_runs_its_own_lifespan_under_isolation(
 
 OWN_FIXTURES = """
 import pytest
+from sqlalchemy import make_url
 
 @pytest.fixture
 def client():
@@ -112,6 +115,7 @@ def test_users_fixtures_of_the_same_name_win(user_suite: UserSuite) -> None:
 
 APP_FROM_A_FIXTURE = """
 import pytest
+from sqlalchemy import make_url
 from tests.fastapi_asyncdb.testing import notes_app
 
 @pytest.fixture(scope="session")
@@ -141,6 +145,7 @@ def test_without_an_app_the_error_says_how_to_name_it(user_suite: UserSuite) -> 
 USERS_ASYNC_FIXTURES = """
 import asyncio
 import pytest
+from sqlalchemy import make_url
 from tests.fastapi_asyncdb.testing.notes_app import Note
 
 LOOPS = {}
@@ -181,6 +186,7 @@ def test_users_async_fixtures_work_with_the_plugins_without_choosing_a_loop(
 FAILING_STARTUP = """
 from contextlib import asynccontextmanager
 import pytest
+from sqlalchemy import make_url
 from fastapi import FastAPI
 from fastapi_asyncdb import Database, install
 
@@ -210,3 +216,61 @@ def test_an_app_whose_startup_fails_errors_its_tests_with_the_apps_reason(
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*LookupError: the cache server is not configured*"])
     result.stdout.fnmatch_lines(["*LifespanError: the app's startup failed*"])
+
+
+OVERRIDE_AS_STRING = """
+import pytest
+from sqlalchemy import make_url
+
+@pytest.fixture(scope="session")
+def asyncdb_url():
+    return {url!r}
+"""
+
+USES_THE_OVERRIDE = """
+from sqlalchemy import text
+
+async def test_the_database_is_the_overrides(db):
+    async with db.transaction() as unit:
+        assert (await unit.execute(text("SELECT 1"))).scalar() == 1
+    assert db.settings.sqlalchemy_url.database == {database!r}
+
+async def test_a_failing_test_shows_no_password_in_its_locals(db):
+    settings = db.settings
+    assert settings.pool_size == -1
+"""
+
+
+@pytest.mark.backends("sqlite", "postgresql")
+def test_an_asyncdb_url_override_returning_a_string_is_taken_and_its_password_never_shown(
+    user_suite: UserSuite, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # The contract before asyncdb_url became a URL. In a subprocess: an in-process run
+    # trips a CPython 3.11 AST bug.
+    if user_suite.base_url is None:
+        database = str(tmp_path_factory.mktemp("own") / "own.db")
+        url = f"sqlite+aiosqlite:///{database}"
+        password = None
+    else:
+        password = "Pw0rdSecret42"  # what the server's trust authentication ignores
+        base = make_url(user_suite.base_url).set(password=password)
+        database, url = str(base.database), base.render_as_string(hide_password=False)
+    user_suite.pytester.makeconftest(OVERRIDE_AS_STRING.format(url=url))
+    user_suite.pytester.makepyfile(test_own=USES_THE_OVERRIDE.format(database=database))
+    result = user_suite.run_in_subprocess("--showlocals", "--tb=long")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*assert 10 == -1*"])
+    if password is not None:
+        assert password not in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.backends("sqlite")
+def test_an_asyncdb_url_override_of_no_url_fails_in_one_line_without_echoing_it(
+    user_suite: UserSuite,
+) -> None:
+    user_suite.pytester.makeconftest(OVERRIDE_AS_STRING.format(url="not a url Pw0rdSecret42"))
+    user_suite.pytester.makepyfile(test_own=USES_THE_OVERRIDE.format(database="x"))
+    result = user_suite.run_in_subprocess("--showlocals", "--tb=long")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(["*asyncdb_url: the override returned no valid SQLAlchemy URL*"])
+    assert "Pw0rdSecret42" not in result.stdout.str() + result.stderr.str()
