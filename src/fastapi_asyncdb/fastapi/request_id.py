@@ -28,7 +28,9 @@ class RequestId:
         sent = None
         for name, value in scope["headers"]:
             if name == _HEADER:
-                sent = value.decode("latin-1")
+                # Whitespace around a field value is not part of it (RFC 9110, 5.5);
+                # not every server strips it before the app sees it.
+                sent = value.decode("latin-1").strip(" \t")
                 break
         request_id = request_id_from_header(sent)
         encoded = request_id.encode("latin-1")

@@ -75,5 +75,5 @@ async def test_a_request_id_that_is_not_a_plain_id_is_replaced(
     except (httpx.LocalProtocolError, UnicodeEncodeError):
         return  # not a header a client can send
     answered = response.headers["x-request-id"]
-    plain = re.fullmatch(r"[A-Za-z0-9._:@/+=-]{1,128}", sent.strip()) is not None
-    assert answered == sent.strip() if plain else re.fullmatch(r"[0-9a-f]{32}", answered)
+    plain = re.fullmatch(r"[A-Za-z0-9._:@/+=-]{1,128}", sent.strip(" \t")) is not None
+    assert answered == sent.strip(" \t") if plain else re.fullmatch(r"[0-9a-f]{32}", answered)
