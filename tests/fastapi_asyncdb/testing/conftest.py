@@ -7,8 +7,10 @@ runs pytest on it in-process, or in a subprocess for pytest-xdist.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,15 +69,26 @@ class UserSuite:
 
     def run(self, *arguments: str) -> pytest.RunResult:
         self.write_ini()
+        _collect_earlier_tests_garbage()
         return self.pytester.runpytest_inprocess(*self._arguments(arguments))
 
     def run_inline(self, *arguments: str) -> pytest.HookRecorder:
         self.write_ini()
+        _collect_earlier_tests_garbage()
         return self.pytester.inline_run(*self._arguments(arguments))
 
     def run_in_subprocess(self, *arguments: str, timeout: float = 300) -> pytest.RunResult:
         self.write_ini()
         return self.pytester.runpytest_subprocess(*self._arguments(arguments), timeout=timeout)
+
+
+def _collect_earlier_tests_garbage() -> None:
+    # An in-process run shares this interpreter's garbage collector: a connection an
+    # earlier test of this suite left to it would be finalized, with its ResourceWarning,
+    # inside the user's suite, and fail a test there that has nothing to do with it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 @pytest.fixture
