@@ -57,6 +57,9 @@ def test_a_server_whose_workers_cannot_fit_stops_with_the_arithmetic_on_stderr(
     assert len(refusals) == 2, finished.stderr  # one per worker
     assert "the server allows" in refusals[0]
     assert "DB_WORKERS" in refusals[0]
-    assert "Traceback" not in finished.stderr
+    # The refusal is one line, never a traceback through our code; gunicorn's arbiter may
+    # print a HaltServer traceback of its own when both workers fail to boot at once.
+    frames = [line for line in finished.stderr.splitlines() if line.lstrip().startswith("File ")]
+    assert not [frame for frame in frames if "fastapi_asyncdb" in frame or "ledger" in frame]
     if exit_status is not None:
         assert finished.returncode == exit_status
