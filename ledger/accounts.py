@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import HTTPException, Path, Query, status
 from sqlalchemy import Integer, func, literal, select
 
-from fastapi_asyncdb import ReadSessionDep, SessionDep
+from fastapi_asyncdb import ReadSessionDep, SessionDep, keyset_page
 
 from .models import Account
 from .problems import problem_responses
@@ -44,11 +44,11 @@ async def list_accounts(
 ) -> AccountPage:
     # Keyset, not OFFSET: every page costs the same, and rows inserted meanwhile
     # neither shift nor repeat items.
-    query = select(Account).where(Account.id > after).order_by(Account.id).limit(limit + 1)
-    rows = list((await session.scalars(query)).all())
-    items = [AccountOut.model_validate(row) for row in rows[:limit]]
-    next_after = items[-1].id if len(rows) > limit else None
-    return AccountPage(items=items, next_after=next_after)
+    page = await keyset_page(session, select(Account), key=Account.id, after=after, limit=limit)
+    return AccountPage(
+        items=[AccountOut.model_validate(account) for account in page.items],
+        next_after=page.next_after,
+    )
 
 
 @router.get("/total", status_code=status.HTTP_200_OK, response_model=Total)
