@@ -149,6 +149,11 @@ def cacheable(statement: Any) -> bool:
     return statement._generate_cache_key() is not None
 
 
+def positional_names(compiled: SQLCompiler) -> Sequence[str]:
+    """The bind name behind each positional argument, in the driver's order."""
+    return cast(Sequence[str], compiled.positiontup)
+
+
 def binds_by_position(compiled: SQLCompiler) -> list[BindParameter[Any]] | None:
     """The bind parameter behind each positional argument, in the driver's order.
 
@@ -162,7 +167,7 @@ def binds_by_position(compiled: SQLCompiler) -> list[BindParameter[Any]] | None:
         first = by_name.setdefault(name, bind)
         if first is not bind and not (first.key == bind.key and first.required and bind.required):
             return None
-    binds = [by_name.get(name) for name in cast(Sequence[str], compiled.positiontup)]
+    binds = [by_name.get(name) for name in positional_names(compiled)]
     if any(bind is None for bind in binds):
         return None
     return cast(list[BindParameter[Any]], binds)

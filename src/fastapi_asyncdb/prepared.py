@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Generic, NoReturn, TypeVarTuple, cast
+from typing import Any, Generic, NoReturn, TypeVarTuple
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import Select, UpdateBase
@@ -139,7 +139,7 @@ def _new_plan(
         return None
     positional = [
         (bind.key, name, _REQUIRED if bind.required else bind.value)
-        for bind, name in zip(binds, cast(Sequence[str], driver_compiled.positiontup), strict=True)
+        for bind, name in zip(binds, _compat.positional_names(driver_compiled), strict=True)
     ]
     return _Plan(driver_compiled.string, positional, make_rows)
 

@@ -171,6 +171,16 @@ def test_binds_by_position_follow_the_order_of_the_sql() -> None:
     }
 
 
+def test_positional_names_follow_the_placeholders_of_the_sql() -> None:
+    statement = (
+        sql_update(items).where(items.c.id == bindparam("key")).values(name=bindparam("new"))
+    )
+    compiled = compile_for_driver(statement)
+    names = list(_compat.positional_names(compiled))
+    assert names == ["new", "key"]
+    assert compiled.string.index("$1") < compiled.string.index("$2")
+
+
 def test_binds_by_position_take_a_required_name_used_twice_but_not_two_defaults() -> None:
     twice = select(items.c.id).where(
         or_(items.c.id == bindparam("n"), items.c.name == bindparam("n", type_=String))
