@@ -137,6 +137,12 @@ def build_app(database: Database) -> FastAPI:
         await session.flush()
         return {"status": "written"}
 
+    @app.post("/request-teardown-fails", dependencies=[Depends(failing_teardown)])
+    async def request_teardown_fails(session: SessionDep) -> dict[str, str]:
+        session.add(Note(body="before a failing request-scoped teardown"))
+        await session.flush()
+        return {"status": "written"}
+
     return app
 
 
@@ -255,6 +261,24 @@ async def test_a_write_in_a_streaming_body_through_session_dep_is_refused_never_
                 await response.aread()
     assert await count_rows(database, Note) == 0
     await assert_nothing_held(database)
+
+
+async def test_a_request_scoped_teardown_that_fails_cannot_undo_an_answered_commit(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The default scope of a yield dependency: its teardown runs after the response has
+    # been sent, so the client has its 200 and the write stays; the server logs the
+    # error. This is why checks that must veto a write go in function-scoped ones.
+    async with serving(build_app(database)) as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/request-teardown-fails")
+    assert response.status_code == 200
+    assert response.json() == {"status": "written"}
+    assert await count_rows(database, Note) == 1
+    await assert_nothing_held(database)
+    assert any(
+        "teardown failed after the endpoint returned" in str(record.exc_info and record.exc_info[1])
+        for record in caplog.records
+    )
 
 
 async def test_a_streaming_body_writes_through_its_own_transaction(
