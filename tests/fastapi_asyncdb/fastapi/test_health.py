@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from fastapi_asyncdb import Database, install
+from fastapi_asyncdb.fastapi.health import Liveness, PoolStatus, Readiness
 
 from ..models import Note, create_tables
 from ..proxy import forwarder_for
@@ -183,3 +184,36 @@ async def test_a_full_server_is_reported_reachable_and_trips_no_breaker(
     finally:
         async with Database(url=database_url) as admin, admin.engine.begin() as connection:
             await connection.execute(text("DROP ROLE health_limited"))
+
+
+@pytest.mark.backends("sqlite")
+async def test_health_answers_are_documented_in_openapi_by_their_models(
+    database: Database,
+) -> None:
+    transport = httpx.ASGITransport(app=build_app(database))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        spec = (await client.get("/openapi.json")).json()
+        answers = {
+            path: (await client.get(path)).json()
+            for path in ("/health/live", "/health/ready", "/health/pools")
+        }
+
+    def schema_of(path: str, status: str) -> object:
+        content = spec["paths"][path]["get"]["responses"][status]["content"]
+        return content["application/json"]["schema"]
+
+    assert schema_of("/health/live", "200") == {"$ref": "#/components/schemas/Liveness"}
+    assert schema_of("/health/ready", "200") == {"$ref": "#/components/schemas/Readiness"}
+    assert schema_of("/health/ready", "503") == {"$ref": "#/components/schemas/Readiness"}
+    pools = schema_of("/health/pools", "200")
+    assert isinstance(pools, dict)
+    assert pools["additionalProperties"] == {"$ref": "#/components/schemas/PoolStatus"}
+    documented = spec["components"]["schemas"]
+    for model in (Liveness, Readiness, PoolStatus):
+        assert set(documented[model.__name__]["properties"]) == set(model.model_fields)
+    # What the routes answer is what the documents say.
+    Liveness.model_validate(answers["/health/live"])
+    Readiness.model_validate(answers["/health/ready"])
+    assert answers["/health/pools"]
+    for status in answers["/health/pools"].values():
+        PoolStatus.model_validate(status)
