@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -89,6 +90,25 @@ async def test_a_superuser_is_warned_and_an_unprivileged_role_is_not(
     assert any("superuser" in finding.message for finding in as_superuser)
     as_app = await examine(Database(url=unprivileged_url), workers=1)
     assert [finding.level for finding in by_check(as_app, "privileges")] == ["ok"]
+
+
+@pytest.mark.backends("postgresql")
+async def test_a_role_that_owns_the_schema_it_works_in_is_warned(database_url: str) -> None:
+    # Roles belong to the whole server: the name carries the run's process id.
+    role, schema = f"doctor_owner_{os.getpid()}", f"doctor_owned_{os.getpid()}"
+    async with Database(url=database_url) as database, database.engine.begin() as connection:
+        await connection.execute(text(f"CREATE ROLE {role} LOGIN"))
+        await connection.execute(text(f"CREATE SCHEMA {schema} AUTHORIZATION {role}"))
+        await connection.execute(text(f"ALTER ROLE {role} SET search_path = {schema}"))
+    try:
+        owner_url = make_url(database_url).set(username=role).render_as_string(False)
+        findings = by_check(await examine(Database(url=owner_url), workers=1), "privileges")
+        assert [finding.level for finding in findings] == ["warning"]
+        assert "owns its schema" in findings[0].message
+    finally:
+        async with Database(url=database_url) as database, database.engine.begin() as connection:
+            await connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+            await connection.execute(text(f"DROP ROLE {role}"))
 
 
 @pytest.mark.backends("postgresql")
