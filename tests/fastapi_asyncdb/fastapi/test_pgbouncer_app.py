@@ -1,4 +1,5 @@
-"""A small app through a real PgBouncer in transaction mode: its failures answer 503, never hang."""
+"""A small app through a real PgBouncer, in transaction and session mode: its failures
+answer 503, never hang."""
 
 from __future__ import annotations
 
@@ -49,11 +50,13 @@ def build_app(database: Database) -> FastAPI:
 @pytest.fixture
 def served(start_pgbouncer: StartPgBouncer, pgbouncer_database: str) -> Serve:
     @contextlib.asynccontextmanager
-    async def serve(**pgbouncer: object) -> AsyncIterator[tuple[httpx.AsyncClient, PgBouncer]]:
-        bouncer = start_pgbouncer(**pgbouncer)
+    async def serve(
+        mode: str = "transaction", **pgbouncer: object
+    ) -> AsyncIterator[tuple[httpx.AsyncClient, PgBouncer]]:
+        bouncer = start_pgbouncer(pool_mode=mode, **pgbouncer)
         database = Database(
             url=bouncer.url(pgbouncer_database),
-            pgbouncer="transaction",
+            pgbouncer=mode,
             pool_size=3,
             max_overflow=0,
             pool_timeout=2,
@@ -83,6 +86,29 @@ async def test_query_wait_timeout_answers_503_as_an_unavailable_database(
     assert waited.status_code == 503
     assert waited.headers["retry-after"] == "1"
     assert waited.json()["detail"] == "the database cannot be reached or has no free connection"
+    assert_one_unavailable_503_logged(caplog)
+
+
+async def test_in_session_mode_a_client_left_without_a_server_connection_answers_503(
+    served: Serve,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # In session mode a server connection stays with its client connection: with one
+    # server connection, held by the read pool's connection, a write's connection waits
+    # in PgBouncer's queue until query_wait_timeout closes it.
+    caplog.set_level(logging.WARNING)
+    async with served("session", default_pool_size=1, query_wait_timeout=WAIT) as (client, _):
+        assert (await client.get("/read")).status_code == 200
+        started = time.monotonic()
+        waited = await client.post("/write")
+        assert time.monotonic() - started < REQUEST_BOUND
+        assert (await client.get("/read")).status_code == 200
+    assert waited.status_code == 503
+    assert waited.headers["retry-after"] == "1"
+    assert_one_unavailable_503_logged(caplog)
+
+
+def assert_one_unavailable_503_logged(caplog: pytest.LogCaptureFixture) -> None:
     (line,) = [r.getMessage() for r in caplog.records if "answered 503" in r.getMessage()]
     # PgBouncer closed the waiting client, saying why; the driver names it so.
     assert "(unavailable)" in line
@@ -90,11 +116,15 @@ async def test_query_wait_timeout_answers_503_as_an_unavailable_database(
 
 
 @pytest.mark.parametrize("how", ["restart", "kill"])
+@pytest.mark.parametrize("mode", ["transaction", "session"])
 async def test_a_pgbouncer_restart_answers_503_then_recovers_without_hanging(
     served: Serve,
     how: str,
+    mode: str,
 ) -> None:
-    async with served(default_pool_size=2) as (client, bouncer):
+    # In session mode each client connection holds a server connection: room for all.
+    pool_size = 2 if mode == "transaction" else 20
+    async with served(mode, default_pool_size=pool_size) as (client, bouncer):
         assert (await client.get("/read")).status_code == 200
         assert (await client.post("/write")).status_code == 200
         if how == "restart":
