@@ -119,7 +119,7 @@ class Database:
         probe = Probe(self.settings, self.backend)
         try:
             reading = LimitsReading(self.backend, probe)
-            await check_pooler(self.settings, self.backend, reading)
+            await check_pooler(self.settings, self.backend, reading, probe)
             await check_budget(self.settings, self.backend, reading)
         except BaseException:
             await probe.close()

@@ -17,12 +17,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from .backends import Backend
 from .backends.base import TRANSACTION_POOLER
 from .budget import LimitsReading
 from .errors import ConfigurationError
+from .probe import Probe
 from .settings import DatabaseSettings
 
 __all__ = ["check_pooler", "pooler_as_finding"]
@@ -44,19 +47,20 @@ def pooler_as_finding() -> Iterator[None]:
 
 
 async def check_pooler(
-    settings: DatabaseSettings, backend: Backend, reading: LimitsReading
+    settings: DatabaseSettings, backend: Backend, reading: LimitsReading, probe: Probe
 ) -> None:
     """Refuse (``ConfigurationError``) to start behind a transaction pooler unless
-    ``DB_PGBOUNCER=transaction``, and, with the setting off, when the login's startup
-    parameters are refused or the limits they carry are not in force; warn once behind
-    another pooler with the setting off.
+    ``DB_PGBOUNCER=transaction``, behind a statement pooler whatever the setting, and,
+    with the setting off, when the login's startup parameters are refused or the limits
+    they carry are not in force; warn once behind another pooler with the setting off.
 
     A server that does not answer is not this check's to judge (the budget check,
     which shares the reading, says it could not read).
     """
-    if not _CHECKED_AT_START.get():
+    if not _CHECKED_AT_START.get() or backend.name != "postgresql":
         return
-    if backend.name != "postgresql" or settings.pgbouncer == "transaction":
+    if settings.pgbouncer == "transaction":
+        await _refuse_statement_pooling(probe)
         return
     try:
         limits = await reading()
@@ -111,6 +115,30 @@ async def check_pooler(
             "(docs/pgbouncer.md)",
             pooler,
         )
+
+
+async def _refuse_statement_pooling(probe: Probe) -> None:
+    """Every unit of work is a transaction, and a statement pooler refuses transaction
+    blocks (closing the client connection): the start would succeed and every unit of
+    work fail. One transaction on the probe's connection tells."""
+    try:
+        await probe.read(_one_transaction)
+    except DBAPIError as error:
+        if "statement pooling" in str(error.orig):
+            raise ConfigurationError(
+                "a statement pooler (PgBouncer with pool_mode=statement) answers for "
+                "PostgreSQL: it refuses transaction blocks, and every unit of work is one; "
+                "give this database pool_mode=transaction in PgBouncer, and keep "
+                "DB_PGBOUNCER=transaction (docs/pgbouncer.md)"
+            ) from None
+    except Exception:
+        return
+
+
+def _one_transaction(connection: Connection) -> None:
+    with connection.begin():
+        connection.execute(text("SELECT 1"))
+        connection.execute(text("SELECT 1"))
 
 
 def _refused_startup_parameters(error: BaseException) -> bool:

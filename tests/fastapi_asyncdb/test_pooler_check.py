@@ -160,3 +160,18 @@ async def test_a_direct_start_reads_its_limits_in_force_and_is_not_refused(
     async with database, database.read_connection() as connection:
         assert await connection.scalar(text("SHOW statement_timeout")) == "7s"
         assert await connection.scalar(text("SHOW transaction_read_only")) == "on"
+
+
+async def test_a_statement_pooler_is_refused_at_the_start_saying_which_pool_mode_to_use(
+    start_pgbouncer: StartPgBouncer, pgbouncer_database: str
+) -> None:
+    # Every unit of work is a transaction, which statement pooling refuses: without the
+    # check the start succeeds and then every unit of work fails.
+    bouncer = start_pgbouncer(pool_mode="statement", default_pool_size=3)
+    database = Database(url=bouncer.url(pgbouncer_database), pgbouncer="transaction")
+    with pytest.raises(ConfigurationError) as refused:
+        await database.start()
+    assert not database.is_started
+    message = str(refused.value)
+    assert message.startswith("a statement pooler (PgBouncer with pool_mode=statement)")
+    assert "pool_mode=transaction" in message
