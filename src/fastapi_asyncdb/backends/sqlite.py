@@ -190,9 +190,9 @@ def _roll_back_on_driver_thread(dbapi_connection: Any) -> None:
 
 
 def _roll_back(connection: sqlite3.Connection) -> None:
-    if connection.in_transaction:
-        # Whatever fails here, the close that follows still runs.
-        with contextlib.suppress(sqlite3.Error):
+    # Whatever fails here (a connection already closed), the close that follows still runs.
+    with contextlib.suppress(sqlite3.Error):
+        if connection.in_transaction:
             connection.rollback()
 
 
