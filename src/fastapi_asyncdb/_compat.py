@@ -5,7 +5,8 @@ internal module, a compiler attribute, the asyncpg adapter's internals) is reach
 through this module and nowhere else. ``tests/fastapi_asyncdb/test_compat.py`` checks
 each touchpoint against the installed SQLAlchemy, so a release that changes one fails
 there, loudly, instead of somewhere in a request. ``pyproject.toml`` bounds SQLAlchemy
-to the releases those tests cover.
+to the releases those tests cover. The one touchpoint of aiosqlite's internals
+(``run_on_aiosqlite_thread``) is fenced and checked the same way.
 
 The fast path (``prepared.py``) runs a statement on the driver the way SQLAlchemy's
 asyncpg adapter would have run it: under the adapter's lock, through the adapter's
@@ -17,6 +18,8 @@ SQLAlchemy runs every statement: slower, never wrong.
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar, cast
 
@@ -51,6 +54,7 @@ __all__ = [
     "roll_back_after",
     "row_maker",
     "run_in_greenlet",
+    "run_on_aiosqlite_thread",
     "without_autobegin",
     "writes_computed_in_python",
 ]
@@ -465,3 +469,44 @@ def handle_error_first(engine: Engine, listener: Callable[[ExceptionContext], No
     listeners = engine.dialect.dispatch.handle_error.listeners
     listeners.remove(listener)
     listeners.appendleft(listener)
+
+
+# ---------------------------------------------------------------------------------
+# aiosqlite
+
+
+def run_on_aiosqlite_thread(connection: Any, job: Callable[[sqlite3.Connection], object]) -> bool:
+    """Queue ``job(sqlite3 connection)`` on an aiosqlite connection's worker thread, without
+    waiting for it: it runs after the calls already queued (the statement in progress)
+    and before those queued later (a close, a stop). False if it cannot be queued.
+
+    aiosqlite runs each call on its one thread, in the order of its queue, and has no
+    public call that does not wait. Not waiting matters: the caller may be a cancelled
+    task (which must not wait again), or the garbage collector on any thread. The job
+    finds no connection once the thread has closed it, and is then skipped; its errors
+    are the job's to handle (aiosqlite only logs them).
+    """
+
+    def run() -> None:
+        sqlite_connection = connection._connection
+        if sqlite_connection is not None:
+            job(sqlite_connection)
+
+    if hasattr(connection, "stop"):
+        # aiosqlite 0.22+: the worker takes a call without a future.
+        connection._tx.put_nowait((None, run))
+        return True
+    # Older: every call needs a future, which needs the event loop.
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    future = loop.create_future()
+    future.add_done_callback(_consume)
+    connection._tx.put_nowait((future, run))
+    return True
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

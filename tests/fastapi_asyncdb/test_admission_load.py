@@ -38,14 +38,6 @@ CANCELLATIONS_PER_ROUND = 40
 POOL_TIMEOUT = 5.0
 
 
-def _pool_timeout(database_url: str) -> float:
-    # Known stall: on SQLite a writer cancelled inside a driver call can leave the file's
-    # write lock held until aiosqlite's thread has closed its connection, after the gate
-    # has let the next writer in, which then waits on SQLite's own busy timeout (5 s).
-    # The wait must be longer than that stall here; it is not yet fixed.
-    return 3 * POOL_TIMEOUT if database_url.startswith("sqlite") else POOL_TIMEOUT
-
-
 def run_seed() -> int:
     return int(os.environ.get("ADMISSION_LOAD_SEED") or random.randrange(2**32))
 
@@ -56,10 +48,7 @@ async def test_units_of_work_cancelled_at_random_points_leave_nothing_in_use(
     seed = run_seed()
     rng = random.Random(seed)
     async with Database(
-        url=database_url,
-        pool_size=3,
-        max_overflow=1,
-        pool_timeout=_pool_timeout(database_url),
+        url=database_url, pool_size=3, max_overflow=1, pool_timeout=POOL_TIMEOUT
     ) as database:
         await create_tables(database)
         committed: list[str] = []

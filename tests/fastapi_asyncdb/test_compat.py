@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import sqlite3
+import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import pytest
 from sqlalchemy import (
     Column,
@@ -403,3 +407,39 @@ def test_handle_error_first_runs_before_listeners_added_earlier() -> None:
     assert seen == ["first", "earlier"]
     event.remove(engine, "handle_error", first)  # the registry still knows it
     assert list(engine.dialect.dispatch.handle_error) == [earlier]
+
+
+async def test_run_on_aiosqlite_thread_runs_after_the_call_in_progress_and_before_a_close(
+    tmp_path: Path,
+) -> None:
+    ran: list[tuple[str, int]] = []
+    started, release = threading.Event(), threading.Event()
+
+    def block() -> int:
+        ran.append(("statement", threading.get_ident()))
+        started.set()
+        release.wait(5)
+        return 1
+
+    def job(connection: sqlite3.Connection) -> None:
+        assert isinstance(connection, sqlite3.Connection)
+        ran.append(("job", threading.get_ident()))
+
+    connection = await aiosqlite.connect(tmp_path / "compat.db")
+    try:
+        await connection.create_function("block", 0, block)
+        statement = asyncio.ensure_future(connection.execute_fetchall("SELECT block()"))
+        assert await asyncio.to_thread(started.wait, 5)
+        assert _compat.run_on_aiosqlite_thread(connection, job)
+        closing = asyncio.ensure_future(connection.close())
+        await asyncio.sleep(0.05)
+        assert [name for name, _ in ran] == ["statement"]  # queued, not run beside it
+        release.set()
+        assert list(await statement) == [(1,)]
+        await closing
+    finally:
+        release.set()
+        await connection.close()
+    (_, worker), (_, job_thread) = ran
+    assert [name for name, _ in ran] == ["statement", "job"]
+    assert job_thread == worker != threading.get_ident()  # on the driver's own thread

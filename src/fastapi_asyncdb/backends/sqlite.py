@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -13,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 from sqlalchemy.util import asbool
 
+from .. import _compat
 from ..errors import ErrorKind
 from .base import Backend, ServerFacts, milliseconds, unknown_query_parameter
 
@@ -122,6 +125,21 @@ class SQLite(Backend):
             if state.transaction_was_reset and state.asyncio_safe and dbapi_connection:
                 dbapi_connection.rollback()
 
+        # A connection closed with its transaction open: one invalidated by a cancellation
+        # inside a driver call, say. SQLAlchemy leaves the interrupted statement's cursor
+        # unclosed, and sqlite3's close() then only marks the database handle for closing
+        # once that cursor is collected; until the garbage collector gets to it, the
+        # transaction stays open and holds the write lock, while the gate has already let
+        # the next writer in to wait on it. Rolled back on the driver's thread, after the
+        # statement in progress and before the close, the lock goes with the close.
+        @event.listens_for(engine, "close")
+        def _roll_back_before_close(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+            _roll_back_on_driver_thread(dbapi_connection)
+
+        @event.listens_for(engine, "close_detached")
+        def _roll_back_before_detached_close(dbapi_connection: Any) -> None:
+            _roll_back_on_driver_thread(dbapi_connection)
+
     def describe_server(self, connection: Connection) -> ServerFacts:
         version = connection.execute(text("SELECT sqlite_version()")).scalar()
         journal = connection.execute(text("PRAGMA journal_mode")).scalar()
@@ -162,6 +180,20 @@ class SQLite(Backend):
             await connection.rollback()
         await _set_busy_timeout(connection, self.settings.pool_timeout)
         await _pragma(connection, "PRAGMA foreign_keys=ON")
+
+
+def _roll_back_on_driver_thread(dbapi_connection: Any) -> None:
+    # No waiting here: the closer may be a cancelled task or the garbage collector.
+    driver_connection = getattr(dbapi_connection, "driver_connection", None)
+    if driver_connection is not None:
+        _compat.run_on_aiosqlite_thread(driver_connection, _roll_back)
+
+
+def _roll_back(connection: sqlite3.Connection) -> None:
+    # Whatever fails here (a connection already closed), the close that follows still runs.
+    with contextlib.suppress(sqlite3.Error):
+        if connection.in_transaction:
+            connection.rollback()
 
 
 def _uri_mode(url: URL) -> bool:
