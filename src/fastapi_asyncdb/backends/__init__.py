@@ -1,7 +1,9 @@
 """One module per backend; this package finds them and picks the one a URL names.
 
 Every module here (but ``base``) defines one ``Backend`` subclass. Adding a backend is
-adding a module: the registry discovers it by its ``dialects``.
+adding a module: the registry discovers it by its ``dialects`` and its ``driver``, so a
+second driver of a database (``postgresql+psycopg://`` beside ``postgresql+asyncpg://``)
+is a module of its own too, a subclass of the first if it shares most of it.
 """
 
 from __future__ import annotations
@@ -25,12 +27,36 @@ __all__ = ["Backend", "ConnectionLimits", "ServerFacts", "backend_class_for_dial
 
 
 @cache
-def _backend_classes() -> dict[str, type[Backend]]:
-    """Every backend, by the SQLAlchemy backend names it serves."""
+def _backend_classes() -> dict[tuple[str, str], type[Backend]]:
+    """Every backend, by the SQLAlchemy backend names it serves and its driver."""
     for module in pkgutil.iter_modules(__path__):
         if module.name != "base" and not module.name.startswith("_"):
             importlib.import_module(f"{__name__}.{module.name}")
-    return {name: cls for cls in Backend.__subclasses__() for name in cls.dialects}
+    classes: dict[tuple[str, str], type[Backend]] = {}
+    for cls in _subclasses(Backend):
+        # A class is a backend when it declares what it serves: a subclass that only
+        # changes behaviour would otherwise claim its parent's URLs.
+        if not {"dialects", "driver"} & vars(cls).keys():
+            continue
+        for name in cls.dialects:
+            known = classes.setdefault((name, cls.driver), cls)
+            if known is not cls:
+                raise TypeError(
+                    f"{_qualified(known)} and {_qualified(cls)} both serve "
+                    f"{name}+{cls.driver}://; one backend per database and driver"
+                )
+    return classes
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _subclasses(cls: type[Backend]) -> list[type[Backend]]:
+    found: list[type[Backend]] = []
+    for subclass in cls.__subclasses__():
+        found += [subclass, *_subclasses(subclass)]
+    return found
 
 
 def resolve(settings: DatabaseSettings) -> Backend:
@@ -47,18 +73,21 @@ def resolve(settings: DatabaseSettings) -> Backend:
 
 def _resolve(settings: DatabaseSettings) -> Backend:
     url = settings.sqlalchemy_url
+    name = url.get_backend_name()
     classes = _backend_classes()
-    cls = classes.get(url.get_backend_name())
-    if cls is None:
+    by_driver = {driver: cls for (dialect, driver), cls in classes.items() if dialect == name}
+    if not by_driver:
         examples = ", ".join(sorted({f"{c.dialects[0]}+{c.driver}://" for c in classes.values()}))
-        raise ValueError(
-            f"backend {url.get_backend_name()!r} is not supported; use one of {examples}"
-        )
-    given = url.drivername.partition("+")[2] or cls.sync_default_driver
-    if given != cls.driver:
+        raise ValueError(f"backend {name!r} is not supported; use one of {examples}")
+    # Every backend of one name agrees on SQLAlchemy's default driver for it.
+    default = next(iter(by_driver.values())).sync_default_driver
+    given = url.drivername.partition("+")[2] or default
+    cls = by_driver.get(given)
+    if cls is None:
+        choices = " or ".join(f"{name}+{driver}://" for driver in sorted(by_driver))
         raise ValueError(
             f"uses the driver {given!r}, which is not asyncio-compatible here; "
-            f"write {url.get_backend_name()}+{cls.driver}:// instead"
+            f"write {choices} instead"
         )
     if importlib.util.find_spec(cls.driver) is None:
         raise ValueError(
@@ -72,5 +101,4 @@ def _resolve(settings: DatabaseSettings) -> Backend:
 
 def backend_class_for_dialect(dialect: Dialect) -> type[Backend] | None:
     """The backend of a SQLAlchemy dialect, if it is one of ours with its driver."""
-    cls = _backend_classes().get(dialect.name)
-    return cls if cls is not None and cls.driver == dialect.driver else None
+    return _backend_classes().get((dialect.name, dialect.driver))

@@ -106,7 +106,9 @@ class Backend:
     """One database and its async driver, for one ``DatabaseSettings``.
 
     A new backend is a module in this package with a subclass that sets the class
-    attributes and overrides what differs; the registry finds it by ``dialects``.
+    attributes and overrides what differs; the registry finds it by ``dialects`` and
+    ``driver``. A second driver of one database is a backend of its own, which may
+    subclass the first and set ``driver``, ``extra`` and what else differs.
     """
 
     name: ClassVar[str]
@@ -114,7 +116,7 @@ class Backend:
     dialects: ClassVar[tuple[str, ...]]
     """SQLAlchemy backend names served (``mysql`` and ``mariadb`` share one backend)."""
     driver: ClassVar[str]
-    """The one async driver supported, as in ``postgresql+asyncpg://``."""
+    """The async driver served, as in ``postgresql+asyncpg://``: one per backend class."""
     extra: ClassVar[str]
     """The package extra that installs the driver: ``pip install 'fastapi-asyncdb[extra]'``."""
     sync_default_driver: ClassVar[str]

@@ -76,7 +76,8 @@ def _pooler_limits(_connection: Connection, pooler: str) -> ConnectionLimits:
 
 class PostgreSQL(Backend):
     name = "postgresql"
-    dialects = ("postgresql",)
+    # Typed as the base declares it: a subclass for another driver may serve other names.
+    dialects: ClassVar[tuple[str, ...]] = ("postgresql",)
     driver = "asyncpg"
     extra = "postgresql"
     sync_default_driver = "psycopg2"
