@@ -338,9 +338,11 @@ class PostgreSQL(Backend):
         sqlstate = getattr(error, "sqlstate", None)
         if not isinstance(sqlstate, str):
             # asyncpg's own words for a connection closed under it (no SQLSTATE):
-            # PgBouncer dropped the client, or the server went away.
-            if type(error).__module__.startswith("asyncpg") and "connection is closed" in str(
-                error
+            # PgBouncer dropped the client, or the server went away. SQLAlchemy's adapter
+            # raises an error of its own module with asyncpg's as its cause.
+            if any(
+                type(item).__module__.startswith("asyncpg") and "connection is closed" in str(item)
+                for item in (error, error.__cause__)
             ):
                 return ErrorKind.UNAVAILABLE
             return None
