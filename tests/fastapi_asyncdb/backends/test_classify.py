@@ -103,6 +103,16 @@ async def schema(database: Database) -> AsyncIterator[Schema]:
             await connection.run_sync(metadata.drop_all)
 
 
+def sleep_in_a_unit(database: Database) -> Callable[[], Awaitable[None]]:
+    """A unit of work that sleeps in the server for longer than the test's limits."""
+
+    async def sleep() -> None:
+        async with database.transaction() as session:
+            await session.execute(text(SLEEP_SQL[database.backend.name]))
+
+    return sleep
+
+
 async def classify_failure(database: Database, work: Callable[[], Awaitable[object]]) -> ErrorKind:
     """The kind of the exception ``work`` raises, as the library classifies it."""
     with pytest.raises(Exception) as caught:  # noqa: PT011 - any failure, classified below
@@ -208,13 +218,7 @@ async def set_value(session: AsyncSession, parents: Table, row: int) -> None:
 async def test_a_statement_past_the_statement_timeout_is_a_timeout(database_url: str) -> None:
     # DB_STATEMENT_TIMEOUT: statement_timeout on PostgreSQL, max_statement_time on MariaDB.
     async with Database(url=database_url, statement_timeout=LIMIT) as database:
-        backend = database.backend.name
-
-        async def sleep() -> None:
-            async with database.transaction() as session:
-                await session.execute(text(SLEEP_SQL[backend]))
-
-        assert await classify_failure(database, sleep) is ErrorKind.TIMEOUT
+        assert await classify_failure(database, sleep_in_a_unit(database)) is ErrorKind.TIMEOUT
 
 
 @pytest.mark.backends("postgresql")
@@ -369,13 +373,7 @@ async def test_a_command_past_the_command_timeout_is_unavailable(database_url: s
     async with Database(
         url=database_url, command_timeout=LIMIT, statement_timeout=None
     ) as database:
-        backend = database.backend.name
-
-        async def sleep() -> None:
-            async with database.transaction() as session:
-                await session.execute(text(SLEEP_SQL[backend]))
-
-        assert await classify_failure(database, sleep) is ErrorKind.UNAVAILABLE
+        assert await classify_failure(database, sleep_in_a_unit(database)) is ErrorKind.UNAVAILABLE
 
 
 # -- busy: SQLite's one write lock, held by another process ---------------------------
