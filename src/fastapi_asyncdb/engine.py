@@ -59,11 +59,14 @@ def create_engine(
     read_only: bool,
     on_connect_failure: Callable[[BaseException], None] | None = None,
     metrics: RoleMetrics | None = None,
+    set_session: bool = True,
 ) -> tuple[AsyncEngine, ConnectionHealth]:
     """An engine for the primary (read-write) or the read-only role, and its health rules.
 
     ``on_connect_failure`` is called with the error when a new connection cannot be
-    made, which is how the breaker learns that the database is down.
+    made, which is how the breaker learns that the database is down. ``set_session``
+    False makes connections that change nothing on the server's session
+    (``Backend.install_connection_setup``).
     """
     # The URL's TLS parameters are in the backend's connect arguments, translated.
     url = url_without_tls(settings.sqlalchemy_url)
@@ -120,7 +123,7 @@ def create_engine(
     health.install(sync_engine)
     if metrics is not None:
         metrics.watch(sync_engine)
-    backend.install_connection_setup(sync_engine, read_only=read_only)
+    backend.install_connection_setup(sync_engine, read_only=read_only, set_session=set_session)
     _install_connect_guard(
         sync_engine,
         settings,

@@ -32,8 +32,13 @@ class Probe:
     def __init__(self, settings: DatabaseSettings, backend: Backend) -> None:
         self._backend = backend
         self._timeout = settings.health_timeout
+        # Changing nothing on the server's session: the start checks run here first, and
+        # behind a transaction pooler that session is the next client's.
         self._engine, _ = create_engine(
-            settings.model_copy(update={"pool_class": "NullPool"}), backend, read_only=True
+            settings.model_copy(update={"pool_class": "NullPool"}),
+            backend,
+            read_only=True,
+            set_session=False,
         )
         self._connection: AsyncConnection | None = None
         self._pinging: asyncio.Task[bool] | None = None

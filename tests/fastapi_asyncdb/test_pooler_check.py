@@ -175,3 +175,29 @@ async def test_a_statement_pooler_is_refused_at_the_start_saying_which_pool_mode
     message = str(refused.value)
     assert message.startswith("a statement pooler (PgBouncer with pool_mode=statement)")
     assert "pool_mode=transaction" in message
+
+
+async def test_a_refused_start_leaves_nothing_on_the_server_sessions_others_get(
+    start_pgbouncer: StartPgBouncer, pgbouncer_database: str
+) -> None:
+    # One server connection, shared by every client of a transaction pooler: what a
+    # refused start set on its session would reach the next client.
+    bouncer = start_pgbouncer(
+        pool_mode="transaction", default_pool_size=1, ignore_startup_parameters=LENIENT
+    )
+    url = bouncer.url(pgbouncer_database)
+    for setting in ("session", "off"):
+        with pytest.raises(ConfigurationError):
+            await Database(url=url, pgbouncer=setting, statement_timeout=7).start()
+    async with Database(url=url, pgbouncer="transaction", statement_timeout=None) as database:
+        for _ in range(3):
+            async with database.transaction() as session:
+                read_only, timeout = (
+                    await session.execute(
+                        text(
+                            "SELECT current_setting('default_transaction_read_only'), "
+                            "current_setting('statement_timeout')"
+                        )
+                    )
+                ).one()
+            assert (read_only, timeout) == ("off", "0")

@@ -175,8 +175,15 @@ class Backend:
         """The driver's connect arguments: timeouts and server-side session settings."""
         return {}
 
-    def install_connection_setup(self, engine: Engine, *, read_only: bool) -> None:
-        """Per-connection setup that connect arguments cannot express (engine events)."""
+    def install_connection_setup(
+        self, engine: Engine, *, read_only: bool, set_session: bool = True
+    ) -> None:
+        """Per-connection setup that connect arguments cannot express (engine events).
+
+        ``set_session=False`` (the probe's engine) leaves out commands that change the
+        server session beyond the connection's own transactions: behind a transaction
+        pooler the session is shared, and the start checks must change nothing on it.
+        """
 
     async def check_created_connection(self, driver_connection: Any, *, read_only: bool) -> None:
         """Refuse a connection made by an ``async_creator`` that lacks the library's limits.

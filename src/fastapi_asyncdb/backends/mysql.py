@@ -84,7 +84,9 @@ class MySQL(Backend):
     async def check_created_connection(self, driver_connection: Any, *, read_only: bool) -> None:
         await _check_created_connection(self, driver_connection)
 
-    def install_connection_setup(self, engine: Engine, *, read_only: bool) -> None:
+    def install_connection_setup(
+        self, engine: Engine, *, read_only: bool, set_session: bool = True
+    ) -> None:
         settings = self.settings
 
         @event.listens_for(engine, "connect")

@@ -165,7 +165,9 @@ class PostgreSQL(Backend):
             server_settings["default_transaction_read_only"] = "on"
         return arguments
 
-    def install_connection_setup(self, engine: Engine, *, read_only: bool) -> None:
+    def install_connection_setup(
+        self, engine: Engine, *, read_only: bool, set_session: bool = True
+    ) -> None:
         settings = self.settings
         if settings.pgbouncer != "off":
 
@@ -186,7 +188,9 @@ class PostgreSQL(Backend):
                 # own mode, which the fast path recognises as a read-only path).
                 dbapi_connection.readonly = True
 
-        if settings.pgbouncer == "session":
+        if settings.pgbouncer == "session" and set_session:
+            # Not on the probe's connection: the start may be about to find a transaction
+            # pooler, whose server session the next client would get with these SETs.
             commands = _pgbouncer.session_limits(settings, read_only=read_only)
 
             @event.listens_for(engine, "connect")

@@ -82,7 +82,9 @@ class SQLite(Backend):
         # aiosqlite's timeout is SQLite's busy timeout: how long to wait for a lock.
         return {"timeout": self.settings.pool_timeout}
 
-    def install_connection_setup(self, engine: Engine, *, read_only: bool) -> None:
+    def install_connection_setup(
+        self, engine: Engine, *, read_only: bool, set_session: bool = True
+    ) -> None:
         statements = [
             # WAL lets readers run beside the one writer; FULL keeps every commit on disk.
             "PRAGMA journal_mode=WAL",
