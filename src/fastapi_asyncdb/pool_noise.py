@@ -3,6 +3,9 @@ connection that a fault (a restart, a terminated backend, a cut network) had alr
 killed. Nothing is wrong by then: the connection is discarded and the next checkout gets
 a new one; yet alerting on ERROR pages someone for it.
 
+The same goes for a reset cut short by a cancellation (a client that left mid-unit):
+the pool then discards the connection, and a disconnect is not a fault.
+
 ``install`` puts a filter on a pool's logger that turns exactly those records into one
 WARNING line without the traceback, naming the error's class. Any other record,
 including the same messages for an error that is not a lost connection, passes
@@ -11,6 +14,7 @@ unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -48,6 +52,14 @@ def _lost_connection(error: BaseException | None) -> bool:
     return False
 
 
+def _why_discarded(error: BaseException | None) -> str | None:
+    if isinstance(error, asyncio.CancelledError):
+        return "the unit of work was cancelled"
+    if _lost_connection(error):
+        return "the connection was already lost"
+    return None
+
+
 class LostConnectionNoise(logging.Filter):
     """Downgrades the pool's ERROR about a connection already lost to a WARNING line."""
 
@@ -57,14 +69,14 @@ class LostConnectionNoise(logging.Filter):
             and isinstance(record.msg, str)
             and record.msg.startswith(_MESSAGES)
             and record.exc_info
-            and _lost_connection(record.exc_info[1])
+            and (why := _why_discarded(record.exc_info[1])) is not None
         ):
             error = record.exc_info[1]
             # The message's first words say what was attempted; the connection's repr
             # (SQLAlchemy's argument) adds nothing an operator can act on.
             attempted = next(message for message in _MESSAGES if record.msg.startswith(message))
-            record.msg = "%s: the connection was already lost (%s); it is discarded"
-            record.args = (attempted, type(error).__name__)
+            record.msg = "%s: %s (%s); the connection is discarded"
+            record.args = (attempted, why, type(error).__name__)
             record.levelno = logging.WARNING
             record.levelname = logging.getLevelName(logging.WARNING)
             record.exc_info = None

@@ -45,11 +45,30 @@ async def test_resetting_a_killed_connection_logs_one_warning_without_traceback(
         assert record.exc_text is None
         assert record.getMessage() == (
             "Exception during reset or similar: the connection was already lost "
-            "(InterfaceError); it is discarded"
+            "(InterfaceError); the connection is discarded"
         )
         # The pool is whole: the next unit of work gets a live connection.
         async with database.transaction() as session:
             assert (await session.execute(text("select 1"))).scalar_one() == 1
+
+
+async def test_a_reset_cut_short_by_a_cancellation_logs_one_warning_without_traceback(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What the pool logs when a client leaves while its connection is being reset.
+    async with Database(url=database_url) as database:
+        pool_logger: Any = database.engine.sync_engine.pool.logger
+        with caplog.at_level(logging.WARNING, logger="sqlalchemy.pool"):
+            try:
+                raise asyncio.CancelledError
+            except asyncio.CancelledError:
+                pool_logger.error("Exception during reset or similar", exc_info=True)
+        (record,) = _pool_records(caplog)
+        assert (record.levelno, record.exc_info, record.exc_text) == (logging.WARNING, None, None)
+        assert record.getMessage() == (
+            "Exception during reset or similar: the unit of work was cancelled "
+            "(CancelledError); the connection is discarded"
+        )
 
 
 async def test_other_errors_of_the_pool_keep_their_level_and_traceback(
