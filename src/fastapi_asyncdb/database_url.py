@@ -15,6 +15,13 @@ def check_url_text(raw: str) -> None:
     """Raise ``ValueError`` saying what is wrong with ``raw``, quoting none of it."""
     # Whether a backend and its driver can use the URL is the backends' to judge, when
     # the Database is constructed; here only that it is a URL at all.
+    if raw != raw.strip() or any(character < " " for character in raw):
+        # A secret file's last newline, say: it would end up in the database name, and
+        # the app would start and then fail every unit of work.
+        raise ValueError(
+            "has whitespace at its start or end, or a control character (a newline from "
+            "a file?); remove it"
+        )
     try:
         url = make_url(raw)
     except (ArgumentError, ValueError):  # a port that is not a number raises ValueError

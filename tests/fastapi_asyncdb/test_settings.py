@@ -183,6 +183,25 @@ def test_unparseable_url_is_refused_without_echoing_it() -> None:
 @pytest.mark.parametrize(
     "url",
     [
+        f"postgresql+asyncpg://app:{SECRET}@db/app\n",
+        f"postgresql+asyncpg://app:{SECRET}@db/app ",
+        f" postgresql+asyncpg://app:{SECRET}@db/app",
+        f"postgresql+asyncpg://app:{SECRET}@db/ap\tp",
+        "sqlite+aiosqlite:///notes.db\r\n",
+    ],
+)
+def test_whitespace_around_or_control_characters_in_the_url_are_refused(url: str) -> None:
+    # A secret file's last newline would end up in the database name: the app would
+    # start and then fail every unit of work.
+    with pytest.raises(ConfigurationError) as caught:
+        DatabaseSettings(url=url)
+    assert "whitespace at its start or end, or a control character" in str(caught.value)
+    assert SECRET not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
         f"postgresql+asyncpg://app:{SECRET}@db/app",
         f"postgresql+asyncpg://app@db/app?auth_token={SECRET}",
         f"postgresql+asyncpg://app@db/app?password={SECRET}",
