@@ -77,18 +77,20 @@ def _resolve(settings: DatabaseSettings) -> Backend:
     classes = _backend_classes()
     by_driver = {driver: cls for (dialect, driver), cls in classes.items() if dialect == name}
     if not by_driver:
-        examples = ", ".join(sorted({f"{c.dialects[0]}+{c.driver}://" for c in classes.values()}))
-        raise ValueError(f"backend {name!r} is not supported; use one of {examples}")
+        raise ValueError(_unsupported_backend(name, classes))
     # Every backend of one name agrees on SQLAlchemy's default driver for it.
     default = next(iter(by_driver.values())).sync_default_driver
     given = url.drivername.partition("+")[2] or default
     cls = by_driver.get(given)
     if cls is None:
         choices = " or ".join(f"{name}+{driver}://" for driver in sorted(by_driver))
-        raise ValueError(
-            f"uses the driver {given!r}, which is not asyncio-compatible here; "
-            f"write {choices} instead"
-        )
+        if given == default:
+            why = "which is not asyncio-compatible"
+        elif given.lower() in by_driver:
+            why = "written in capitals, which SQLAlchemy does not read"
+        else:
+            why = "which fastapi-asyncdb does not support"
+        raise ValueError(f"uses the driver {given!r}, {why}; write {choices} instead")
     if importlib.util.find_spec(cls.driver) is None:
         raise ValueError(
             f"needs the driver package {cls.driver!r}, which is not installed; "
@@ -97,6 +99,19 @@ def _resolve(settings: DatabaseSettings) -> Backend:
     backend = cls(settings)
     backend.check_url(url)
     return backend
+
+
+# Names SQLAlchemy once took, or that users write, for a backend it names otherwise.
+_BACKEND_ALIASES = {"postgres": "postgresql", "pgsql": "postgresql", "mariadb": "mysql"}
+
+
+def _unsupported_backend(name: str, classes: dict[tuple[str, str], type[Backend]]) -> str:
+    served = {dialect: cls for (dialect, _driver), cls in classes.items()}
+    meant = _BACKEND_ALIASES.get(name.lower(), name.lower())
+    if meant in served and meant != name:
+        return f"names the backend {name!r}; write {meant}+{served[meant].driver}:// instead"
+    examples = ", ".join(sorted({f"{c.dialects[0]}+{c.driver}://" for c in classes.values()}))
+    return f"backend {name!r} is not supported; use one of {examples}"
 
 
 def backend_class_for_dialect(dialect: Dialect) -> type[Backend] | None:

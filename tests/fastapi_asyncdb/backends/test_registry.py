@@ -90,22 +90,38 @@ def test_each_async_url_resolves_to_its_backend(
     [
         (
             "postgresql://u@h/db",
-            "uses the driver 'psycopg2', which is not asyncio-compatible here; "
+            "uses the driver 'psycopg2', which is not asyncio-compatible; "
             "write postgresql+asyncpg:// instead",
         ),
         (
             "postgresql+psycopg://u@h/db",
-            "uses the driver 'psycopg', which is not asyncio-compatible here; "
+            "uses the driver 'psycopg', which fastapi-asyncdb does not support; "
             "write postgresql+asyncpg:// instead",
         ),
         (
+            "mysql+aiomysql://u@h/db",
+            "uses the driver 'aiomysql', which fastapi-asyncdb does not support; "
+            "write mysql+asyncmy:// instead",
+        ),
+        (
+            "postgresql+ASYNCPG://u@h/db",
+            "uses the driver 'ASYNCPG', written in capitals, which SQLAlchemy does not read; "
+            "write postgresql+asyncpg:// instead",
+        ),
+        ("postgres://u@h/db", "names the backend 'postgres'; write postgresql+asyncpg:// instead"),
+        (
+            "POSTGRESQL+ASYNCPG://u@h/db",
+            "names the backend 'POSTGRESQL'; write postgresql+asyncpg:// instead",
+        ),
+        ("MySQL+asyncmy://u@h/db", "names the backend 'MySQL'; write mysql+asyncmy:// instead"),
+        (
             "mariadb://u@h/db",
-            "uses the driver 'mysqldb', which is not asyncio-compatible here; "
+            "uses the driver 'mysqldb', which is not asyncio-compatible; "
             "write mariadb+asyncmy:// instead",
         ),
         (
             "sqlite:///app.db",
-            "uses the driver 'pysqlite', which is not asyncio-compatible here; "
+            "uses the driver 'pysqlite', which is not asyncio-compatible; "
             "write sqlite+aiosqlite:// instead",
         ),
         (
@@ -179,7 +195,7 @@ def test_a_sync_url_names_every_async_driver_of_its_backend(
         with pytest.raises(ConfigurationError) as caught:
             Database(url=url)
         assert str(caught.value).endswith(
-            "uses the driver 'psycopg2', which is not asyncio-compatible here; "
+            "uses the driver 'psycopg2', which is not asyncio-compatible; "
             "write postgresql+asyncpg:// or postgresql+psycopg:// instead"
         )
 
