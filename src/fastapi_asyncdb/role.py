@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from time import perf_counter
 from typing import Any
 
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, ExceptionContext
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
@@ -62,6 +65,11 @@ class Role:
             on_connect_failure=self.breaker.trip,
             metrics=metrics,
         )
+        # Connections on which a statement failed during the current read unit: a read
+        # whose error an exception handler answered still counts as an error.
+        self.failed: weakref.WeakSet[Connection] = weakref.WeakSet()
+        if self.read_metrics is not None:
+            event.listen(self.engine.sync_engine, "handle_error", self._note_failure)
         self.sessionmaker = async_sessionmaker(
             self.engine,
             class_=session_class,
@@ -101,6 +109,10 @@ class Role:
         self.held: dict[asyncio.Task[Any], _Held] = {}
         # Set while Database.isolated() runs every unit on one connection.
         self.isolated = False
+
+    def _note_failure(self, context: ExceptionContext) -> None:
+        if context.connection is not None:
+            self.failed.add(context.connection)
 
     def lost_in_setup(self, error: BaseException) -> DatabaseUnavailableError | None:
         """The driver's own error, raised unwrapped by SQLAlchemy's setup of a new
@@ -230,7 +242,12 @@ class AdmittedConnection:
         if held.units:
             return
         if role.read_metrics is not None:
-            outcome = "ok" if error_type is None else "error"
+            statement_failed = False
+            sync_connection = held.connection.sync_connection
+            if sync_connection is not None and sync_connection in role.failed:
+                role.failed.discard(sync_connection)
+                statement_failed = True
+            outcome = "error" if error_type is not None or statement_failed else "ok"
             role.read_metrics.unit("read", outcome, perf_counter() - self._started)
         if held.task is not None:
             role.held.pop(held.task, None)

@@ -11,9 +11,9 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import select
+from sqlalchemy import select, text
 
-from fastapi_asyncdb import Database, ReadConnectionDep, SessionDep, install
+from fastapi_asyncdb import Database, ReadConnectionDep, ReadSessionDep, SessionDep, install
 from fastapi_asyncdb.testing.forwarder import Forwarder
 from tests.conftest import prepare_server
 
@@ -41,6 +41,14 @@ def metrics_app(database: Database, **options: object) -> FastAPI:
     @app.get("/read")
     async def read(connection: ReadConnectionDep) -> int:
         return int((await connection.execute(select(1))).scalar_one())
+
+    @app.get("/read-fails")
+    async def read_fails(connection: ReadConnectionDep) -> int:
+        return int((await connection.execute(text("SELECT * FROM no_such_table"))).scalar_one())
+
+    @app.get("/read-session-fails")
+    async def read_session_fails(session: ReadSessionDep) -> int:
+        return int((await session.execute(text("SELECT * FROM no_such_table"))).scalar_one())
 
     @app.get("/slow")
     async def slow(_connection: ReadConnectionDep) -> None:
@@ -107,6 +115,33 @@ async def test_a_scrape_shows_the_units_and_the_503s_the_app_served(url: str) ->
     assert value(samples, "fastapi_asyncdb_connections_max", role="write", **pool) == 1
     in_use = [count for (name, _), count in samples.items() if name.endswith("_in_use")]
     assert in_use == [0, 0]
+
+
+async def test_a_failed_read_the_app_answered_is_counted_as_an_error(url: str) -> None:
+    # install()'s handlers answer the error inside the app: the unit of work sees a
+    # response, not an exception, yet its statement failed.
+    registry = CollectorRegistry()
+    database = Database(url=url, pool_name="shop")
+    app = metrics_app(database, metrics=registry)
+    transport = httpx.ASGITransport(app=app)
+    async with database, httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/read")).status_code == 200
+        assert (await client.get("/read-fails")).status_code == 500
+        assert (await client.get("/read-session-fails")).status_code == 500
+        assert (await client.get("/read")).status_code == 200
+        samples = scraped((await client.get("/metrics")).text)
+    counted = {
+        outcome: value(
+            samples,
+            "fastapi_asyncdb_unit_duration_seconds_count",
+            kind="read",
+            outcome=outcome,
+            role="read",
+            pool="shop",
+        )
+        for outcome in ("ok", "error")
+    }
+    assert counted == {"ok": 2, "error": 2}
 
 
 @pytest.mark.backends("postgresql", "mysql")
