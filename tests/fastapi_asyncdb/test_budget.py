@@ -7,6 +7,7 @@ its number of workers, or by a role's own connection limit.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import AsyncIterator, Callable
 
@@ -324,3 +325,31 @@ async def test_the_doctor_warns_of_other_clients_that_leave_no_room(
     assert f"= {available - 1} connections" in fits.message
     assert others_too.level == "warning"
     assert "other connection(s) are open on the server now" in others_too.message
+
+
+@pytest.mark.backends("postgresql")
+async def test_the_doctor_sees_other_roles_clients_without_reading_all_statistics(
+    database_url: str,
+) -> None:
+    # An unprivileged role sees other roles' rows of pg_stat_activity with most columns
+    # hidden: their connections still count against max_connections.
+    role = f"budget_plain_{os.getpid()}"
+    async with Database(url=database_url) as admin, admin.engine.begin() as connection:
+        await connection.execute(text(f"CREATE ROLE {role} LOGIN"))
+    try:
+        plain_url = make_url(database_url).set(username=role).render_as_string(False)
+        async with (
+            Database(url=plain_url, budget_check="off") as database,
+            Database(url=database_url) as others,
+            others.engine.connect(),
+            others.engine.connect(),
+            database.engine.connect() as connection,
+        ):
+            limits = await connection.run_sync(database.backend.connection_limits)
+        assert limits is not None
+        # The two others' and this one, at least (other clients may be there too).
+        assert limits.in_use is not None
+        assert limits.in_use >= 3
+    finally:
+        async with Database(url=database_url) as admin, admin.engine.begin() as connection:
+            await connection.execute(text(f"DROP ROLE {role}"))

@@ -302,8 +302,14 @@ class PostgreSQL(Backend):
                     (account.datconnlimit, f"database {account.datname}'s CONNECTION LIMIT")
                 )
         tightest = min(account_limits, default=None)
+        # Other roles' rows hide backend_type unless this role may read all statistics
+        # (pg_read_all_stats): a row on a database is a client's then; the server's own
+        # processes have none.
         in_use = connection.execute(
-            text("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                "OR (backend_type IS NULL AND datname IS NOT NULL)"
+            )
         ).scalar()
         return ConnectionLimits(
             settings["max_connections"],
