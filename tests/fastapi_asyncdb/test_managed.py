@@ -29,6 +29,7 @@ from fastapi_asyncdb import (
     DatabaseUnavailableError,
 )
 from tests.servers.certificates import client_context
+from tests.servers.postgresql import PostgresCluster
 
 from .secret_scan import Evidence, capturing_logs, find_leaks, new_secret
 from .tls_servers import (
@@ -175,6 +176,29 @@ async def test_connect_args_add_to_the_limits_and_leave_them_in_force(database_u
             else "SELECT @@tx_read_only"
         )
         assert str(await scalar(database, read_only, read=True)) in ("on", "1")
+
+
+@pytest.mark.parametrize("backend", TLS_BACKENDS)
+def test_connect_args_cannot_move_a_tls_connection_onto_a_unix_socket(
+    request: pytest.FixtureRequest, backend: str
+) -> None:
+    # The server's own socket: a connection there would work, unencrypted, while
+    # DB_TLS=verify-full says otherwise (the drivers skip TLS on a socket).
+    tls_server = TlsServer.of(request, backend)
+    server = tls_server.server
+    socket = (
+        {"host": str(server.process.directory)}
+        if isinstance(server, PostgresCluster)
+        else {"unix_socket": str(server.socket)}
+    )
+    for connect_args in (socket, {"port": 1}):
+        with pytest.raises(ConfigurationError, match=r"DATABASE_URL \(url\), which alone says"):
+            Database(
+                url=tls_server.url("postgres" if backend == "postgresql" else PASSWORD_USER),
+                tls="verify-full",
+                tls_ca_file=tls_server.ca,
+                connect_args=connect_args,
+            )
 
 
 # -- ssl_context -----------------------------------------------------------------------------

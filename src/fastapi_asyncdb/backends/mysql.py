@@ -45,6 +45,9 @@ _KINDS_BY_CODE = {
 }
 
 
+_WHERE = "DATABASE_URL (url), which alone says where to connect"
+
+
 class MySQL(Backend):
     name = "mysql"
     dialects = ("mysql", "mariadb")
@@ -58,6 +61,15 @@ class MySQL(Backend):
         "read_timeout": "DB_COMMAND_TIMEOUT (command_timeout)",
         "ssl": "DB_TLS and DB_TLS_* (or ssl_context=)",
         "password": "password= (or DATABASE_URL)",
+        # Where to connect, and so whether TLS is used at all (asyncmy skips it on a Unix
+        # socket), is the URL's to say, where the TLS checks see it; an option file
+        # could name a host or a socket too.
+        "host": _WHERE,
+        "port": _WHERE,
+        "unix_socket": _WHERE,
+        "sock": _WHERE,
+        "read_default_file": _WHERE,
+        "read_default_group": _WHERE,
     }
     # asyncmy's autocommit commits each statement as it runs: a 4xx could not roll back.
     transaction_arguments = frozenset({"autocommit"})

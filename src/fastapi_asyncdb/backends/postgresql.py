@@ -74,6 +74,9 @@ def _pooler_limits(_connection: Connection, pooler: str) -> ConnectionLimits:
     return ConnectionLimits(None, limited_by="the pooler (max_client_conn)", pooler=pooler)
 
 
+_WHERE = "DATABASE_URL (url), which alone says where to connect"
+
+
 class PostgreSQL(Backend):
     name = "postgresql"
     # Typed as the base declares it: a subclass for another driver may serve other names.
@@ -88,6 +91,14 @@ class PostgreSQL(Backend):
         "command_timeout": "DB_COMMAND_TIMEOUT (command_timeout)",
         "ssl": "DB_TLS and DB_TLS_* (or ssl_context=)",
         "password": "password= (or DATABASE_URL)",
+        # Where to connect, and so whether TLS is used at all (asyncpg skips it on a Unix
+        # socket without a word), is the URL's to say, where the TLS checks see it.
+        "dsn": _WHERE,
+        "host": _WHERE,
+        "port": _WHERE,
+        "service": _WHERE,
+        "servicefile": _WHERE,
+        "direct_tls": "DB_TLS and DB_TLS_* (or ssl_context=)",
         "server_settings.statement_timeout": "DB_STATEMENT_TIMEOUT (statement_timeout)",
         "server_settings.idle_in_transaction_session_timeout": (
             "DB_IDLE_IN_TRANSACTION_TIMEOUT (idle_in_transaction_timeout)"
