@@ -12,9 +12,11 @@ them before anything runs on it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib
 import inspect
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
@@ -165,14 +167,12 @@ class NewConnections:
 
     async def _ask(self, provider: Any) -> object:
         async with asyncio.timeout(self._settings.connect_timeout):
-            if inspect.iscoroutinefunction(provider):
+            if _is_async(provider):
                 password = await provider()
             else:
                 # A plain function may block (an HTTPS call to a token service): in a
                 # thread, so the event loop serves meanwhile and the timeout holds.
-                password = await asyncio.to_thread(provider)
-            if inspect.isawaitable(password):
-                password = await password
+                password = await _PROVIDER_CALLS.result(provider)
         return password
 
     async def _connect_within_deadline(self, *args: Any, **arguments: Any) -> Any:
@@ -210,6 +210,85 @@ class NewConnections:
                 raise
             failure = f"the async_creator failed: {type(error).__name__} ({_MESSAGE_WITHHELD})"
         raise AsyncCreatorError(failure)
+
+
+def _is_async(provider: Any) -> bool:
+    # An object with an async __call__ is async too, though iscoroutinefunction says no.
+    return inspect.iscoroutinefunction(provider) or inspect.iscoroutinefunction(
+        getattr(provider, "__call__", None)  # noqa: B004
+    )
+
+
+class _ProviderCall:
+    """One call of a sync provider, in a thread of its own, awaited by every caller that
+    needs a password meanwhile."""
+
+    def __init__(self) -> None:
+        self.future: concurrent.futures.Future[object] = concurrent.futures.Future()
+        self.awaited: asyncio.Future[object] | None = None
+        """What a provider returned that must itself be awaited, awaited once for all."""
+
+    async def result(self) -> object:
+        # Shielded: a caller's timeout must not cancel the call the others wait for.
+        value = await asyncio.shield(asyncio.wrap_future(self.future))
+        if not inspect.isawaitable(value):
+            return value
+        if self.awaited is None:
+            self.awaited = asyncio.ensure_future(value)
+        return await asyncio.shield(self.awaited)
+
+
+class _ProviderCalls:
+    """The library's own threads for sync password providers: at most one call in flight
+    per provider.
+
+    A thread cannot be cancelled: a provider stuck on a dead token service keeps its
+    thread until it returns. In the event loop's default executor, a few such calls
+    would take every thread, and with them DNS (``getaddrinfo``) and every
+    ``to_thread`` of the app, and new calls would queue behind them after the service
+    recovered. Here a stuck provider holds one thread, callers wait for its call (within
+    their connect timeout), and the next connection after it returns calls again. Daemon
+    threads: a stuck call must not keep the process from exiting either.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight: dict[int, tuple[object, _ProviderCall]] = {}
+
+    def result(self, provider: Callable[[], object]) -> Awaitable[object]:
+        with self._lock:
+            # By identity (a provider need not be hashable); the entry holds the provider,
+            # so its id cannot be reused while the call runs.
+            entry = self._in_flight.get(id(provider))
+            if entry is None:
+                entry = (provider, _ProviderCall())
+                self._in_flight[id(provider)] = entry
+                threading.Thread(
+                    target=self._run,
+                    args=(provider, entry[1]),
+                    name="fastapi-asyncdb password provider",
+                    daemon=True,
+                ).start()
+        return entry[1].result()
+
+    def _run(self, provider: Callable[[], object], call: _ProviderCall) -> None:
+        try:
+            value = provider()
+        except BaseException as error:
+            self._done(provider)
+            call.future.set_exception(error)
+        else:
+            self._done(provider)
+            call.future.set_result(value)
+
+    def _done(self, provider: object) -> None:
+        # Before the result is out: a caller it wakes that needs another password starts
+        # a new call rather than getting this one again.
+        with self._lock:
+            del self._in_flight[id(provider)]
+
+
+_PROVIDER_CALLS = _ProviderCalls()
 
 
 async def _close(driver_connection: Any) -> None:

@@ -11,6 +11,8 @@ import asyncio
 import json
 import logging
 import ssl
+import threading
+import time
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
@@ -336,6 +338,63 @@ async def test_a_failing_token_provider_is_an_outage_that_says_so(
         if trouble == "raises"
         else "the password provider did not answer within 0.2 s" in message
     )
+
+
+@pytest.mark.backends("postgresql", "mysql")
+async def test_a_stuck_sync_provider_holds_one_thread_and_works_again_once_it_returns(
+    database_url: str,
+) -> None:
+    # A token service that stops answering, called without a timeout: the thread cannot
+    # be cancelled and stays in the call until the service answers again.
+    answering = threading.Event()
+    answering.set()
+    calls: list[float] = []
+
+    def provider() -> str:
+        calls.append(time.monotonic())
+        answering.wait(30)
+        return make_url(database_url).password or ""
+
+    loop = asyncio.get_running_loop()
+    database = Database(
+        url=database_url,
+        password=provider,
+        pool_class="NullPool",  # each unit of work a new connection, which asks
+        connect_timeout=0.3,
+        budget_check="off",
+    )
+    try:
+        async with database:
+            assert await scalar(database, "SELECT 1") == 1
+            answering.clear()
+            before = len(calls)
+            for _ in range(4):  # many units at once, and the breaker's probes
+                outcomes = await asyncio.gather(
+                    *(scalar(database, "SELECT 1") for _ in range(12)), return_exceptions=True
+                )
+                assert all(isinstance(item, DatabaseUnavailableError) for item in outcomes)
+                await asyncio.sleep(0.3)
+            assert len(calls) == before + 1  # one call in flight; the others waited for it
+            # The loop's default executor is untouched: DNS and to_thread still work.
+            async with asyncio.timeout(2):
+                assert await loop.getaddrinfo("localhost", 5432)
+                assert await asyncio.to_thread(lambda: "free") == "free"
+            answering.set()
+            recovered_at = time.monotonic()
+            async with asyncio.timeout(5):
+                while True:
+                    try:
+                        assert await scalar(database, "SELECT 1") == 1
+                        break
+                    except DatabaseUnavailableError:
+                        await asyncio.sleep(0.05)
+            assert time.monotonic() - recovered_at < 2
+            # New connections ask the provider again, each its own call.
+            asked = len(calls)
+            assert await scalar(database, "SELECT 1") == 1
+            assert len(calls) == asked + 1
+    finally:
+        answering.set()
 
 
 @pytest.mark.backends("postgresql", "mysql")
