@@ -565,6 +565,38 @@ async def test_a_creator_that_drops_the_limits_is_refused_and_its_connection_clo
             assert connection._transport is None
 
 
+@pytest.mark.backends("mysql")
+@pytest.mark.parametrize("autocommit", [True, None])  # None: the server's default, on
+async def test_a_creator_whose_connection_autocommits_is_refused_and_nothing_is_committed(
+    database_url: str, autocommit: bool | None
+) -> None:
+    table = Table("managed_autocommit", MetaData(), Column("id", Integer, primary_key=True))
+    async with Database(url=database_url) as plain:
+        async with plain.engine.begin() as connection:
+            await connection.run_sync(table.metadata.drop_all)
+            await connection.run_sync(table.metadata.create_all)
+
+        async def creator(**arguments: Any) -> Any:
+            # It passes on every argument it gets, and adds one.
+            return await asyncmy.connect(**arguments, autocommit=autocommit)
+
+        async with Database(url=database_url, async_creator=creator) as database:
+            for read in (False, True):
+                with pytest.raises(ConfigurationError, match="autocommit on"):
+                    if read:
+                        await scalar(database, "SELECT 1", read=True)
+                        continue
+                    async with database.transaction() as session:
+                        await session.execute(insert(table).values(id=1))
+                        raise RuntimeError("the handler failed: the insert must roll back")
+        try:
+            async with plain.read_connection() as connection:
+                assert (await connection.execute(select(table.c.id))).all() == []
+        finally:
+            async with plain.engine.begin() as connection:
+                await connection.run_sync(table.metadata.drop_all)
+
+
 @pytest.mark.parametrize("backend", TLS_BACKENDS)
 async def test_a_creator_whose_connection_is_not_encrypted_is_refused_when_tls_is_on(
     request: pytest.FixtureRequest, backend: str

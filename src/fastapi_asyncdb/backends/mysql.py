@@ -217,8 +217,19 @@ async def _check_created_connection(backend: MySQL, connection: Any) -> None:
             row = await cursor.fetchone()
         if not (row and row[1]):
             missing.append("TLS (the connection is not encrypted)")
+    problems = []
     if missing:
-        raise ConfigurationError(
+        problems.append(
             "async_creator=: its connection runs without " + ", ".join(missing) + "; pass the "
             "keyword arguments the creator receives on to asyncmy.connect"
         )
+    # The server's own flag, as its last reply reported it: autocommit=True, or None
+    # (keep the server's default, which is on), would commit each statement alone.
+    if connection.get_autocommit():
+        problems.append(
+            "async_creator=: its connection has autocommit on, which takes transactions "
+            "out of fastapi-asyncdb's hands (each statement would commit alone, and an "
+            "error or a 4xx could not roll back); do not pass autocommit to asyncmy.connect"
+        )
+    if problems:
+        raise ConfigurationError("; ".join(problems))
