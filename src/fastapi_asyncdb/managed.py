@@ -75,6 +75,9 @@ def check_connect_options(settings: DatabaseSettings, backend: Backend) -> None:
         controller = owned.get(key) or owned.get(key.partition(".")[0])
         if controller is not None:
             problems.append(f"connect_args=: {name} is set by {controller}; set it there, not here")
+    if settings.async_creator is None:
+        # A creator takes its own arguments (a connector's ip_type, say): its to judge.
+        problems.extend(backend.connect_args_problems(settings.driver_connect_args))
     problems.extend(_transaction_problems(settings, backend))
     if settings.password is not None and backend.name == "sqlite":
         problems.append("password=: SQLite has no password")

@@ -131,6 +131,60 @@ def test_refused_connect_args_name_the_setting_to_use(
         Database(url=URLS[backend], connect_args=connect_args)
 
 
+MISTAKEN_CONNECT_ARGS: dict[str, list[tuple[dict[str, Any], str]]] = {
+    "postgresql": [
+        (
+            {"statment_cache_size": 0},
+            "statment_cache_size is not an argument of asyncpg.connect "
+            r"\(did you mean statement_cache_size\?\)",
+        ),
+        (
+            {"statement_cache_size": "0"},
+            "statement_cache_size is a str, where asyncpg.connect takes a number",
+        ),
+        ({"server_settings": {"lock_timeout": 2500}}, "server_settings.lock_timeout is a int"),
+    ],
+    "mysql": [
+        ({"ssl_disabled": True}, "ssl_disabled is not an argument of asyncmy.connect"),
+        ({"max_allowed_packet": "16M"}, "max_allowed_packet is a str, where asyncmy.connect"),
+    ],
+}
+
+
+@pytest.mark.backends("postgresql", "mysql")
+async def test_connect_args_the_driver_cannot_take_are_refused_at_construction(
+    database_url: str, backend: str
+) -> None:
+    for connect_args, complaint in MISTAKEN_CONNECT_ARGS[backend]:
+        with pytest.raises(ConfigurationError, match=f"connect_args=: {complaint}"):
+            Database(url=database_url, connect_args=connect_args)
+    # What the driver takes, as it takes it, connects (SQLAlchemy's own asyncpg ones too).
+    fine: dict[str, Any] = (
+        {
+            "statement_cache_size": 0,
+            "max_cached_statement_lifetime": 2.5,
+            "prepared_statement_cache_size": 50,
+            "server_settings": {"lock_timeout": "2500"},
+        }
+        if backend == "postgresql"
+        else {"max_allowed_packet": 1 << 24, "local_infile": False, "charset": "utf8mb4"}
+    )
+    async with Database(url=database_url, connect_args=fine) as database:
+        assert await scalar(database, "SELECT 1") == 1
+    # A creator takes connect_args for itself: a connector's own names are its to judge.
+
+    async def creator(**arguments: Any) -> Any:
+        arguments.pop("ip_type")
+        if backend == "postgresql":
+            return await asyncpg.connect(**arguments)
+        return await asyncmy.connect(**arguments)
+
+    async with Database(
+        url=database_url, async_creator=creator, connect_args={"ip_type": "private"}
+    ) as database:
+        assert await scalar(database, "SELECT 1") == 1
+
+
 AUTOCOMMIT_KNOBS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "mysql": [
         ("?autocommit=true", {}),
@@ -677,10 +731,15 @@ def test_code_only_options_are_not_read_from_the_environment(
 
 
 def test_code_only_secrets_never_appear_in_reprs_or_dumps() -> None:
+    async def connector(**arguments: Any) -> Any:
+        raise AssertionError("never called")
+
     settings = DatabaseSettings(
         url=URLS["postgresql"],
         password=SECRET,
+        # A connector's own argument: asyncpg would not take it, a creator does.
         connect_args={"api_token": SECRET, "statement_cache_size": 0},
+        async_creator=connector,
         ssl_context=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),
     )
     database = Database(settings)

@@ -185,6 +185,11 @@ class Backend:
         pooler the session is shared, and the start checks must change nothing on it.
         """
 
+    def connect_args_problems(self, connect_args: Mapping[str, Any]) -> list[str]:
+        """What in ``connect_args=`` the driver cannot take, each said for people; checked
+        at construction, as the URL's query is, when no ``async_creator`` takes them."""
+        return []
+
     async def check_created_connection(self, driver_connection: Any, *, read_only: bool) -> None:
         """Refuse a connection made by an ``async_creator`` that lacks the library's limits.
 
@@ -302,6 +307,54 @@ def check_query_parameters(
                 f"has the query parameter {key!r}, which {driver} would get as a string and "
                 f"fail every connection with: give it as a number in connect_args= instead"
             )
+
+
+def connect_args_problems(
+    connect_args: Mapping[str, Any], connect: Callable[..., Any], *, also: Collection[str] = ()
+) -> list[str]:
+    """What in ``connect_args=`` the driver's ``connect`` would fail every connection with
+    (a TypeError each request): a name it does not take, or a value whose type is not
+    that of the parameter's default (a number given as a string, say)."""
+    parameters = inspect.signature(connect).parameters
+    accepted = {*parameters, *also}
+    taker = f"{connect.__module__.partition('.')[0]}.connect"
+    problems = []
+    for name, value in connect_args.items():
+        if name not in accepted:
+            close = difflib.get_close_matches(name, sorted(accepted), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(
+                f"connect_args=: {name} is not an argument of {taker}{hint}: every "
+                "connection would fail"
+            )
+            continue
+        parameter = parameters.get(name)
+        expected = None if parameter is None else _expected_type(parameter.default)
+        if expected is not None and not _fits(value, expected):
+            problems.append(
+                f"connect_args=: {name} is a {type(value).__name__}, where {taker} takes "
+                f"{expected}: every connection would fail"
+            )
+    return problems
+
+
+def _expected_type(default: object) -> str | None:
+    """What a parameter takes, judged by its default; None when the default says nothing."""
+    if isinstance(default, bool):
+        return "a bool"
+    if isinstance(default, int | float):
+        return "a number"
+    if isinstance(default, str):
+        return "a str"
+    return None
+
+
+def _fits(value: object, expected: str) -> bool:
+    if expected == "a bool":
+        return isinstance(value, bool | int)
+    if expected == "a number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, str)
 
 
 def unknown_query_parameter(

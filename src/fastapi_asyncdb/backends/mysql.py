@@ -19,6 +19,7 @@ from .base import (
     ConnectionLimits,
     ServerFacts,
     check_query_parameters,
+    connect_args_problems,
     milliseconds,
     poll_migration_lock,
 )
@@ -85,6 +86,11 @@ class MySQL(Backend):
                 f"has charset={charset}, which asyncmy does not know (utf8mb4, say): every "
                 "connection would fail"
             )
+
+    def connect_args_problems(self, connect_args: Mapping[str, Any]) -> list[str]:
+        import asyncmy
+
+        return connect_args_problems(connect_args, asyncmy.connect)
 
     def connect_args(self, *, read_only: bool) -> dict[str, Any]:
         arguments = {

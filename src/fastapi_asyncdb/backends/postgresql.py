@@ -24,6 +24,7 @@ from .base import (
     ConnectionLimits,
     ServerFacts,
     check_query_parameters,
+    connect_args_problems,
     milliseconds,
     poll_migration_lock,
 )
@@ -74,6 +75,8 @@ def _pooler_limits(_connection: Connection, pooler: str) -> ConnectionLimits:
     return ConnectionLimits(None, limited_by="the pooler (max_client_conn)", pooler=pooler)
 
 
+# Connect arguments SQLAlchemy's asyncpg adapter takes for itself.
+_SQLALCHEMY_OWN = ("prepared_statement_cache_size", "prepared_statement_name_func")
 _WHERE = "DATABASE_URL (url), which alone says where to connect"
 
 
@@ -137,6 +140,21 @@ class PostgreSQL(Backend):
                 "max_cacheable_statement_size",
             ),
         )
+
+    def connect_args_problems(self, connect_args: Mapping[str, Any]) -> list[str]:
+        import asyncpg
+
+        problems = connect_args_problems(connect_args, asyncpg.connect, also=_SQLALCHEMY_OWN)
+        extra = connect_args.get("server_settings")
+        if isinstance(extra, Mapping):
+            # asyncpg writes each value into the startup message as it is: a str only.
+            problems += [
+                f"connect_args=: server_settings.{name} is a {type(value).__name__}, where "
+                "asyncpg takes a str: every connection would fail"
+                for name, value in extra.items()
+                if not isinstance(value, str)
+            ]
+        return problems
 
     def connect_args(self, *, read_only: bool) -> dict[str, Any]:
         settings = self.settings
