@@ -161,11 +161,17 @@ class NewConnections:
             )
         except Exception as error:
             failure = f"the password provider failed: {type(error).__name__} ({_MESSAGE_WITHHELD})"
+        else:
+            if not isinstance(password, str):
+                # The type alone: the value may be the token itself (bytes, say).
+                failure = (
+                    f"the password provider returned {type(password).__name__}, not str "
+                    "(its value is not shown: it may hold a credential)"
+                )
         if failure is not None:
             # Raised outside the handler, so that not even __context__ holds the error.
             raise PasswordProviderError(failure) from None
-        if not isinstance(password, str):
-            raise TypeError(f"password=: the provider returned {type(password).__name__}, not str")
+        assert isinstance(password, str)
         return password
 
     async def _ask(self, provider: Any) -> object:

@@ -19,7 +19,9 @@ from typing import Any
 
 import asyncmy
 import asyncpg
+import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import JSON, Column, Integer, MetaData, Table, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import StatementError
@@ -29,6 +31,8 @@ from fastapi_asyncdb import (
     Database,
     DatabaseSettings,
     DatabaseUnavailableError,
+    SessionDep,
+    install,
 )
 from tests.servers.certificates import client_context
 from tests.servers.postgresql import PostgresCluster
@@ -449,6 +453,35 @@ async def test_a_stuck_sync_provider_holds_one_thread_and_works_again_once_it_re
             assert len(calls) == asked + 1
     finally:
         answering.set()
+
+
+@pytest.mark.backends("postgresql", "mysql")
+@pytest.mark.parametrize("returned", [None, b"t0ken-as-bytes-SECRET", 48151623])
+async def test_a_provider_returning_no_str_is_a_503_that_names_only_the_type(
+    database_url: str, returned: object
+) -> None:
+    def provider() -> Any:
+        return returned
+
+    database = Database(url=database_url, password=provider, budget_check="off")
+    app = FastAPI(lifespan=database.lifespan)
+    install(app, database)
+
+    @app.get("/one")
+    async def one(session: SessionDep) -> int:
+        return int((await session.execute(text("SELECT 1"))).scalar_one())
+
+    async with database:
+        error = await refusal(database)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            answer = await client.get("/one")
+    assert f"the password provider returned {type(returned).__name__}, not str" in str(error)
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"]
+    for shown in (str(error), answer.text):
+        assert "SECRET" not in shown
+        assert "48151623" not in shown
 
 
 @pytest.mark.backends("postgresql", "mysql")
