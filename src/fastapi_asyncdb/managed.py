@@ -79,6 +79,7 @@ def check_connect_options(settings: DatabaseSettings, backend: Backend) -> None:
         # A creator takes its own arguments (a connector's ip_type, say): its to judge.
         problems.extend(backend.connect_args_problems(settings.driver_connect_args))
     problems.extend(_transaction_problems(settings, backend))
+    problems.extend(_serializer_problems(settings, backend))
     if settings.password is not None and backend.name == "sqlite":
         problems.append("password=: SQLite has no password")
     if problems:
@@ -98,6 +99,23 @@ def _transaction_problems(settings: DatabaseSettings, backend: Backend) -> Itera
                 "remove it. For work that must not run in a transaction, use "
                 "db.engine.execution_options(isolation_level='AUTOCOMMIT')"
             )
+
+
+def _serializer_problems(settings: DatabaseSettings, backend: Backend) -> Iterator[str]:
+    """Refuse a JSON serializer that returns bytes (``orjson.dumps``) where the driver
+    refuses them on every JSON write: asyncpg. (MariaDB and SQLite store them.)"""
+    serializer = settings.json_serializer
+    if serializer is None or backend.name != "postgresql":
+        return
+    try:
+        sample = serializer({"a": [1, "b", None]})
+    except Exception:
+        return  # not ours to judge on a sample it cannot take
+    if not isinstance(sample, str):
+        yield (
+            f"json_serializer=: returns {type(sample).__name__}, not str, and asyncpg would "
+            "fail every JSON write; decode it (lambda value: orjson.dumps(value).decode())"
+        )
 
 
 def merged_connect_args(library: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -747,6 +747,39 @@ async def test_json_serializer_and_deserializer_are_used_on_every_backend(
             await connection.run_sync(documents.metadata.drop_all)
 
 
+def dumps_bytes(value: object) -> bytes:
+    """orjson.dumps's shape: JSON as bytes."""
+    return json.dumps(value).encode()
+
+
+async def test_a_json_serializer_returning_bytes_is_refused_on_postgresql_and_decoded_works(
+    database_url: str, backend: str
+) -> None:
+    if backend == "postgresql":
+        # asyncpg refuses bytes for a JSON parameter: every write would fail.
+        with pytest.raises(ConfigurationError, match="json_serializer=: returns bytes, not str"):
+            Database(url=database_url, json_serializer=dumps_bytes)
+    else:
+        Database(url=database_url, json_serializer=dumps_bytes)  # stored as they are
+
+    def decoded(value: object) -> str:
+        return dumps_bytes(value).decode()
+
+    async with Database(url=database_url, json_serializer=decoded) as database:
+        async with database.engine.begin() as connection:
+            await connection.run_sync(documents.metadata.drop_all)
+            await connection.run_sync(documents.metadata.create_all)
+        try:
+            async with database.transaction() as session:
+                await session.execute(insert(documents).values(id=1, body={"a": [1, None]}))
+            async with database.read_connection() as connection:
+                body = (await connection.execute(select(documents.c.body))).scalar_one()
+            assert body == {"a": [1, None]}
+        finally:
+            async with database.engine.begin() as connection:
+                await connection.run_sync(documents.metadata.drop_all)
+
+
 # -- code only, and never printed ----------------------------------------------------------------
 
 
