@@ -242,7 +242,7 @@ class NewConnections:
 def _is_async(provider: Any) -> bool:
     # An object with an async __call__ is async too, though iscoroutinefunction says no.
     return inspect.iscoroutinefunction(provider) or inspect.iscoroutinefunction(
-        getattr(provider, "__call__", None)  # noqa: B004
+        type(provider).__call__
     )
 
 
