@@ -120,19 +120,34 @@ async def check_pooler(
 async def _refuse_statement_pooling(probe: Probe) -> None:
     """Every unit of work is a transaction, and a statement pooler refuses transaction
     blocks (closing the client connection): the start would succeed and every unit of
-    work fail. One transaction on the probe's connection tells."""
-    try:
-        await probe.read(_one_transaction)
-    except DBAPIError as error:
-        if "statement pooling" in str(error.orig):
-            raise ConfigurationError(
-                "a statement pooler (PgBouncer with pool_mode=statement) answers for "
-                "PostgreSQL: it refuses transaction blocks, and every unit of work is one; "
-                "give this database pool_mode=transaction in PgBouncer, and keep "
-                "DB_PGBOUNCER=transaction (docs/pgbouncer.md)"
-            ) from None
-    except Exception:
-        return
+    work fail. One transaction on the probe's connection tells: PgBouncer says why
+    (asyncpg 0.32 passes its reason on), or, where the driver reports only a connection
+    closed in the middle of the transaction, a second one on a new connection ends the
+    same way (a restart at that very moment does not, twice)."""
+    for _ in range(2):
+        try:
+            await probe.read(_one_transaction)
+        except DBAPIError as error:
+            if "statement pooling" in str(error.orig):
+                break
+            if not _closed_mid_operation(error):
+                return
+        except Exception:
+            return  # not this check's to judge (the server did not answer, say)
+        else:
+            return
+    raise ConfigurationError(
+        "a statement pooler (PgBouncer with pool_mode=statement) answers for "
+        "PostgreSQL: it refuses transaction blocks, and every unit of work is one; "
+        "give this database pool_mode=transaction in PgBouncer, and keep "
+        "DB_PGBOUNCER=transaction (docs/pgbouncer.md)"
+    )
+
+
+def _closed_mid_operation(error: DBAPIError) -> bool:
+    # asyncpg's ConnectionDoesNotExistError: the other end closed the connection while a
+    # statement of it was running.
+    return "closed in the middle of operation" in str(error.orig)
 
 
 def _one_transaction(connection: Connection) -> None:
