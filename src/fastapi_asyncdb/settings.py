@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -217,6 +218,7 @@ class DatabaseSettings(BaseSettings):
     json_deserializer: Callable[[str], Any] | None = Field(default=None, repr=False)
 
     def __init__(self, **values: Any) -> None:
+        _refuse_tls_lookalikes(os.environ)
         try:
             super().__init__(**values)
         except ValidationError as error:
@@ -402,15 +404,67 @@ def _env_name(field: str) -> str:
         # The value may have come from either; both are named.
         return "DB_WORKERS (or WEB_CONCURRENCY)"
     # A key a .env file gave keeps the prefix it was written with.
-    return field.upper() if field.lower().startswith("db_") else f"DB_{field.upper()}"
+    if field.lower().startswith(("db_", "database_")):
+        return field.upper()
+    return f"DB_{field.upper()}"
+
+
+# The only variables that ask for TLS; anything else that looks like one is a mistake.
+TLS_VARIABLES = (
+    "DB_TLS",
+    "DB_TLS_CA_FILE",
+    "DB_TLS_CERT_FILE",
+    "DB_TLS_KEY_FILE",
+    "DB_TLS_KEY_PASSWORD",
+)
+# SSL or TLS as a word of the name (DB_SSLMODE, DB_USE_SSL, DATABASE_PGSSLMODE), not
+# inside another word (DB_CLASSLIST).
+_MENTIONS_TLS = re.compile(r"(?:^|_|PG)(?:SSL|TLS)|(?:SSL|TLS)(?:_|$)")
+_MENTIONS_CA = re.compile(r"ROOT|(?:^|_|SSL|TLS)CA(?:_|$|FILE|CERT|PATH|BUNDLE)")
+
+
+def _tls_variable_meant(name: str) -> str | None:
+    """The ``DB_TLS*`` variable that ``name``, not one of them, was meant to be; None if
+    it says nothing of TLS."""
+    upper = name.upper()
+    prefix = next((p for p in ("DB_", "DATABASE_") if upper.startswith(p)), None)
+    if prefix is None or upper in TLS_VARIABLES:
+        return None
+    rest = upper.removeprefix(prefix)
+    if not _MENTIONS_TLS.search(rest):
+        return None
+    if "PASS" in rest:
+        return "DB_TLS_KEY_PASSWORD"
+    if _MENTIONS_CA.search(rest):
+        return "DB_TLS_CA_FILE"
+    if "KEY" in rest:
+        return "DB_TLS_KEY_FILE"
+    if "CERT" in rest:
+        return "DB_TLS_CERT_FILE"
+    return "DB_TLS"
+
+
+def _refuse_tls_lookalikes(environment: Mapping[str, str]) -> None:
+    """Refuse ``DB_SSLMODE``, ``DB_TLS_MODE``, ``DATABASE_SSLMODE``...: ignored, each
+    would leave the connection in plaintext (or unverified) while its author believes it
+    encrypted, as ``PGSSLMODE`` would; a warning in a log is read too late."""
+    lines = [
+        f"{name}: is not a setting of fastapi-asyncdb and asks for no TLS; set {meant} "
+        "instead (docs/tls.md)"
+        for name in sorted(environment)
+        if (meant := _tls_variable_meant(name)) is not None
+    ]
+    if lines:
+        raise ConfigurationError("Invalid database settings:\n  " + "\n  ".join(lines))
 
 
 def _warn_of_misspelled_variables(environment: Mapping[str, str]) -> None:
     """Name ``DB_*`` variables that look like a setting but are none of them.
 
     The environment also holds other programs' ``DB_*`` variables (``DB_HOST`` for a
-    script, say), so unknown names cannot be refused; but ``DB_STATEMENT_TIMOUT`` or
-    ``DB_TLS_MODE``, silently ignored, would leave a protection off.
+    script, say), so unknown names cannot be refused; but ``DB_STATEMENT_TIMOUT``,
+    silently ignored, would leave a protection off. (Those that mention TLS are refused
+    before this: see ``_refuse_tls_lookalikes``.)
     """
     known = [
         "DB_WORKERS" if name == "workers" else _env_name(name)
@@ -443,7 +497,10 @@ def _explain(error: ValidationError) -> str:
         # An error's location is the alias: pydantic names the first one, whichever gave it.
         field = {"DB_WORKERS": "workers", "WEB_CONCURRENCY": "workers"}.get(field, field)
         if item["type"] == "extra_forbidden":
-            message = "is not a setting of fastapi-asyncdb; check the spelling"
+            meant = _tls_variable_meant(field)
+            message = "is not a setting of fastapi-asyncdb; " + (
+                "check the spelling" if meant is None else f"set {meant} instead (docs/tls.md)"
+            )
         name = f"{field}=" if field in CODE_ONLY else f"{_env_name(field)} ({field})"
         lines.append(f"{name}: {message}")
     return "Invalid database settings:\n  " + "\n  ".join(lines)

@@ -260,7 +260,7 @@ def test_endless_or_huge_timeouts_are_refused_naming_the_variable(field: str, va
 
 @pytest.mark.parametrize(
     ("variable", "suggestion"),
-    [("DB_STATEMENT_TIMOUT", "DB_STATEMENT_TIMEOUT"), ("DB_TLS_MODE", "DB_TLS")],
+    [("DB_STATEMENT_TIMOUT", "DB_STATEMENT_TIMEOUT"), ("DB_POOL_SIZE_MAX", "DB_POOL_SIZE")],
 )
 def test_a_misspelled_variable_is_named_with_the_setting_it_resembles(
     monkeypatch: pytest.MonkeyPatch,
@@ -277,6 +277,56 @@ def test_a_misspelled_variable_is_named_with_the_setting_it_resembles(
         f"{variable} is not a setting of fastapi-asyncdb, and is ignored; "
         f"did you mean {suggestion}?"
     ]
+
+
+@pytest.mark.parametrize(
+    ("variable", "meant"),
+    [
+        ("DB_SSLMODE", "DB_TLS"),
+        ("DB_SSL", "DB_TLS"),
+        ("DB_SSL_MODE", "DB_TLS"),
+        ("DB_TLSMODE", "DB_TLS"),
+        ("DB_TLS_MODE", "DB_TLS"),
+        ("DATABASE_SSLMODE", "DB_TLS"),
+        ("db_use_ssl", "DB_TLS"),
+        ("DB_TLS_CAFILE", "DB_TLS_CA_FILE"),
+        ("DB_SSLROOTCERT", "DB_TLS_CA_FILE"),
+        ("DB_SSL_CERT", "DB_TLS_CERT_FILE"),
+        ("DB_SSL_KEY", "DB_TLS_KEY_FILE"),
+        ("DB_TLS_KEY_PASS", "DB_TLS_KEY_PASSWORD"),
+    ],
+)
+def test_a_guessed_tls_variable_is_refused_naming_the_one_to_set(
+    monkeypatch: pytest.MonkeyPatch, variable: str, meant: str
+) -> None:
+    # Ignored, it would leave the connection in plaintext while its author thinks it
+    # encrypted.
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://app@db.internal/app")
+    monkeypatch.setenv(variable, "verify-full")
+    with pytest.raises(ConfigurationError, match=f"{variable}: .*set {meant} instead"):
+        Database()
+
+
+@pytest.mark.parametrize("variable", ["DB_CLASSLIST", "DB_HOST", "PGSSLMODE_NOTE", "DB_TLS"])
+def test_a_variable_that_says_nothing_of_tls_is_not_refused_as_one(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "disable")
+    DatabaseSettings()
+
+
+@pytest.mark.parametrize(
+    ("line", "meant"),
+    [("DB_SSLMODE=verify-full", "DB_TLS"), ("DATABASE_SSLROOTCERT=ca.pem", "DB_TLS_CA_FILE")],
+)
+def test_a_guessed_tls_variable_in_a_dotenv_file_is_refused_naming_the_one_to_set(
+    tmp_path: Path, line: str, meant: str
+) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(f"DATABASE_URL=postgresql+asyncpg://app@db.internal/app\n{line}\n")
+    name = line.partition("=")[0]
+    with pytest.raises(ConfigurationError, match=f"{name} .*set {meant} instead"):
+        DatabaseSettings(_env_file=dotenv)
 
 
 def test_nested_secret_connect_args_are_hidden_and_reach_the_driver() -> None:
