@@ -9,6 +9,7 @@ import re
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
@@ -270,12 +271,13 @@ class DatabaseSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (
-            init_settings,
-            _EnvironmentWithoutCodeOnly(settings_cls),
-            _DotEnvWithoutCodeOnly.of(dotenv_settings),
-            file_secret_settings,
-        )
+        environment = _EnvironmentWithoutCodeOnly(settings_cls)
+        dotenv = _DotEnvWithoutCodeOnly.of(dotenv_settings)
+        if isinstance(dotenv, DotEnvSettingsSource):
+            # DB_WORKERS in the .env file must win over WEB_CONCURRENCY, which the
+            # platform sets in the environment: the environment's source decides.
+            environment.dotenv_vars = dotenv.env_vars
+        return (init_settings, environment, dotenv, file_secret_settings)
 
     @field_validator("pool_class", mode="before")
     @classmethod
@@ -330,6 +332,9 @@ class _OwnNamesOnly(EnvSettingsSource):
     (``DB_PASSWORD`` of a compose file stays unread rather than becoming a password
     nobody asked for), and an aliased setting read only from its own names."""
 
+    dotenv_vars: Mapping[str, str | None] = MappingProxyType({})
+    """A ``.env`` file's variables, for the aliases the environment does not set."""
+
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         if field_name in CODE_ONLY:
             return None, field_name, False
@@ -339,10 +344,14 @@ class _OwnNamesOnly(EnvSettingsSource):
         # pydantic-settings would also read the bare field name (``URL``, ``WORKERS``)
         # and the prefixed one (``DB_URL``): an unrelated variable of another program
         # would then pick the database.
+        # Each name in the environment, then in the .env file, before the next name:
+        # DB_WORKERS wherever it is given beats WEB_CONCURRENCY.
         for name in names:
-            value = self.env_vars.get(name if self.case_sensitive else name.lower())
-            if value is not None:
-                return value, name, False
+            key = name if self.case_sensitive else name.lower()
+            for variables in (self.env_vars, self.dotenv_vars):
+                value = variables.get(key)
+                if value is not None:
+                    return value, name, False
         return None, field_name, False
 
 

@@ -451,6 +451,41 @@ def test_a_dotenv_file_of_model_config_reads_the_database_from_database_url_only
     assert AppSettings().sqlalchemy_url.database == "./chosen.db"
 
 
+@pytest.mark.parametrize("given_in", ["environment", "dotenv"])
+@pytest.mark.parametrize("fallback_in", ["environment", "dotenv"])
+def test_db_workers_wins_over_web_concurrency_wherever_each_is_given(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, given_in: str, fallback_in: str
+) -> None:
+    # The platform sets WEB_CONCURRENCY for one replica; DB_WORKERS counts them all, and
+    # the budget check must count that.
+    dotenv = tmp_path / ".env"
+    lines = []
+    for variable, value, where in (
+        ("DB_WORKERS", "8", given_in),
+        ("WEB_CONCURRENCY", "2", fallback_in),
+    ):
+        if where == "environment":
+            monkeypatch.setenv(variable, value)
+        else:
+            lines.append(f"{variable}={value}\n")
+    dotenv.write_text("".join(lines))
+    assert DatabaseSettings(_env_file=dotenv).workers == 8
+
+
+def test_the_environment_wins_over_a_dotenv_file_for_the_same_worker_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("DB_WORKERS=8\nWEB_CONCURRENCY=5\n")
+    monkeypatch.setenv("DB_WORKERS", "3")
+    assert DatabaseSettings(_env_file=dotenv).workers == 3
+    monkeypatch.delenv("DB_WORKERS")
+    monkeypatch.setenv("WEB_CONCURRENCY", "2")
+    assert DatabaseSettings(_env_file=dotenv).workers == 8
+    dotenv.write_text("WEB_CONCURRENCY=5\n")
+    assert DatabaseSettings(_env_file=dotenv).workers == 2
+
+
 def test_an_unrelated_workers_variable_is_not_a_worker_count(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
