@@ -13,7 +13,9 @@ from types import MappingProxyType
 from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
+    AfterValidator,
     AliasChoices,
+    BeforeValidator,
     Field,
     NonNegativeInt,
     PositiveInt,
@@ -47,11 +49,70 @@ DEFAULT_URL = "sqlite+aiosqlite:///./data/app.db"
 # Longest time a setting may hold: PostgreSQL keeps its limits as milliseconds in a
 # 32-bit integer (about 24 days), and no timeout is meant to be longer.
 MAX_SECONDS = 2_147_483
-Seconds: TypeAlias = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
-"""A duration in seconds: finite, positive, at most ``MAX_SECONDS``."""
+# Shortest: PostgreSQL counts its limits in milliseconds, and MariaDB rounds a
+# max_statement_time of 1e-07 to 0, which is no limit at all.
+MIN_SECONDS = 0.001
 # Far more processes than one server serves; a larger value is a typo.
 MAX_WORKERS = 10_000
-SecondsOrZero: TypeAlias = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
+# The words that turn off a setting that can be off, given as text (the environment).
+OFF_WORDS = ("none", "off")
+
+
+def _not_under_a_millisecond(seconds: float) -> float:
+    if 0 < seconds < MIN_SECONDS:
+        raise ValueError(
+            f"is under 1 ms: times are in seconds, and the shortest is {MIN_SECONDS:g} "
+            "(a server would round a shorter limit to 0, which is none at all)"
+        )
+    return seconds
+
+
+def _no_off_word(value: object) -> object:
+    if isinstance(value, str) and value.strip().lower() in (*OFF_WORDS, "null", ""):
+        raise ValueError("cannot be turned off; give a number of seconds")
+    return value
+
+
+def _off_word_is_none(value: object) -> object:
+    if value == 0 and not isinstance(value, bool):
+        value = "0"
+    if not isinstance(value, str):
+        return value
+    word = value.strip().lower()
+    if word in OFF_WORDS:
+        return None
+    if word == "":
+        # An empty variable is more often a template's blank than a wish for no limit.
+        raise ValueError("is empty; give a number of seconds, or none (or off) to turn it off")
+    if word == "null" or _is_zero(word):
+        # 0 is PostgreSQL's own word for no limit; here that is said in words.
+        raise ValueError("give a number of seconds, or none (or off) to turn it off")
+    return value
+
+
+def _is_zero(word: str) -> bool:
+    try:
+        return float(word) == 0
+    except ValueError:
+        return False
+
+
+Seconds: TypeAlias = Annotated[
+    float,
+    BeforeValidator(_no_off_word),
+    Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False),
+    AfterValidator(_not_under_a_millisecond),
+]
+"""A duration in seconds: finite, from ``MIN_SECONDS`` to ``MAX_SECONDS``."""
+SecondsOrZero: TypeAlias = Annotated[
+    float,
+    BeforeValidator(_no_off_word),
+    Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False),
+    AfterValidator(_not_under_a_millisecond),
+]
+"""As ``Seconds``, or 0."""
+SecondsOrOff: TypeAlias = Annotated[Seconds | None, BeforeValidator(_off_word_is_none)]
+"""As ``Seconds``, or None (``none`` or ``off`` as text): the limit is turned off."""
 
 PasswordProvider = Callable[[], str | Awaitable[str]]
 """Returns the password (or token) for a new connection; sync or async."""
@@ -74,7 +135,8 @@ class DatabaseSettings(BaseSettings):
 
     From the environment: ``DATABASE_URL`` and ``DB_<NAME>`` for each other field
     (``DB_POOL_SIZE``, ``DB_TLS``, ...). From code: the field names as keywords.
-    Times are in seconds. A timeout of ``None`` disables it; only do that knowingly.
+    Times are in seconds, from 1 ms. A limit that can be turned off is turned off by
+    ``None`` (``none`` or ``off`` in the environment); only do that knowingly.
 
     ``ssl_context``, ``connect_args``, ``password``, ``async_creator`` and the JSON
     functions are set in code only (docs/tls.md): never read from the environment,
@@ -108,23 +170,23 @@ class DatabaseSettings(BaseSettings):
     pool_timeout: Seconds = Field(
         default=5.0, description="Longest wait for a connection before a 503 (acquire timeout)."
     )
-    pool_recycle: Seconds | None = 1800.0
+    pool_recycle: SecondsOrOff = 1800.0
     pool_pre_ping: bool = True
     pre_ping_after_idle: SecondsOrZero = Field(
         default=1.0,
         description="Ping only connections idle at least this long; 0 pings at every checkout.",
     )
     connect_timeout: Seconds = 5.0
-    command_timeout: Seconds | None = Field(
+    command_timeout: SecondsOrOff = Field(
         default=20.0, description="Client-side limit on each command on the wire."
     )
-    statement_timeout: Seconds | None = Field(
+    statement_timeout: SecondsOrOff = Field(
         default=15.0, description="Server-side limit on each statement (PostgreSQL, MariaDB)."
     )
-    idle_in_transaction_timeout: Seconds | None = Field(
+    idle_in_transaction_timeout: SecondsOrOff = Field(
         default=30.0, description="Server ends a session left idle inside a transaction."
     )
-    client_connection_check_interval: Seconds | None = Field(
+    client_connection_check_interval: SecondsOrOff = Field(
         default=1.0,
         description="PostgreSQL 14+: stop a query whose client has gone (cancelled request).",
     )
@@ -149,7 +211,7 @@ class DatabaseSettings(BaseSettings):
         description="Count units of work, waits and failures for the metrics; the pool "
         "gauges, read at scrape time, work either way.",
     )
-    slow_statement_threshold: Seconds | None = Field(
+    slow_statement_threshold: SecondsOrOff = Field(
         default=None,
         description="Log each statement that takes at least this long (WARNING, logger "
         "fastapi_asyncdb.statements), without its values; None: no such log.",

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib.util
+import time
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -9,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic_settings import SettingsConfigDict
 from sqlalchemy import text as sql
+from sqlalchemy.exc import DBAPIError
 
 from fastapi_asyncdb import ConfigurationError, Database, DatabaseSettings
 
@@ -256,6 +258,100 @@ def test_a_port_that_is_not_a_number_is_refused_as_a_bad_url() -> None:
 def test_endless_or_huge_timeouts_are_refused_naming_the_variable(field: str, value: str) -> None:
     with pytest.raises(ConfigurationError, match=f"DB_{field.upper()}"):
         DatabaseSettings(**{field: float(value)})
+
+
+DURATIONS = [
+    "pool_timeout",
+    "pool_recycle",
+    "pre_ping_after_idle",
+    "connect_timeout",
+    "command_timeout",
+    "statement_timeout",
+    "idle_in_transaction_timeout",
+    "client_connection_check_interval",
+    "health_timeout",
+    "drain_timeout",
+    "slow_statement_threshold",
+]
+# The limits that may be turned off; the others always hold.
+CAN_BE_OFF = [
+    "pool_recycle",
+    "command_timeout",
+    "statement_timeout",
+    "idle_in_transaction_timeout",
+    "client_connection_check_interval",
+    "slow_statement_threshold",
+]
+
+
+@pytest.mark.parametrize("value", ["1e-7", "0.0009"])
+@pytest.mark.parametrize("field", DURATIONS)
+def test_a_duration_under_a_millisecond_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, field: str, value: str
+) -> None:
+    # MariaDB rounds max_statement_time=1e-07 to 0: no limit at all.
+    variable = f"DB_{field.upper()}"
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError, match=rf"{variable} \({field}\): is under 1 ms"):
+        DatabaseSettings()
+    with pytest.raises(ConfigurationError, match=rf"{variable} \({field}\): is under 1 ms"):
+        DatabaseSettings(**{field: float(value)}, _env_file=None)
+    monkeypatch.setenv(variable, "0.001")
+    assert getattr(DatabaseSettings(), field) == 0.001
+
+
+@pytest.mark.backends("mysql")
+async def test_the_shortest_statement_timeout_stops_a_statement_on_mariadb(
+    database_url: str,
+) -> None:
+    with pytest.raises(ConfigurationError, match="DB_STATEMENT_TIMEOUT"):
+        Database(url=database_url, statement_timeout=0.0009)
+    database = Database(url=database_url, statement_timeout=0.001, budget_check="off")
+    async with database:
+        async with database.transaction() as session:
+            limit = (await session.execute(sql("SELECT @@max_statement_time"))).scalar_one()
+            assert float(str(limit)) == 0.001
+            started = time.monotonic()
+            with pytest.raises(DBAPIError, match="max_statement_time exceeded"):
+                await session.execute(sql("SELECT SLEEP(2)"))
+            assert time.monotonic() - started < 1
+        # Why there is a bound: what a shorter limit becomes on the server.
+        async with database.engine.connect() as connection:
+            await connection.execute(sql("SET SESSION max_statement_time = 1e-07"))
+            rounded = (await connection.execute(sql("SELECT @@max_statement_time"))).scalar_one()
+            assert float(str(rounded)) == 0
+
+
+@pytest.mark.parametrize("word", ["none", "None", "NONE", "off", "Off", " off "])
+@pytest.mark.parametrize("field", CAN_BE_OFF)
+def test_a_limit_that_can_be_off_is_turned_off_by_none_or_off_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, field: str, word: str
+) -> None:
+    monkeypatch.setenv(f"DB_{field.upper()}", word)
+    assert getattr(DatabaseSettings(), field) is None
+
+
+@pytest.mark.parametrize(("value", "refusal"), [("", "is empty"), ("null", "give"), ("0", "give")])
+@pytest.mark.parametrize("field", CAN_BE_OFF)
+def test_an_empty_null_or_zero_limit_is_refused_pointing_to_none(
+    monkeypatch: pytest.MonkeyPatch, field: str, value: str, refusal: str
+) -> None:
+    # An empty variable is a template's blank more often than a wish for no limit.
+    variable = f"DB_{field.upper()}"
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError, match=rf"{variable} .*: {refusal}.*none \(or off\)"):
+        DatabaseSettings()
+
+
+@pytest.mark.parametrize("word", ["none", "off"])
+@pytest.mark.parametrize("field", sorted(set(DURATIONS) - set(CAN_BE_OFF)))
+def test_a_limit_that_always_holds_cannot_be_turned_off(
+    monkeypatch: pytest.MonkeyPatch, field: str, word: str
+) -> None:
+    variable = f"DB_{field.upper()}"
+    monkeypatch.setenv(variable, word)
+    with pytest.raises(ConfigurationError, match=f"{variable} .*: cannot be turned off"):
+        DatabaseSettings()
 
 
 @pytest.mark.parametrize(
