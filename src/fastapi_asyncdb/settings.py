@@ -17,8 +17,6 @@ from pydantic import (
     AliasChoices,
     BeforeValidator,
     Field,
-    NonNegativeInt,
-    PositiveInt,
     SecretStr,
     ValidationError,
     field_serializer,
@@ -54,6 +52,10 @@ MAX_SECONDS = 2_147_483
 MIN_SECONDS = 0.001
 # Far more processes than one server serves; a larger value is a typo.
 MAX_WORKERS = 10_000
+# Connections in one pool of one process: no server serves more; a larger value is a typo.
+MAX_POOL_SIZE = 10_000
+# An hour: a client told to come back later than that has given up long before.
+MAX_RETRY_AFTER = 3_600
 # The words that turn off a setting that can be off, given as text (the environment).
 OFF_WORDS = ("none", "off")
 
@@ -113,6 +115,8 @@ SecondsOrZero: TypeAlias = Annotated[
 """As ``Seconds``, or 0."""
 SecondsOrOff: TypeAlias = Annotated[Seconds | None, BeforeValidator(_off_word_is_none)]
 """As ``Seconds``, or None (``none`` or ``off`` as text): the limit is turned off."""
+PoolSize: TypeAlias = Annotated[int, Field(ge=1, le=MAX_POOL_SIZE)]
+Overflow: TypeAlias = Annotated[int, Field(ge=0, le=MAX_POOL_SIZE)]
 
 PasswordProvider = Callable[[], str | Awaitable[str]]
 """Returns the password (or token) for a new connection; sync or async."""
@@ -159,12 +163,12 @@ class DatabaseSettings(BaseSettings):
         description="SQLAlchemy URL with an async driver; the default is a SQLite file in ./data.",
     )
     pool_class: Literal["AsyncAdaptedQueuePool", "NullPool"] = "AsyncAdaptedQueuePool"
-    pool_size: PositiveInt = 10
-    max_overflow: NonNegativeInt = 5
-    read_pool_size: PositiveInt | None = Field(
+    pool_size: PoolSize = 10
+    max_overflow: Overflow = 5
+    read_pool_size: PoolSize | None = Field(
         default=None, description="Connections kept for read sessions; default: pool_size."
     )
-    read_max_overflow: NonNegativeInt | None = Field(
+    read_max_overflow: Overflow | None = Field(
         default=None, description="Extra read connections under load; default: max_overflow."
     )
     pool_timeout: Seconds = Field(
@@ -190,7 +194,7 @@ class DatabaseSettings(BaseSettings):
         default=1.0,
         description="PostgreSQL 14+: stop a query whose client has gone (cancelled request).",
     )
-    unavailable_retry_after: PositiveInt = Field(
+    unavailable_retry_after: Annotated[int, Field(ge=1, le=MAX_RETRY_AFTER)] = Field(
         default=1, description="Seconds announced in Retry-After when the database is unavailable."
     )
     health_timeout: Seconds = Field(

@@ -355,6 +355,30 @@ def test_a_limit_that_always_holds_cannot_be_turned_off(
 
 
 @pytest.mark.parametrize(
+    ("field", "largest"),
+    [
+        ("pool_size", 10_000),
+        ("max_overflow", 10_000),
+        ("read_pool_size", 10_000),
+        ("read_max_overflow", 10_000),
+        ("unavailable_retry_after", 3_600),
+    ],
+)
+def test_a_huge_pool_or_retry_after_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, field: str, largest: int
+) -> None:
+    variable = f"DB_{field.upper()}"
+    monkeypatch.setenv(variable, "99999999999999999999")
+    with pytest.raises(ConfigurationError, match=f"{variable} .*less than or equal to {largest}"):
+        DatabaseSettings()
+    monkeypatch.setenv(variable, str(largest + 1))
+    with pytest.raises(ConfigurationError, match=variable):
+        DatabaseSettings()
+    monkeypatch.setenv(variable, str(largest))
+    assert getattr(DatabaseSettings(), field) == largest
+
+
+@pytest.mark.parametrize(
     ("variable", "suggestion"),
     [("DB_STATEMENT_TIMOUT", "DB_STATEMENT_TIMEOUT"), ("DB_POOL_SIZE_MAX", "DB_POOL_SIZE")],
 )
