@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_serializer,
     field_validator,
     model_validator,
@@ -296,6 +297,19 @@ class DatabaseSettings(BaseSettings):
     @classmethod
     def _check_url(cls, value: SecretStr) -> SecretStr:
         check_url_text(value.get_secret_value())
+        return value
+
+    @field_validator(
+        "tls_ca_file", "tls_cert_file", "tls_key_file", "tls_key_password", mode="before"
+    )
+    @classmethod
+    def _refuse_empty_tls_value(cls, value: object, info: ValidationInfo) -> object:
+        # An empty path would become "." (the current directory), and the refusal
+        # would then speak of a "." nobody wrote; an empty variable is a blank left in a
+        # template.
+        if isinstance(value, str) and not value.strip():
+            what = "the key's password" if info.field_name == "tls_key_password" else "a path"
+            raise ValueError(f"is empty; give {what}, or unset it")
         return value
 
     @field_validator("connect_args")

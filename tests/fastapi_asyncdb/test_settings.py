@@ -449,6 +449,23 @@ def test_a_guessed_tls_variable_in_a_dotenv_file_is_refused_naming_the_one_to_se
         DatabaseSettings(_env_file=dotenv)
 
 
+@pytest.mark.parametrize("value", ["", "  "])
+@pytest.mark.parametrize(
+    "field", ["tls_ca_file", "tls_cert_file", "tls_key_file", "tls_key_password"]
+)
+def test_an_empty_tls_variable_is_refused_as_empty(
+    monkeypatch: pytest.MonkeyPatch, field: str, value: str
+) -> None:
+    # Read as a path, "" would be "." and refused as ". is not a file".
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://app@db.internal/app")
+    monkeypatch.setenv("DB_TLS", "verify-full")
+    variable = f"DB_{field.upper()}"
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError, match=rf"{variable} \({field}\): is empty") as caught:
+        DatabaseSettings()
+    assert ". is not a file" not in str(caught.value)
+
+
 def test_nested_secret_connect_args_are_hidden_and_reach_the_driver() -> None:
     settings = DatabaseSettings(
         url="postgresql+asyncpg://app@db/app",
