@@ -538,8 +538,8 @@ def _refuse_tls_lookalikes(environment: Mapping[str, str]) -> None:
     would leave the connection in plaintext (or unverified) while its author believes it
     encrypted, as ``PGSSLMODE`` would; a warning in a log is read too late."""
     lines = [
-        f"{name}: is not a setting of fastapi-asyncdb and asks for no TLS; set {meant} "
-        "instead (docs/tls.md)"
+        f"{name}: is not a setting of fastapi-asyncdb (TLS is set by DB_TLS and DB_TLS_* "
+        f"only); set {meant} instead (docs/tls.md)"
         for name in sorted(environment)
         if (meant := _tls_variable_meant(name)) is not None
     ]

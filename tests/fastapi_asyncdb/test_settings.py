@@ -427,7 +427,7 @@ def test_a_guessed_tls_variable_is_refused_naming_the_one_to_set(
         Database()
 
 
-@pytest.mark.parametrize("variable", ["DB_CLASSLIST", "DB_HOST", "PGSSLMODE_NOTE", "DB_TLS"])
+@pytest.mark.parametrize("variable", ["DB_CLASSLIST", "DB_MASSLOAD", "DB_HOST", "DB_TLS"])
 def test_a_variable_that_says_nothing_of_tls_is_not_refused_as_one(
     monkeypatch: pytest.MonkeyPatch, variable: str
 ) -> None:
