@@ -116,6 +116,11 @@ SecondsOrZero: TypeAlias = Annotated[
 """As ``Seconds``, or 0."""
 SecondsOrOff: TypeAlias = Annotated[Seconds | None, BeforeValidator(_off_word_is_none)]
 """As ``Seconds``, or None (``none`` or ``off`` as text): the limit is turned off."""
+# A threshold compared here with a measured time, never sent as a limit: nothing rounds
+# it away, and a tiny one means "every time" (log every statement, ping every checkout).
+Threshold: TypeAlias = Annotated[
+    float, BeforeValidator(_no_off_word), Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)
+]
 PoolSize: TypeAlias = Annotated[int, Field(ge=1, le=MAX_POOL_SIZE)]
 Overflow: TypeAlias = Annotated[int, Field(ge=0, le=MAX_POOL_SIZE)]
 
@@ -140,7 +145,7 @@ class DatabaseSettings(BaseSettings):
 
     From the environment: ``DATABASE_URL`` and ``DB_<NAME>`` for each other field
     (``DB_POOL_SIZE``, ``DB_TLS``, ...). From code: the field names as keywords.
-    Times are in seconds, from 1 ms. A limit that can be turned off is turned off by
+    Limits are in seconds, from 1 ms. A limit that can be turned off is turned off by
     ``None`` (``none`` or ``off`` in the environment); only do that knowingly.
 
     ``ssl_context``, ``connect_args``, ``password``, ``async_creator`` and the JSON
@@ -177,7 +182,7 @@ class DatabaseSettings(BaseSettings):
     )
     pool_recycle: SecondsOrOff = 1800.0
     pool_pre_ping: bool = True
-    pre_ping_after_idle: SecondsOrZero = Field(
+    pre_ping_after_idle: Threshold = Field(
         default=1.0,
         description="Ping only connections idle at least this long; 0 pings at every checkout.",
     )
@@ -216,7 +221,9 @@ class DatabaseSettings(BaseSettings):
         description="Count units of work, waits and failures for the metrics; the pool "
         "gauges, read at scrape time, work either way.",
     )
-    slow_statement_threshold: SecondsOrOff = Field(
+    slow_statement_threshold: Annotated[
+        Annotated[Threshold, Field(gt=0)] | None, BeforeValidator(_off_word_is_none)
+    ] = Field(
         default=None,
         description="Log each statement that takes at least this long (WARNING, logger "
         "fastapi_asyncdb.statements), without its values; None: no such log.",

@@ -260,10 +260,10 @@ def test_endless_or_huge_timeouts_are_refused_naming_the_variable(field: str, va
         DatabaseSettings(**{field: float(value)})
 
 
-DURATIONS = [
+# The limits: each ends a wait, a statement or a session, on the server or here.
+LIMITS = [
     "pool_timeout",
     "pool_recycle",
-    "pre_ping_after_idle",
     "connect_timeout",
     "command_timeout",
     "statement_timeout",
@@ -271,8 +271,9 @@ DURATIONS = [
     "client_connection_check_interval",
     "health_timeout",
     "drain_timeout",
-    "slow_statement_threshold",
 ]
+# Compared here with a measured time, never sent: tiny means every time.
+THRESHOLDS = ["pre_ping_after_idle", "slow_statement_threshold"]
 # The limits that may be turned off; the others always hold.
 CAN_BE_OFF = [
     "pool_recycle",
@@ -285,8 +286,8 @@ CAN_BE_OFF = [
 
 
 @pytest.mark.parametrize("value", ["1e-7", "0.0009"])
-@pytest.mark.parametrize("field", DURATIONS)
-def test_a_duration_under_a_millisecond_is_refused_naming_the_variable(
+@pytest.mark.parametrize("field", LIMITS)
+def test_a_limit_under_a_millisecond_is_refused_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, field: str, value: str
 ) -> None:
     # MariaDB rounds max_statement_time=1e-07 to 0: no limit at all.
@@ -298,6 +299,11 @@ def test_a_duration_under_a_millisecond_is_refused_naming_the_variable(
         DatabaseSettings(**{field: float(value)}, _env_file=None)
     monkeypatch.setenv(variable, "0.001")
     assert getattr(DatabaseSettings(), field) == 0.001
+
+
+@pytest.mark.parametrize("field", THRESHOLDS)
+def test_a_tiny_threshold_is_kept_as_every_time(field: str) -> None:
+    assert getattr(DatabaseSettings(**{field: 1e-9}), field) == 1e-9
 
 
 @pytest.mark.backends("mysql")
@@ -344,7 +350,7 @@ def test_an_empty_null_or_zero_limit_is_refused_pointing_to_none(
 
 
 @pytest.mark.parametrize("word", ["none", "off"])
-@pytest.mark.parametrize("field", sorted(set(DURATIONS) - set(CAN_BE_OFF)))
+@pytest.mark.parametrize("field", sorted(set(LIMITS + THRESHOLDS) - set(CAN_BE_OFF)))
 def test_a_limit_that_always_holds_cannot_be_turned_off(
     monkeypatch: pytest.MonkeyPatch, field: str, word: str
 ) -> None:
