@@ -5,18 +5,21 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import (
+    AfterValidator,
     AliasChoices,
+    BeforeValidator,
     Field,
-    NonNegativeInt,
-    PositiveInt,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_serializer,
     field_validator,
     model_validator,
@@ -45,11 +48,81 @@ DEFAULT_URL = "sqlite+aiosqlite:///./data/app.db"
 # Longest time a setting may hold: PostgreSQL keeps its limits as milliseconds in a
 # 32-bit integer (about 24 days), and no timeout is meant to be longer.
 MAX_SECONDS = 2_147_483
-Seconds: TypeAlias = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
-"""A duration in seconds: finite, positive, at most ``MAX_SECONDS``."""
+# Shortest: PostgreSQL counts its limits in milliseconds, and MariaDB rounds a
+# max_statement_time of 1e-07 to 0, which is no limit at all.
+MIN_SECONDS = 0.001
 # Far more processes than one server serves; a larger value is a typo.
 MAX_WORKERS = 10_000
-SecondsOrZero: TypeAlias = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
+# Connections in one pool of one process: no server serves more; a larger value is a typo.
+MAX_POOL_SIZE = 10_000
+# An hour: a client told to come back later than that has given up long before.
+MAX_RETRY_AFTER = 3_600
+# The words that turn off a setting that can be off, given as text (the environment).
+OFF_WORDS = ("none", "off")
+
+
+def _not_under_a_millisecond(seconds: float) -> float:
+    if 0 < seconds < MIN_SECONDS:
+        raise ValueError(
+            f"is under 1 ms: times are in seconds, and the shortest is {MIN_SECONDS:g} "
+            "(a server would round a shorter limit to 0, which is none at all)"
+        )
+    return seconds
+
+
+def _no_off_word(value: object) -> object:
+    if isinstance(value, str) and value.strip().lower() in (*OFF_WORDS, "null", ""):
+        raise ValueError("cannot be turned off; give a number of seconds")
+    return value
+
+
+def _off_word_is_none(value: object) -> object:
+    if value == 0 and not isinstance(value, bool):
+        value = "0"
+    if not isinstance(value, str):
+        return value
+    word = value.strip().lower()
+    if word in OFF_WORDS:
+        return None
+    if word == "":
+        # An empty variable is more often a template's blank than a wish for no limit.
+        raise ValueError("is empty; give a number of seconds, or none (or off) to turn it off")
+    if word == "null" or _is_zero(word):
+        # 0 is PostgreSQL's own word for no limit; here that is said in words.
+        raise ValueError("give a number of seconds, or none (or off) to turn it off")
+    return value
+
+
+def _is_zero(word: str) -> bool:
+    try:
+        return float(word) == 0
+    except ValueError:
+        return False
+
+
+Seconds: TypeAlias = Annotated[
+    float,
+    BeforeValidator(_no_off_word),
+    Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False),
+    AfterValidator(_not_under_a_millisecond),
+]
+"""A duration in seconds: finite, from ``MIN_SECONDS`` to ``MAX_SECONDS``."""
+SecondsOrZero: TypeAlias = Annotated[
+    float,
+    BeforeValidator(_no_off_word),
+    Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False),
+    AfterValidator(_not_under_a_millisecond),
+]
+"""As ``Seconds``, or 0."""
+SecondsOrOff: TypeAlias = Annotated[Seconds | None, BeforeValidator(_off_word_is_none)]
+"""As ``Seconds``, or None (``none`` or ``off`` as text): the limit is turned off."""
+# A threshold compared here with a measured time, never sent as a limit: nothing rounds
+# it away, and a tiny one means "every time" (log every statement, ping every checkout).
+Threshold: TypeAlias = Annotated[
+    float, BeforeValidator(_no_off_word), Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)
+]
+PoolSize: TypeAlias = Annotated[int, Field(ge=1, le=MAX_POOL_SIZE)]
+Overflow: TypeAlias = Annotated[int, Field(ge=0, le=MAX_POOL_SIZE)]
 
 PasswordProvider = Callable[[], str | Awaitable[str]]
 """Returns the password (or token) for a new connection; sync or async."""
@@ -72,7 +145,8 @@ class DatabaseSettings(BaseSettings):
 
     From the environment: ``DATABASE_URL`` and ``DB_<NAME>`` for each other field
     (``DB_POOL_SIZE``, ``DB_TLS``, ...). From code: the field names as keywords.
-    Times are in seconds. A timeout of ``None`` disables it; only do that knowingly.
+    Limits are in seconds, from 1 ms. A limit that can be turned off is turned off by
+    ``None`` (``none`` or ``off`` in the environment); only do that knowingly.
 
     ``ssl_context``, ``connect_args``, ``password``, ``async_creator`` and the JSON
     functions are set in code only (docs/tls.md): never read from the environment,
@@ -95,38 +169,38 @@ class DatabaseSettings(BaseSettings):
         description="SQLAlchemy URL with an async driver; the default is a SQLite file in ./data.",
     )
     pool_class: Literal["AsyncAdaptedQueuePool", "NullPool"] = "AsyncAdaptedQueuePool"
-    pool_size: PositiveInt = 10
-    max_overflow: NonNegativeInt = 5
-    read_pool_size: PositiveInt | None = Field(
+    pool_size: PoolSize = 10
+    max_overflow: Overflow = 5
+    read_pool_size: PoolSize | None = Field(
         default=None, description="Connections kept for read sessions; default: pool_size."
     )
-    read_max_overflow: NonNegativeInt | None = Field(
+    read_max_overflow: Overflow | None = Field(
         default=None, description="Extra read connections under load; default: max_overflow."
     )
     pool_timeout: Seconds = Field(
         default=5.0, description="Longest wait for a connection before a 503 (acquire timeout)."
     )
-    pool_recycle: Seconds | None = 1800.0
+    pool_recycle: SecondsOrOff = 1800.0
     pool_pre_ping: bool = True
-    pre_ping_after_idle: SecondsOrZero = Field(
+    pre_ping_after_idle: Threshold = Field(
         default=1.0,
         description="Ping only connections idle at least this long; 0 pings at every checkout.",
     )
     connect_timeout: Seconds = 5.0
-    command_timeout: Seconds | None = Field(
+    command_timeout: SecondsOrOff = Field(
         default=20.0, description="Client-side limit on each command on the wire."
     )
-    statement_timeout: Seconds | None = Field(
+    statement_timeout: SecondsOrOff = Field(
         default=15.0, description="Server-side limit on each statement (PostgreSQL, MariaDB)."
     )
-    idle_in_transaction_timeout: Seconds | None = Field(
+    idle_in_transaction_timeout: SecondsOrOff = Field(
         default=30.0, description="Server ends a session left idle inside a transaction."
     )
-    client_connection_check_interval: Seconds | None = Field(
+    client_connection_check_interval: SecondsOrOff = Field(
         default=1.0,
         description="PostgreSQL 14+: stop a query whose client has gone (cancelled request).",
     )
-    unavailable_retry_after: PositiveInt = Field(
+    unavailable_retry_after: Annotated[int, Field(ge=1, le=MAX_RETRY_AFTER)] = Field(
         default=1, description="Seconds announced in Retry-After when the database is unavailable."
     )
     health_timeout: Seconds = Field(
@@ -147,7 +221,9 @@ class DatabaseSettings(BaseSettings):
         description="Count units of work, waits and failures for the metrics; the pool "
         "gauges, read at scrape time, work either way.",
     )
-    slow_statement_threshold: Seconds | None = Field(
+    slow_statement_threshold: Annotated[
+        Annotated[Threshold, Field(gt=0)] | None, BeforeValidator(_off_word_is_none)
+    ] = Field(
         default=None,
         description="Log each statement that takes at least this long (WARNING, logger "
         "fastapi_asyncdb.statements), without its values; None: no such log.",
@@ -217,6 +293,7 @@ class DatabaseSettings(BaseSettings):
     json_deserializer: Callable[[str], Any] | None = Field(default=None, repr=False)
 
     def __init__(self, **values: Any) -> None:
+        _refuse_tls_lookalikes(os.environ)
         try:
             super().__init__(**values)
         except ValidationError as error:
@@ -227,6 +304,19 @@ class DatabaseSettings(BaseSettings):
     @classmethod
     def _check_url(cls, value: SecretStr) -> SecretStr:
         check_url_text(value.get_secret_value())
+        return value
+
+    @field_validator(
+        "tls_ca_file", "tls_cert_file", "tls_key_file", "tls_key_password", mode="before"
+    )
+    @classmethod
+    def _refuse_empty_tls_value(cls, value: object, info: ValidationInfo) -> object:
+        # An empty path would become "." (the current directory), and the refusal
+        # would then speak of a "." nobody wrote; an empty variable is a blank left in a
+        # template.
+        if isinstance(value, str) and not value.strip():
+            what = "the key's password" if info.field_name == "tls_key_password" else "a path"
+            raise ValueError(f"is empty; give {what}, or unset it")
         return value
 
     @field_validator("connect_args")
@@ -268,12 +358,13 @@ class DatabaseSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (
-            init_settings,
-            _EnvironmentWithoutCodeOnly(settings_cls),
-            _DotEnvWithoutCodeOnly.of(dotenv_settings),
-            file_secret_settings,
-        )
+        environment = _EnvironmentWithoutCodeOnly(settings_cls)
+        dotenv = _DotEnvWithoutCodeOnly.of(dotenv_settings)
+        if isinstance(dotenv, DotEnvSettingsSource):
+            # DB_WORKERS in the .env file must win over WEB_CONCURRENCY, which the
+            # platform sets in the environment: the environment's source decides.
+            environment.dotenv_vars = dotenv.env_vars
+        return (init_settings, environment, dotenv, file_secret_settings)
 
     @field_validator("pool_class", mode="before")
     @classmethod
@@ -328,6 +419,9 @@ class _OwnNamesOnly(EnvSettingsSource):
     (``DB_PASSWORD`` of a compose file stays unread rather than becoming a password
     nobody asked for), and an aliased setting read only from its own names."""
 
+    dotenv_vars: Mapping[str, str | None] = MappingProxyType({})
+    """A ``.env`` file's variables, for the aliases the environment does not set."""
+
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         if field_name in CODE_ONLY:
             return None, field_name, False
@@ -337,10 +431,14 @@ class _OwnNamesOnly(EnvSettingsSource):
         # pydantic-settings would also read the bare field name (``URL``, ``WORKERS``)
         # and the prefixed one (``DB_URL``): an unrelated variable of another program
         # would then pick the database.
+        # Each name in the environment, then in the .env file, before the next name:
+        # DB_WORKERS wherever it is given beats WEB_CONCURRENCY.
         for name in names:
-            value = self.env_vars.get(name if self.case_sensitive else name.lower())
-            if value is not None:
-                return value, name, False
+            key = name if self.case_sensitive else name.lower()
+            for variables in (self.env_vars, self.dotenv_vars):
+                value = variables.get(key)
+                if value is not None:
+                    return value, name, False
         return None, field_name, False
 
 
@@ -402,15 +500,67 @@ def _env_name(field: str) -> str:
         # The value may have come from either; both are named.
         return "DB_WORKERS (or WEB_CONCURRENCY)"
     # A key a .env file gave keeps the prefix it was written with.
-    return field.upper() if field.lower().startswith("db_") else f"DB_{field.upper()}"
+    if field.lower().startswith(("db_", "database_")):
+        return field.upper()
+    return f"DB_{field.upper()}"
+
+
+# The only variables that ask for TLS; anything else that looks like one is a mistake.
+TLS_VARIABLES = (
+    "DB_TLS",
+    "DB_TLS_CA_FILE",
+    "DB_TLS_CERT_FILE",
+    "DB_TLS_KEY_FILE",
+    "DB_TLS_KEY_PASSWORD",
+)
+# SSL or TLS as a word of the name (DB_SSLMODE, DB_USE_SSL, DATABASE_PGSSLMODE), not
+# inside another word (DB_CLASSLIST).
+_MENTIONS_TLS = re.compile(r"(?:^|_|PG)(?:SSL|TLS)|(?:SSL|TLS)(?:_|$)")
+_MENTIONS_CA = re.compile(r"ROOT|(?:^|_|SSL|TLS)CA(?:_|$|FILE|CERT|PATH|BUNDLE)")
+
+
+def _tls_variable_meant(name: str) -> str | None:
+    """The ``DB_TLS*`` variable that ``name``, not one of them, was meant to be; None if
+    it says nothing of TLS."""
+    upper = name.upper()
+    prefix = next((p for p in ("DB_", "DATABASE_") if upper.startswith(p)), None)
+    if prefix is None or upper in TLS_VARIABLES:
+        return None
+    rest = upper.removeprefix(prefix)
+    if not _MENTIONS_TLS.search(rest):
+        return None
+    if "PASS" in rest:
+        return "DB_TLS_KEY_PASSWORD"
+    if _MENTIONS_CA.search(rest):
+        return "DB_TLS_CA_FILE"
+    if "KEY" in rest:
+        return "DB_TLS_KEY_FILE"
+    if "CERT" in rest:
+        return "DB_TLS_CERT_FILE"
+    return "DB_TLS"
+
+
+def _refuse_tls_lookalikes(environment: Mapping[str, str]) -> None:
+    """Refuse ``DB_SSLMODE``, ``DB_TLS_MODE``, ``DATABASE_SSLMODE``...: ignored, each
+    would leave the connection in plaintext (or unverified) while its author believes it
+    encrypted, as ``PGSSLMODE`` would; a warning in a log is read too late."""
+    lines = [
+        f"{name}: is not a setting of fastapi-asyncdb (TLS is set by DB_TLS and DB_TLS_* "
+        f"only); set {meant} instead (docs/tls.md)"
+        for name in sorted(environment)
+        if (meant := _tls_variable_meant(name)) is not None
+    ]
+    if lines:
+        raise ConfigurationError("Invalid database settings:\n  " + "\n  ".join(lines))
 
 
 def _warn_of_misspelled_variables(environment: Mapping[str, str]) -> None:
     """Name ``DB_*`` variables that look like a setting but are none of them.
 
     The environment also holds other programs' ``DB_*`` variables (``DB_HOST`` for a
-    script, say), so unknown names cannot be refused; but ``DB_STATEMENT_TIMOUT`` or
-    ``DB_TLS_MODE``, silently ignored, would leave a protection off.
+    script, say), so unknown names cannot be refused; but ``DB_STATEMENT_TIMOUT``,
+    silently ignored, would leave a protection off. (Those that mention TLS are refused
+    before this: see ``_refuse_tls_lookalikes``.)
     """
     known = [
         "DB_WORKERS" if name == "workers" else _env_name(name)
@@ -443,7 +593,10 @@ def _explain(error: ValidationError) -> str:
         # An error's location is the alias: pydantic names the first one, whichever gave it.
         field = {"DB_WORKERS": "workers", "WEB_CONCURRENCY": "workers"}.get(field, field)
         if item["type"] == "extra_forbidden":
-            message = "is not a setting of fastapi-asyncdb; check the spelling"
+            meant = _tls_variable_meant(field)
+            message = "is not a setting of fastapi-asyncdb; " + (
+                "check the spelling" if meant is None else f"set {meant} instead (docs/tls.md)"
+            )
         name = f"{field}=" if field in CODE_ONLY else f"{_env_name(field)} ({field})"
         lines.append(f"{name}: {message}")
     return "Invalid database settings:\n  " + "\n  ".join(lines)

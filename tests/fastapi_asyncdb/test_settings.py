@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib.util
+import time
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -9,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic_settings import SettingsConfigDict
 from sqlalchemy import text as sql
+from sqlalchemy.exc import DBAPIError
 
 from fastapi_asyncdb import ConfigurationError, Database, DatabaseSettings
 
@@ -258,9 +260,133 @@ def test_endless_or_huge_timeouts_are_refused_naming_the_variable(field: str, va
         DatabaseSettings(**{field: float(value)})
 
 
+# The limits: each ends a wait, a statement or a session, on the server or here.
+LIMITS = [
+    "pool_timeout",
+    "pool_recycle",
+    "connect_timeout",
+    "command_timeout",
+    "statement_timeout",
+    "idle_in_transaction_timeout",
+    "client_connection_check_interval",
+    "health_timeout",
+    "drain_timeout",
+]
+# Compared here with a measured time, never sent: tiny means every time.
+THRESHOLDS = ["pre_ping_after_idle", "slow_statement_threshold"]
+# The limits that may be turned off; the others always hold.
+CAN_BE_OFF = [
+    "pool_recycle",
+    "command_timeout",
+    "statement_timeout",
+    "idle_in_transaction_timeout",
+    "client_connection_check_interval",
+    "slow_statement_threshold",
+]
+
+
+@pytest.mark.parametrize("value", ["1e-7", "0.0009"])
+@pytest.mark.parametrize("field", LIMITS)
+def test_a_limit_under_a_millisecond_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, field: str, value: str
+) -> None:
+    # MariaDB rounds max_statement_time=1e-07 to 0: no limit at all.
+    variable = f"DB_{field.upper()}"
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError, match=rf"{variable} \({field}\): is under 1 ms"):
+        DatabaseSettings()
+    with pytest.raises(ConfigurationError, match=rf"{variable} \({field}\): is under 1 ms"):
+        DatabaseSettings(**{field: float(value)}, _env_file=None)
+    monkeypatch.setenv(variable, "0.001")
+    assert getattr(DatabaseSettings(), field) == 0.001
+
+
+@pytest.mark.parametrize("field", THRESHOLDS)
+def test_a_tiny_threshold_is_kept_as_every_time(field: str) -> None:
+    assert getattr(DatabaseSettings(**{field: 1e-9}), field) == 1e-9
+
+
+@pytest.mark.backends("mysql")
+async def test_the_shortest_statement_timeout_stops_a_statement_on_mariadb(
+    database_url: str,
+) -> None:
+    with pytest.raises(ConfigurationError, match="DB_STATEMENT_TIMEOUT"):
+        Database(url=database_url, statement_timeout=0.0009)
+    database = Database(url=database_url, statement_timeout=0.001, budget_check="off")
+    async with database:
+        async with database.transaction() as session:
+            limit = (await session.execute(sql("SELECT @@max_statement_time"))).scalar_one()
+            assert float(str(limit)) == 0.001
+            started = time.monotonic()
+            with pytest.raises(DBAPIError, match="max_statement_time exceeded"):
+                await session.execute(sql("SELECT SLEEP(2)"))
+            assert time.monotonic() - started < 1
+        # Why there is a bound: what a shorter limit becomes on the server.
+        async with database.engine.connect() as connection:
+            await connection.execute(sql("SET SESSION max_statement_time = 1e-07"))
+            rounded = (await connection.execute(sql("SELECT @@max_statement_time"))).scalar_one()
+            assert float(str(rounded)) == 0
+
+
+@pytest.mark.parametrize("word", ["none", "None", "NONE", "off", "Off", " off "])
+@pytest.mark.parametrize("field", CAN_BE_OFF)
+def test_a_limit_that_can_be_off_is_turned_off_by_none_or_off_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, field: str, word: str
+) -> None:
+    monkeypatch.setenv(f"DB_{field.upper()}", word)
+    assert getattr(DatabaseSettings(), field) is None
+
+
+@pytest.mark.parametrize(("value", "refusal"), [("", "is empty"), ("null", "give"), ("0", "give")])
+@pytest.mark.parametrize("field", CAN_BE_OFF)
+def test_an_empty_null_or_zero_limit_is_refused_pointing_to_none(
+    monkeypatch: pytest.MonkeyPatch, field: str, value: str, refusal: str
+) -> None:
+    # An empty variable is a template's blank more often than a wish for no limit.
+    variable = f"DB_{field.upper()}"
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError, match=rf"{variable} .*: {refusal}.*none \(or off\)"):
+        DatabaseSettings()
+
+
+@pytest.mark.parametrize("word", ["none", "off"])
+@pytest.mark.parametrize("field", sorted(set(LIMITS + THRESHOLDS) - set(CAN_BE_OFF)))
+def test_a_limit_that_always_holds_cannot_be_turned_off(
+    monkeypatch: pytest.MonkeyPatch, field: str, word: str
+) -> None:
+    variable = f"DB_{field.upper()}"
+    monkeypatch.setenv(variable, word)
+    with pytest.raises(ConfigurationError, match=f"{variable} .*: cannot be turned off"):
+        DatabaseSettings()
+
+
+@pytest.mark.parametrize(
+    ("field", "largest"),
+    [
+        ("pool_size", 10_000),
+        ("max_overflow", 10_000),
+        ("read_pool_size", 10_000),
+        ("read_max_overflow", 10_000),
+        ("unavailable_retry_after", 3_600),
+    ],
+)
+def test_a_huge_pool_or_retry_after_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, field: str, largest: int
+) -> None:
+    variable = f"DB_{field.upper()}"
+    monkeypatch.setenv(variable, "99999999999999999999")
+    with pytest.raises(ConfigurationError, match=f"{variable} .*less than or equal to {largest}"):
+        DatabaseSettings()
+    monkeypatch.setenv(variable, str(largest + 1))
+    with pytest.raises(ConfigurationError, match=variable):
+        DatabaseSettings()
+    monkeypatch.setenv(variable, str(largest))
+    assert getattr(DatabaseSettings(), field) == largest
+
+
 @pytest.mark.parametrize(
     ("variable", "suggestion"),
-    [("DB_STATEMENT_TIMOUT", "DB_STATEMENT_TIMEOUT"), ("DB_TLS_MODE", "DB_TLS")],
+    [("DB_STATEMENT_TIMOUT", "DB_STATEMENT_TIMEOUT"), ("DB_POOL_SIZE_MAX", "DB_POOL_SIZE")],
 )
 def test_a_misspelled_variable_is_named_with_the_setting_it_resembles(
     monkeypatch: pytest.MonkeyPatch,
@@ -277,6 +403,73 @@ def test_a_misspelled_variable_is_named_with_the_setting_it_resembles(
         f"{variable} is not a setting of fastapi-asyncdb, and is ignored; "
         f"did you mean {suggestion}?"
     ]
+
+
+@pytest.mark.parametrize(
+    ("variable", "meant"),
+    [
+        ("DB_SSLMODE", "DB_TLS"),
+        ("DB_SSL", "DB_TLS"),
+        ("DB_SSL_MODE", "DB_TLS"),
+        ("DB_TLSMODE", "DB_TLS"),
+        ("DB_TLS_MODE", "DB_TLS"),
+        ("DATABASE_SSLMODE", "DB_TLS"),
+        ("db_use_ssl", "DB_TLS"),
+        ("DB_TLS_CAFILE", "DB_TLS_CA_FILE"),
+        ("DB_SSLROOTCERT", "DB_TLS_CA_FILE"),
+        ("DB_SSL_CERT", "DB_TLS_CERT_FILE"),
+        ("DB_SSL_KEY", "DB_TLS_KEY_FILE"),
+        ("DB_TLS_KEY_PASS", "DB_TLS_KEY_PASSWORD"),
+    ],
+)
+def test_a_guessed_tls_variable_is_refused_naming_the_one_to_set(
+    monkeypatch: pytest.MonkeyPatch, variable: str, meant: str
+) -> None:
+    # Ignored, it would leave the connection in plaintext while its author thinks it
+    # encrypted.
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://app@db.internal/app")
+    monkeypatch.setenv(variable, "verify-full")
+    with pytest.raises(ConfigurationError, match=f"{variable}: .*set {meant} instead"):
+        Database()
+
+
+@pytest.mark.parametrize("variable", ["DB_CLASSLIST", "DB_MASSLOAD", "DB_HOST", "DB_TLS"])
+def test_a_variable_that_says_nothing_of_tls_is_not_refused_as_one(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "disable")
+    DatabaseSettings()
+
+
+@pytest.mark.parametrize(
+    ("line", "meant"),
+    [("DB_SSLMODE=verify-full", "DB_TLS"), ("DATABASE_SSLROOTCERT=ca.pem", "DB_TLS_CA_FILE")],
+)
+def test_a_guessed_tls_variable_in_a_dotenv_file_is_refused_naming_the_one_to_set(
+    tmp_path: Path, line: str, meant: str
+) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(f"DATABASE_URL=postgresql+asyncpg://app@db.internal/app\n{line}\n")
+    name = line.partition("=")[0]
+    with pytest.raises(ConfigurationError, match=f"{name} .*set {meant} instead"):
+        DatabaseSettings(_env_file=dotenv)
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+@pytest.mark.parametrize(
+    "field", ["tls_ca_file", "tls_cert_file", "tls_key_file", "tls_key_password"]
+)
+def test_an_empty_tls_variable_is_refused_as_empty(
+    monkeypatch: pytest.MonkeyPatch, field: str, value: str
+) -> None:
+    # Read as a path, "" would be "." and refused as ". is not a file".
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://app@db.internal/app")
+    monkeypatch.setenv("DB_TLS", "verify-full")
+    variable = f"DB_{field.upper()}"
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError, match=rf"{variable} \({field}\): is empty") as caught:
+        DatabaseSettings()
+    assert ". is not a file" not in str(caught.value)
 
 
 def test_nested_secret_connect_args_are_hidden_and_reach_the_driver() -> None:
@@ -399,6 +592,41 @@ def test_a_dotenv_file_of_model_config_reads_the_database_from_database_url_only
         AppSettings()
     dotenv.write_text("DATABASE_URL=sqlite+aiosqlite:///./chosen.db\n")
     assert AppSettings().sqlalchemy_url.database == "./chosen.db"
+
+
+@pytest.mark.parametrize("given_in", ["environment", "dotenv"])
+@pytest.mark.parametrize("fallback_in", ["environment", "dotenv"])
+def test_db_workers_wins_over_web_concurrency_wherever_each_is_given(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, given_in: str, fallback_in: str
+) -> None:
+    # The platform sets WEB_CONCURRENCY for one replica; DB_WORKERS counts them all, and
+    # the budget check must count that.
+    dotenv = tmp_path / ".env"
+    lines = []
+    for variable, value, where in (
+        ("DB_WORKERS", "8", given_in),
+        ("WEB_CONCURRENCY", "2", fallback_in),
+    ):
+        if where == "environment":
+            monkeypatch.setenv(variable, value)
+        else:
+            lines.append(f"{variable}={value}\n")
+    dotenv.write_text("".join(lines))
+    assert DatabaseSettings(_env_file=dotenv).workers == 8
+
+
+def test_the_environment_wins_over_a_dotenv_file_for_the_same_worker_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("DB_WORKERS=8\nWEB_CONCURRENCY=5\n")
+    monkeypatch.setenv("DB_WORKERS", "3")
+    assert DatabaseSettings(_env_file=dotenv).workers == 3
+    monkeypatch.delenv("DB_WORKERS")
+    monkeypatch.setenv("WEB_CONCURRENCY", "2")
+    assert DatabaseSettings(_env_file=dotenv).workers == 8
+    dotenv.write_text("WEB_CONCURRENCY=5\n")
+    assert DatabaseSettings(_env_file=dotenv).workers == 2
 
 
 def test_an_unrelated_workers_variable_is_not_a_worker_count(
