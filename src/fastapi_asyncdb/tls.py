@@ -82,7 +82,12 @@ _MYSQL_MODES = {
     "verify_identity": "verify-full",
 }
 # What would make a PostgreSQL connection ask for TLS if the library did not decide.
-_LIBPQ_ENVIRONMENT = ("PGSSLMODE", "PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY")
+_LIBPQ_ENVIRONMENT = {
+    "PGSSLMODE": "DB_TLS",
+    "PGSSLROOTCERT": "DB_TLS_CA_FILE",
+    "PGSSLCERT": "DB_TLS_CERT_FILE",
+    "PGSSLKEY": "DB_TLS_KEY_FILE",
+}
 
 
 @dataclass(frozen=True)
@@ -170,7 +175,7 @@ def check_tls(settings: DatabaseSettings) -> None:
             _check_system_trust_store(request)
         _context_for(request)
     if backend == "postgresql" and request.mode == "disable":
-        _check_libpq_environment()
+        _check_libpq_environment(settings.tls)
 
 
 def connect_context(settings: DatabaseSettings) -> ssl.SSLContext | None:
@@ -323,13 +328,26 @@ def _check_system_trust_store(request: TlsRequest) -> None:
         )
 
 
-def _check_libpq_environment() -> None:
-    asked = [name for name in _LIBPQ_ENVIRONMENT if os.environ.get(name)]
-    if asked and os.environ.get("PGSSLMODE", "").lower() not in ("", "disable"):
+def _check_libpq_environment(mode: str | None) -> None:
+    """With TLS off, refuse libpq's ``PGSSL*`` variables: whoever set them believes the
+    connection encrypted (or verified with that CA), and it is not. ``PGSSLMODE=disable``
+    says what happens anyway."""
+    asked = sorted(
+        name
+        for name, value in os.environ.items()
+        if name.upper().startswith("PGSSL")
+        and value
+        and not (name.upper() == "PGSSLMODE" and value.lower() == "disable")
+    )
+    if asked:
+        instead = ", ".join(
+            f"{_LIBPQ_ENVIRONMENT.get(name.upper(), 'an ssl_context= in code')} instead of {name}"
+            for name in asked
+        )
         raise ValueError(
-            f"DB_TLS (tls): is not set, but the environment has {', '.join(asked)}, which "
-            "fastapi-asyncdb does not read: it would connect without TLS; set DB_TLS "
-            "(and DB_TLS_CA_FILE ...) instead"
+            f"DB_TLS (tls): is {'not set' if mode is None else mode}, but the environment "
+            f"has {', '.join(asked)}, which fastapi-asyncdb does not read: it would connect "
+            f"without TLS; set {instead} (docs/tls.md)"
         )
 
 

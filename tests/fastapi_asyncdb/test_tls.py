@@ -480,6 +480,29 @@ def test_libpq_tls_variables_are_refused_rather_than_ignored(
 
 
 @pytest.mark.parametrize(
+    ("variable", "value", "instead"),
+    [
+        ("PGSSLROOTCERT", "/etc/ca.pem", "DB_TLS_CA_FILE instead of PGSSLROOTCERT"),
+        ("PGSSLCERT", "/etc/client.pem", "DB_TLS_CERT_FILE instead of PGSSLCERT"),
+        ("PGSSLCRL", "/etc/crl.pem", "an ssl_context= in code instead of PGSSLCRL"),
+    ],
+)
+@pytest.mark.parametrize("tls", [None, "disable"])
+def test_a_libpq_tls_variable_alone_is_refused_while_tls_is_off(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, instead: str, tls: str | None
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as refused:
+        DatabaseSettings(url="postgresql+asyncpg://app@db/app", tls=tls)
+    message = str(refused.value)
+    assert f"is {'not set' if tls is None else tls}, but the environment has {variable}" in message
+    assert instead in message
+    monkeypatch.setenv("PGSSLMODE", "disable")
+    monkeypatch.delenv(variable)
+    DatabaseSettings(url="postgresql+asyncpg://app@db/app", tls=tls)
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "postgresql+asyncpg://app@/app?host=/var/run/postgresql",
