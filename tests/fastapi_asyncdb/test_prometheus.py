@@ -36,6 +36,7 @@ LABELS = {
     "connections_closed": ROLE,
     "pre_ping_failures": ROLE,
     "unit_duration_seconds": (*ROLE, "kind", "outcome"),
+    "statement_duration_seconds": (*ROLE, "kind", "outcome"),
     "commits": ("pool",),
     "rollbacks": ("pool",),
     "unavailable_responses": ("pool", "cause"),
