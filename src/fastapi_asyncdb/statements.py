@@ -115,12 +115,14 @@ class Watch:
         self.verdict: bool | None = False
         self.spans: dict[str, tuple[str, dict[str, str | int]]] = {}
 
-    def took(self, sql: str, seconds: float, histogram: Histogram | None) -> None:
-        """A statement ended after ``seconds``: counted, and logged if slow."""
+    def took(
+        self, sql: str, seconds: float, histogram: Histogram | None, *, log: bool = True
+    ) -> None:
+        """A statement ended after ``seconds``: counted, and logged if slow and ``log``."""
         if histogram is not None:
             histogram.observe(seconds)
         threshold = self.threshold
-        if threshold is not None and seconds >= threshold:
+        if log and threshold is not None and seconds >= threshold:
             _log_slow(self, sql, seconds)
 
     def span_of(self, sql: str) -> tuple[str, dict[str, str | int]]:
@@ -253,7 +255,8 @@ async def observed(
         if span is not None:
             _record_error(span, error)
             span.end()
-        watch.took(sql, seconds, None if watch.driver is None else watch.driver[1])
+        # Not logged as slow: a failure goes up to the request, as on SQLAlchemy's path.
+        watch.took(sql, seconds, None if watch.driver is None else watch.driver[1], log=False)
         raise
     seconds = time.perf_counter() - started
     if span is not None:
@@ -336,5 +339,5 @@ def _failed(exception: ExceptionContext) -> None:
     setattr(context, _STARTED, None)
     watch = _watch_of(exception.connection.engine)
     histogram = None if watch.sqlalchemy is None else watch.sqlalchemy[1]
-    statement = exception.statement or ""
-    watch.took(statement, time.perf_counter() - started, histogram)
+    # Counted, not logged as slow: a failure goes up to the request.
+    watch.took(exception.statement or "", time.perf_counter() - started, histogram, log=False)

@@ -9,6 +9,7 @@ with a ``BEGIN IMMEDIATE`` of its own, which is a statement and counted.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -113,20 +114,25 @@ async def test_a_failing_statement_is_counted_as_an_error_on_either_path(url: st
 
 
 @pytest.mark.backends("postgresql")  # the only backend with a fast path
-async def test_a_failing_statement_on_the_driver_is_a_fast_path_error(url: str) -> None:
-    async with Database(url=url) as database:
+async def test_a_failing_statement_on_the_driver_is_a_fast_path_error_not_a_slow_one(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="fastapi_asyncdb.statements")
+    async with Database(url=url, slow_statement_threshold=1e-9) as database:
         await seed(database)
         statement = ADD_NOTE.values(id=30, body="thirty")
         await database.run_statement(statement)  # learnt
         async with database.read_connection() as connection:
             assert await RATIO.scalar(connection, {"divisor": 1}) == 1  # learnt
-            before = statements(database)
+            before, logged = statements(database), len(caplog.records)
             with pytest.raises(DBAPIError, match="division by zero"):
                 await RATIO.scalar(connection, {"divisor": 0})
         with pytest.raises(IntegrityError):
             await database.run_statement(statement)
         counted = moved(before, statements(database))
     assert counted == {"read fast_path error": 1, "write fast_path error": 1}
+    assert logged > 0  # every statement is slow at this threshold, but for failures
+    assert len(caplog.records) == logged
 
 
 async def test_with_metrics_on_prepared_reads_still_run_on_the_driver(url: str) -> None:
