@@ -313,8 +313,9 @@ class Prepared(Generic[*_Ts]):
 def _may_learn_from(connection: Connection) -> bool:
     """``_compat.may_learn_from``, with the listeners whose work the fast path does
     (tracing, the slow-statement log) accepted."""
-    known = _compat.has_execution_listeners(connection) and statements.driver_watch(connection)[0]
-    return _compat.may_learn_from(connection, listeners_known=known)
+    return _compat.may_learn_from(
+        connection, listeners_known=statements.listeners_known(connection)
+    )
 
 
 WriteParameters = Parameters | Sequence[Parameters] | None

@@ -56,7 +56,14 @@ else:
     # until then.
     _tracer = trace.get_tracer("fastapi_asyncdb")
 
-__all__ = ["Watch", "driver_watch", "observed", "server_attributes", "watch_engine"]
+__all__ = [
+    "Watch",
+    "driver_watch",
+    "listeners_known",
+    "observed",
+    "server_attributes",
+    "watch_engine",
+]
 
 T = TypeVar("T")
 logger = logging.getLogger("fastapi_asyncdb.statements")
@@ -233,6 +240,12 @@ def driver_watch(connection: Connection) -> tuple[bool, Watch | None, bool]:
     if not traced and not watch.timed:
         return True, None, False
     return True, watch, traced
+
+
+def listeners_known(connection: Connection) -> bool:
+    """Whether ``connection`` has execution listeners, all of them ones the fast path
+    stands in for (tracing, statement timing): ``listeners_known`` of ``_compat``."""
+    return _compat.has_execution_listeners(connection) and driver_watch(connection)[0]
 
 
 async def observed(
