@@ -34,7 +34,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
-from weakref import WeakKeyDictionary
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
@@ -162,7 +161,10 @@ def server_attributes(url: URL, system: str) -> dict[str, str | int]:
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 # Statements whose span name and attributes a watch keeps; beyond, it starts again.
 _MAX_SPANS_KEPT = 1000
-_watches: WeakKeyDictionary[Engine, Watch] = WeakKeyDictionary()
+# Each engine's Watch lives on the engine itself, under this name: it is read at every
+# statement, where a WeakKeyDictionary's lookup (a new weak reference each time) costs
+# more than the rest of the timing together.
+_WATCH = "_fastapi_asyncdb_watch"
 
 
 def watch_engine(
@@ -174,7 +176,8 @@ def watch_engine(
 ) -> None:
     """Observe the statements of an engine the library built; ``metrics`` None: metrics
     are off."""
-    watch = _watches[engine] = Watch(engine, role=role, threshold=slow_threshold, metrics=metrics)
+    watch = Watch(engine, role=role, threshold=slow_threshold, metrics=metrics)
+    setattr(engine, _WATCH, watch)
     if watch.timed:
         # retval=True: SQLAlchemy keeps the function itself, which the fast path knows.
         event.listen(engine, "before_cursor_execute", _started, retval=True)
@@ -184,9 +187,10 @@ def watch_engine(
 
 
 def _watch_of(engine: Engine) -> Watch:
-    watch = _watches.get(engine)
+    watch: Watch | None = engine.__dict__.get(_WATCH)
     if watch is None:  # an engine from elsewhere: traced, never logged
-        watch = _watches[engine] = Watch(engine, role=None, threshold=None)
+        watch = Watch(engine, role=None, threshold=None)
+        setattr(engine, _WATCH, watch)
     return watch
 
 
