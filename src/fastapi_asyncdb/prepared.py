@@ -35,7 +35,8 @@ on the statement, or on the connection or its engine (``schema_translate_map``,
 ``yield_per``, ...; only ``isolation_level`` is checked at its source instead),
 logging, or a listener to the events of a statement's execution (a listener may
 rewrite statements), but for those whose work the fast path does itself: OpenTelemetry's
-SQLAlchemy instrumentation and the slow-statement log (``statements``).
+SQLAlchemy instrumentation and the library's statement timing (the slow-statement log,
+the statement duration metrics: ``statements``).
 
 Every private SQLAlchemy name used here lives in ``_compat``; without them (another
 SQLAlchemy version), every run goes through SQLAlchemy.

@@ -1,4 +1,4 @@
-"""What an operator sees of each statement: a span, and a log line when it is slow.
+"""What an operator sees of each statement: a span, its duration, a log line if slow.
 
 Tracing. OpenTelemetry's SQLAlchemy instrumentation traces a statement from two
 execution-event listeners (``before_cursor_execute``, ``after_cursor_execute``); any
@@ -20,8 +20,9 @@ recognises as well, so timing leaves it on. The duration goes into the role's
 statement histogram (``metrics``: ``read`` or ``write`` for what SQLAlchemy ran,
 ``fast_path`` for what the driver ran), and a statement that took at least the
 threshold is logged once on ``fastapi_asyncdb.statements`` (WARNING), with its SQL as
-sent (placeholders, never values), its duration, the role and the request id.
-SQLAlchemy's cursor events see the statements it sends through a cursor, not the
+sent (placeholders, never values), its duration, the role and the request id. A
+failed statement is counted (``error``), never logged as slow: its error goes up to the
+request. SQLAlchemy's cursor events see the statements it sends through a cursor, not the
 ``BEGIN`` and ``COMMIT`` its drivers send themselves.
 
 Neither a span nor a log line carries a parameter value or an error message (a
