@@ -27,6 +27,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, CursorResult, Engine, ExceptionContext, RootTransaction
 from sqlalchemy.engine.cursor import CursorResultMetaData
 from sqlalchemy.engine.interfaces import BindTyping
+from sqlalchemy.event.attr import _EmptyListener, _ListenerCollection
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.util.concurrency import await_, greenlet_spawn
@@ -249,7 +250,20 @@ def execution_listeners(connection: Connection) -> list[Any] | None:
     if connection._has_events:
         return None
     dispatch: Any = connection.engine.dispatch
-    return [listener for name in _STATEMENT_EVENTS for listener in getattr(dispatch, name)]
+    listeners: list[Any] = []
+    for name in _STATEMENT_EVENTS:
+        collection = getattr(dispatch, name)
+        if type(collection) in _PLAIN_COLLECTIONS:
+            # Read at every statement the fast path runs: the collection's own lists,
+            # in its iteration order, without its Python-level __iter__.
+            listeners += collection.parent_listeners
+            listeners += collection.listeners
+        else:
+            listeners += collection
+    return listeners
+
+
+_PLAIN_COLLECTIONS = (_EmptyListener, _ListenerCollection)
 
 
 def may_learn_from(connection: Connection, *, listeners_known: bool = False) -> bool:

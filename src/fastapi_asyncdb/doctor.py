@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from . import _compat
+from . import _compat, statements
 from .backends import ServerFacts
 from .backends.base import TRANSACTION_POOLER
 from .budget import connection_budget
@@ -165,7 +165,10 @@ def _fast_path_status(connection: Connection, database: Database) -> Finding:
             "off: this SQLAlchemy version lacks what the fast path borrows",
             "use the SQLAlchemy versions fastapi-asyncdb declares",
         )
-    if not _compat.may_learn_from(connection):
+    # The library's own listeners (statement timing, tracing) leave the fast path on.
+    if not _compat.may_learn_from(
+        connection, listeners_known=statements.listeners_known(connection)
+    ):
         return Finding(
             "warning",
             "fast path",

@@ -138,6 +138,7 @@ def create_engine(
         sync_engine,
         role="read" if read_only else "primary",
         slow_threshold=settings.slow_statement_threshold,
+        metrics=metrics,
     )
     pool_noise.install(sync_engine.pool)
     return engine, health

@@ -8,8 +8,10 @@ bucket is found by bisection over a short tuple. The connections in use, idle, t
 capacity and the gate's waiters are not counted at all: they are read from the pools
 and the gate when an exporter asks, so they cannot drift.
 
-Durations are per unit of work, not per statement: a per-statement timer would need
-SQLAlchemy's execution events, and any listener there turns the fast path off.
+Durations are kept per unit of work and per statement. Statements are timed where the
+slow-statement log times them (``statements``): on SQLAlchemy's path by the library's
+own execution listeners, which the fast path recognises and stands in for, so timing
+leaves it on.
 
 Exporters (``prometheus``, ``otel``) read ``collect()``; nothing here imports them.
 Label values are fixed words or the operator's ``DB_POOL_NAME``: never a statement,
@@ -41,8 +43,8 @@ __all__ = [
 ]
 
 # Seconds. From a cached read on a warm connection to the longest a request should
-# take; the same bounds for the gate's wait and for units of work, so that both can
-# be compared bucket by bucket.
+# take; the same bounds for the gate's wait, units of work and statements, so that
+# they can be compared bucket by bucket.
 BUCKETS: tuple[float, ...] = (
     0.0005,
     0.001,
@@ -67,6 +69,11 @@ UNIT_OUTCOMES: dict[str, tuple[str, ...]] = {
     "write": ("commit", "rollback", "error"),
     "fast_path": ("ok", "error"),
 }
+
+# Statement kinds: what SQLAlchemy ran on the role's engine ("read" on the reader,
+# "write" on the primary), or what the library ran on the driver itself ("fast_path":
+# Prepared, run_statement), on either role.
+STATEMENT_OUTCOMES = ("ok", "error")
 
 Observer = Callable[[float], None]
 
@@ -126,6 +133,7 @@ class RoleMetrics:
         "gate_wait",
         "ping_failures",
         "role",
+        "statements",
         "units",
     )
 
@@ -140,6 +148,11 @@ class RoleMetrics:
         kinds = ("read",) if role == "read" else ("write", "fast_path")
         self.units = {
             (kind, outcome): Histogram() for kind in kinds for outcome in UNIT_OUTCOMES[kind]
+        }
+        self.statements = {
+            (kind, outcome): Histogram()
+            for kind in (role, "fast_path")
+            for outcome in STATEMENT_OUTCOMES
         }
 
     def unit(self, kind: str, outcome: str, seconds: float) -> None:
@@ -267,6 +280,17 @@ class DatabaseMetrics:
                 ({**labels, "kind": kind, "outcome": outcome}, histogram.snapshot())
                 for labels, role in per_role
                 for (kind, outcome), histogram in role.units.items()
+            ],
+        )
+        yield Metric(
+            "statement_duration_seconds",
+            "histogram",
+            "Duration of statements, from the driver's call to its answer.",
+            (*_PER_ROLE, "kind", "outcome"),
+            [
+                ({**labels, "kind": kind, "outcome": outcome}, histogram.snapshot())
+                for labels, role in per_role
+                for (kind, outcome), histogram in role.statements.items()
             ],
         )
         write = self.roles["write"].units

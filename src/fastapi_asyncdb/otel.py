@@ -8,10 +8,10 @@ database client conventions name a metric, it is used:
 - ``db.client.connection.count`` (``db.client.connection.state``: ``used``, ``idle``),
   ``db.client.connection.max``, ``db.client.connection.pending_requests`` and
   ``db.client.connection.timeouts``: observed from the pools and counters at collection;
-- ``db.client.connection.wait_time`` and ``db.client.operation.duration``: recorded as
-  they happen, since OpenTelemetry has no asynchronous histogram. The duration is that
-  of a unit of work, not of a statement: timing statements needs SQLAlchemy's execution
-  events, which turn the fast path off.
+- ``db.client.connection.wait_time`` and ``db.client.operation.duration`` (one
+  statement, on either path, with ``db.namespace`` and ``server.address`` as the
+  conventions ask): recorded as they happen, since OpenTelemetry has no asynchronous
+  histogram, as is ``fastapi_asyncdb.unit.duration``, that of a unit of work.
 
 The rest are ``fastapi_asyncdb.*`` instruments under the Prometheus names. Every
 instrument has ``db.client.connection.pool.name`` (``DB_POOL_NAME``) and, where it
@@ -38,6 +38,7 @@ from opentelemetry.metrics import get_meter_provider as global_meter_provider
 from .database import Database
 from .exported import ExportedDatabases
 from .metrics import BUCKETS, DatabaseMetrics, HistogramSnapshot, Metric
+from .statements import server_attributes
 
 __all__ = ["instrument"]
 
@@ -92,10 +93,16 @@ class _Instruments:
             description="Time a unit of work waited for admission, once admitted.",
             explicit_bucket_boundaries_advisory=list(BUCKETS),
         )
-        self.duration = meter.create_histogram(
-            "db.client.operation.duration",
+        self.unit_duration = meter.create_histogram(
+            "fastapi_asyncdb.unit.duration",
             unit="s",
             description="Duration of units of work, from admission to the connection's return.",
+            explicit_bucket_boundaries_advisory=list(BUCKETS),
+        )
+        self.operation_duration = meter.create_histogram(
+            "db.client.operation.duration",
+            unit="s",
+            description="Duration of statements, from the driver's call to its answer.",
             explicit_bucket_boundaries_advisory=list(BUCKETS),
         )
 
@@ -129,7 +136,13 @@ class _Instruments:
                 }
                 if outcome == "error":
                     attributes["error.type"] = "_OTHER"
-                histogram.observers += (self._recorder(self.duration, ref, attributes),)
+                histogram.observers += (self._recorder(self.unit_duration, ref, attributes),)
+            for (kind, outcome), histogram in role.statements.items():
+                attributes = {**base, "fastapi_asyncdb.statement.kind": kind}
+                if outcome == "error":
+                    attributes["error.type"] = "_OTHER"
+                recorder = self._recorder(self.operation_duration, ref, attributes, server=True)
+                histogram.observers += (recorder,)
 
     def _recorder(
         self,
@@ -138,22 +151,27 @@ class _Instruments:
         fixed: Mapping[str, str],
         *,
         system: bool = True,
+        server: bool = False,
     ) -> Callable[[float], None]:
-        # The pool name and the backend are read as each duration is recorded, so that
-        # configure() applies; the attributes are built once per pair.
-        built: dict[tuple[str, str], dict[str, str]] = {}
+        # The pool name and the settings are read as each duration is recorded, so that
+        # configure() applies; the attributes are built again only when they change.
+        built: tuple[str, object, dict[str, str | int]] | None = None
 
         def record(seconds: float) -> None:
+            nonlocal built
             database = ref()
             if database is None or not self.databases.reports(database):
                 return  # a database another one replaced under its pool name
-            key = (database.metrics.pool, database.backend.name)
-            attributes = built.get(key)
-            if attributes is None:
-                attributes = built[key] = {POOL: key[0], **fixed}
+            pool, settings = database.metrics.pool, database.settings
+            if built is None or built[0] != pool or built[1] is not settings:
+                attributes: dict[str, str | int] = {POOL: pool, **fixed}
                 if system:
-                    attributes["db.system.name"] = key[1]
-            histogram.record(seconds, attributes)
+                    attributes["db.system.name"] = database.backend.name
+                if server:
+                    url = settings.sqlalchemy_url
+                    attributes.update(server_attributes(url, database.backend.name))
+                built = (pool, settings, attributes)
+            histogram.record(seconds, built[2])
 
         return record
 

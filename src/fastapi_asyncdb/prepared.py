@@ -35,7 +35,8 @@ on the statement, or on the connection or its engine (``schema_translate_map``,
 ``yield_per``, ...; only ``isolation_level`` is checked at its source instead),
 logging, or a listener to the events of a statement's execution (a listener may
 rewrite statements), but for those whose work the fast path does itself: OpenTelemetry's
-SQLAlchemy instrumentation and the slow-statement log (``statements``).
+SQLAlchemy instrumentation and the library's statement timing (the slow-statement log,
+the statement duration metrics: ``statements``).
 
 Every private SQLAlchemy name used here lives in ``_compat``; without them (another
 SQLAlchemy version), every run goes through SQLAlchemy.
@@ -313,8 +314,9 @@ class Prepared(Generic[*_Ts]):
 def _may_learn_from(connection: Connection) -> bool:
     """``_compat.may_learn_from``, with the listeners whose work the fast path does
     (tracing, the slow-statement log) accepted."""
-    known = _compat.has_execution_listeners(connection) and statements.driver_watch(connection)[0]
-    return _compat.may_learn_from(connection, listeners_known=known)
+    return _compat.may_learn_from(
+        connection, listeners_known=statements.listeners_known(connection)
+    )
 
 
 WriteParameters = Parameters | Sequence[Parameters] | None

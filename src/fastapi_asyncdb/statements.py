@@ -1,4 +1,4 @@
-"""What an operator sees of each statement: a span, and a log line when it is slow.
+"""What an operator sees of each statement: a span, its duration, a log line if slow.
 
 Tracing. OpenTelemetry's SQLAlchemy instrumentation traces a statement from two
 execution-event listeners (``before_cursor_execute``, ``after_cursor_execute``); any
@@ -12,11 +12,18 @@ only what it runs itself, so each statement has exactly one span. The instrument
 is the switch: without it nothing here opens a span, and with it every statement is
 traced, on either path.
 
-Slow statements. With ``slow_statement_threshold`` set, a statement that took at least
-that long is logged once on ``fastapi_asyncdb.statements`` (WARNING), with its SQL as
-sent (placeholders, never values), its duration, the role and the request id: on the
-fast path from here, on SQLAlchemy's from two listeners of the library's own, which
-the fast path recognises as well.
+Timing. With ``slow_statement_threshold`` set, or metrics on, every statement is timed
+in one place (``Watch.took``): on the fast path around the driver's call, on
+SQLAlchemy's by listeners of the library's own (``before_cursor_execute``,
+``after_cursor_execute``, and ``handle_error`` for a failure), which the fast path
+recognises as well, so timing leaves it on. The duration goes into the role's
+statement histogram (``metrics``: ``read`` or ``write`` for what SQLAlchemy ran,
+``fast_path`` for what the driver ran), and a statement that took at least the
+threshold is logged once on ``fastapi_asyncdb.statements`` (WARNING), with its SQL as
+sent (placeholders, never values), its duration, the role and the request id. A
+failed statement is counted (``error``), never logged as slow: its error goes up to the
+request. SQLAlchemy's cursor events see the statements it sends through a cursor, not the
+``BEGIN`` and ``COMMIT`` its drivers send themselves.
 
 Neither a span nor a log line carries a parameter value or an error message (a
 driver's message may quote a value): errors are named by their class and SQLSTATE.
@@ -27,14 +34,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
-from weakref import WeakKeyDictionary
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, ExceptionContext
+from sqlalchemy.engine.url import URL
 
 from . import _compat
 from .request_id import current_request_id
+
+if TYPE_CHECKING:
+    from .metrics import Histogram, RoleMetrics
 
 try:
     from opentelemetry import trace
@@ -46,7 +56,14 @@ else:
     # until then.
     _tracer = trace.get_tracer("fastapi_asyncdb")
 
-__all__ = ["Watch", "driver_watch", "observed", "watch_engine"]
+__all__ = [
+    "Watch",
+    "driver_watch",
+    "listeners_known",
+    "observed",
+    "server_attributes",
+    "watch_engine",
+]
 
 T = TypeVar("T")
 logger = logging.getLogger("fastapi_asyncdb.statements")
@@ -58,39 +75,62 @@ _STARTED = "_fastapi_asyncdb_started"
 
 
 class Watch:
-    """One engine's observation: the role, the slow threshold, the span attributes."""
+    """One engine's observation: the role, the slow threshold, the statement histograms,
+    the span attributes."""
 
     __slots__ = (
         "attributes",
+        "driver",
         "listeners",
         "namespace",
         "role",
         "spans",
+        "sqlalchemy",
         "system",
         "threshold",
+        "timed",
         "verdict",
     )
 
-    def __init__(self, engine: Engine, *, role: str | None, threshold: float | None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        role: str | None,
+        threshold: float | None,
+        metrics: RoleMetrics | None = None,
+    ) -> None:
         self.role = role
         self.threshold = threshold
+        # (ok, error) histograms of what SQLAlchemy runs and of what the driver runs;
+        # None with metrics off.
+        self.sqlalchemy: tuple[Histogram, Histogram] | None = None
+        self.driver: tuple[Histogram, Histogram] | None = None
+        if metrics is not None:
+            kinds = metrics.statements
+            self.sqlalchemy = (kinds[metrics.role, "ok"], kinds[metrics.role, "error"])
+            self.driver = (kinds["fast_path", "ok"], kinds["fast_path", "error"])
+        self.timed = threshold is not None or metrics is not None
         url = engine.url
         self.system = "postgresql" if "postgres" in engine.dialect.name else engine.dialect.name
         self.namespace = url.database
         # The conventions' required and recommended attributes, no more: the SDK checks
         # each one at each span.
-        attributes: dict[str, str | int] = {"db.system.name": self.system}
-        if url.database:
-            attributes["db.namespace"] = url.database
-        if url.host:
-            attributes["server.address"] = url.host
-            if url.port is not None and url.port != _DEFAULT_PORTS.get(self.system):
-                attributes["server.port"] = url.port
-        self.attributes = attributes
+        self.attributes = {"db.system.name": self.system, **server_attributes(url, self.system)}
         # The engine's execution listeners when last read, and the verdict on them.
         self.listeners: list[Any] = []
         self.verdict: bool | None = False
         self.spans: dict[str, tuple[str, dict[str, str | int]]] = {}
+
+    def took(
+        self, sql: str, seconds: float, histogram: Histogram | None, *, log: bool = True
+    ) -> None:
+        """A statement ended after ``seconds``: counted, and logged if slow and ``log``."""
+        if histogram is not None:
+            histogram.observe(seconds)
+        threshold = self.threshold
+        if log and threshold is not None and seconds >= threshold:
+            _log_slow(self, sql, seconds)
 
     def span_of(self, sql: str) -> tuple[str, dict[str, str | int]]:
         """The span's name and attributes for a statement, made once per statement (the
@@ -106,25 +146,52 @@ class Watch:
         return made
 
 
+def server_attributes(url: URL, system: str) -> dict[str, str | int]:
+    """The conventions' ``db.namespace``, ``server.address`` and ``server.port`` (only
+    when not the default) of a database at ``url``."""
+    attributes: dict[str, str | int] = {}
+    if url.database:
+        attributes["db.namespace"] = url.database
+    if url.host:
+        attributes["server.address"] = url.host
+        if url.port is not None and url.port != _DEFAULT_PORTS.get(system):
+            attributes["server.port"] = url.port
+    return attributes
+
+
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 # Statements whose span name and attributes a watch keeps; beyond, it starts again.
 _MAX_SPANS_KEPT = 1000
-_watches: WeakKeyDictionary[Engine, Watch] = WeakKeyDictionary()
+# Each engine's Watch lives on the engine itself, under this name: it is read at every
+# statement, where a WeakKeyDictionary's lookup (a new weak reference each time) costs
+# more than the rest of the timing together.
+_WATCH = "_fastapi_asyncdb_watch"
 
 
-def watch_engine(engine: Engine, *, role: str | None, slow_threshold: float | None) -> None:
-    """Observe the statements of an engine the library built."""
-    _watches[engine] = Watch(engine, role=role, threshold=slow_threshold)
-    if slow_threshold is not None:
+def watch_engine(
+    engine: Engine,
+    *,
+    role: str | None,
+    slow_threshold: float | None,
+    metrics: RoleMetrics | None = None,
+) -> None:
+    """Observe the statements of an engine the library built; ``metrics`` None: metrics
+    are off."""
+    watch = Watch(engine, role=role, threshold=slow_threshold, metrics=metrics)
+    setattr(engine, _WATCH, watch)
+    if watch.timed:
         # retval=True: SQLAlchemy keeps the function itself, which the fast path knows.
         event.listen(engine, "before_cursor_execute", _started, retval=True)
         event.listen(engine, "after_cursor_execute", _finished)
+        # Not a statement event: the fast path ignores it (and times its own failures).
+        event.listen(engine, "handle_error", _failed)
 
 
 def _watch_of(engine: Engine) -> Watch:
-    watch = _watches.get(engine)
+    watch: Watch | None = engine.__dict__.get(_WATCH)
     if watch is None:  # an engine from elsewhere: traced, never logged
-        watch = _watches[engine] = Watch(engine, role=None, threshold=None)
+        watch = Watch(engine, role=None, threshold=None)
+        setattr(engine, _WATCH, watch)
     return watch
 
 
@@ -175,9 +242,15 @@ def driver_watch(connection: Connection) -> tuple[bool, Watch | None, bool]:
     traced = watch.verdict
     if traced is None:
         return False, None, False
-    if not traced and watch.threshold is None:
+    if not traced and not watch.timed:
         return True, None, False
     return True, watch, traced
+
+
+def listeners_known(connection: Connection) -> bool:
+    """Whether ``connection`` has execution listeners, all of them ones the fast path
+    stands in for (tracing, statement timing): ``listeners_known`` of ``_compat``."""
+    return _compat.has_execution_listeners(connection) and driver_watch(connection)[0]
 
 
 async def observed(
@@ -196,14 +269,17 @@ async def observed(
     try:
         result = await run(*arguments)
     except BaseException as error:
+        seconds = time.perf_counter() - started
         if span is not None:
             _record_error(span, error)
             span.end()
-        _log_if_slow(watch, sql, time.perf_counter() - started)
+        # Not logged as slow: a failure goes up to the request, as on SQLAlchemy's path.
+        watch.took(sql, seconds, None if watch.driver is None else watch.driver[1], log=False)
         raise
+    seconds = time.perf_counter() - started
     if span is not None:
         span.end()
-    _log_if_slow(watch, sql, time.perf_counter() - started)
+    watch.took(sql, seconds, None if watch.driver is None else watch.driver[0])
     return result
 
 
@@ -223,10 +299,7 @@ def _record_error(span: Any, error: BaseException) -> None:
     span.set_status(Status(StatusCode.ERROR))
 
 
-def _log_if_slow(watch: Watch, sql: str, seconds: float) -> None:
-    threshold = watch.threshold
-    if threshold is None or seconds < threshold:
-        return
+def _log_slow(watch: Watch, sql: str, seconds: float) -> None:
     request_id = current_request_id.get()
     logger.warning(
         "slow statement: %.3f s on %s (request %s): %s",
@@ -243,7 +316,7 @@ def _log_if_slow(watch: Watch, sql: str, seconds: float) -> None:
     )
 
 
-# SQLAlchemy's path: the library's own listeners, installed only with a threshold.
+# SQLAlchemy's path: the library's own listeners, installed with a threshold or metrics on.
 
 
 def _started(
@@ -269,4 +342,20 @@ def _finished(
 ) -> None:
     started = getattr(context, _STARTED, None)
     if started is not None:
-        _log_if_slow(_watch_of(connection.engine), statement, time.perf_counter() - started)
+        # Timed once: an error while fetching the rows reaches _failed with this context.
+        setattr(context, _STARTED, None)
+        watch = _watch_of(connection.engine)
+        histogram = None if watch.sqlalchemy is None else watch.sqlalchemy[0]
+        watch.took(statement, time.perf_counter() - started, histogram)
+
+
+def _failed(exception: ExceptionContext) -> None:
+    context = exception.execution_context
+    started = getattr(context, _STARTED, None)
+    if started is None or exception.connection is None:
+        return  # no statement sent (a connection failed), or already timed
+    setattr(context, _STARTED, None)
+    watch = _watch_of(exception.connection.engine)
+    histogram = None if watch.sqlalchemy is None else watch.sqlalchemy[1]
+    # Counted, not logged as slow: a failure goes up to the request.
+    watch.took(exception.statement or "", time.perf_counter() - started, histogram, log=False)

@@ -9,15 +9,18 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, text
+from sqlalchemy.exc import DBAPIError
 
-from fastapi_asyncdb import Database, DatabaseUnavailableError
+from fastapi_asyncdb import Database, DatabaseUnavailableError, Prepared
 from fastapi_asyncdb.otel import instrument
 from tests.conftest import prepare_server
 
 from .metric_samples import sample
+from .models import Note, create_tables
 
 POOL = "db.client.connection.pool.name"
+NOTE_BY_ID = Prepared(select(Note.body).where(Note.id == bindparam("id")))
 
 pytestmark = [pytest.mark.usefixtures("clean_environment")]
 
@@ -105,16 +108,33 @@ async def test_in_memory_reader_sees_the_semantic_convention_metrics(url: str) -
         assert one(found, "db.client.connection.timeouts", **write) == 1
         commits = one(
             found,
-            "db.client.operation.duration",
+            "fastapi_asyncdb.unit.duration",
             **write,
             **{"fastapi_asyncdb.unit.kind": "write", "fastapi_asyncdb.unit.outcome": "commit"},
         )
         assert commits.count == 4
         assert commits.explicit_bounds[:2] == (0.0005, 0.001)
-        assert one(found, "db.client.operation.duration", **read).count == 2
+        assert one(found, "fastapi_asyncdb.unit.duration", **read).count == 2
         assert {
-            attributes["db.system.name"] for attributes, _ in found["db.client.operation.duration"]
+            attributes["db.system.name"] for attributes, _ in found["fastapi_asyncdb.unit.duration"]
         } == {database.backend.name}
+        statement = {"fastapi_asyncdb.statement.kind": "read", **read}
+        assert one(found, "db.client.operation.duration", **statement).count == 2
+        for role in ("write", "read"):
+            kinds = {
+                attributes["fastapi_asyncdb.statement.kind"]
+                for attributes, _ in found["db.client.operation.duration"]
+                if attributes["fastapi_asyncdb.role"] == role
+            }
+            assert kinds == {role}  # SQLite's BEGIN IMMEDIATE is a write statement too
+            counted = sum(
+                point.count
+                for attributes, point in found["db.client.operation.duration"]
+                if attributes["fastapi_asyncdb.role"] == role
+            )
+            assert counted == sample(
+                database, "statement_duration_seconds", role=role, kind=role, outcome="ok"
+            )
         # Four admissions; the unit refused after the timeout was never admitted.
         assert one(found, "db.client.connection.wait_time", **write).count == 4
         assert one(found, "fastapi_asyncdb.commits", **pool) == sample(database, "commits") == 4
@@ -150,8 +170,8 @@ async def test_two_databases_in_one_provider_are_both_reported(url: str) -> None
     ):
         assert pools_of(found, name) == {"a", "b"}, name
     read = {"fastapi_asyncdb.role": "read"}
-    assert one(found, "db.client.operation.duration", **{POOL: "a"}, **read).count == 1
-    assert one(found, "db.client.operation.duration", **{POOL: "b"}, **read).count == 2
+    assert one(found, "fastapi_asyncdb.unit.duration", **{POOL: "a"}, **read).count == 1
+    assert one(found, "fastapi_asyncdb.unit.duration", **{POOL: "b"}, **read).count == 2
     for pool, database in (("a", a), ("b", b)):
         opened = one(found, "fastapi_asyncdb.connections_opened", **{POOL: pool}, **read)
         assert opened == sample(database, "connections_opened", role="read")
@@ -181,7 +201,7 @@ async def test_a_database_rebuilt_under_its_pool_name_replaces_the_old_one(url: 
         assert one(found, "fastapi_asyncdb.connections_opened", **read) == sample(
             new, "connections_opened", role="read"
         )
-    durations = one(found, "db.client.operation.duration", **read)
+    durations = one(found, "fastapi_asyncdb.unit.duration", **read)
     assert durations.count == 2  # the old database's first read, then the new one's
 
 
@@ -194,6 +214,59 @@ async def test_a_pool_renamed_after_instrument_is_recorded_under_its_new_name(ur
     async with database:
         await read_once(database)
         found = points(reader)
+    assert pools_of(found, "fastapi_asyncdb.unit.duration") == {"after"}
     assert pools_of(found, "db.client.operation.duration") == {"after"}
     assert pools_of(found, "db.client.connection.wait_time") == {"after"}
     assert pools_of(found, "db.client.connection.max") == {"after"}
+
+
+async def test_statement_durations_follow_the_database_conventions(url: str) -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    database = Database(url=url, pool_name="conventions")
+    instrument(database, provider)
+    async with database:
+        await create_tables(database)
+        async with database.read_connection() as connection:
+            for _ in range(3):
+                await NOTE_BY_ID.one_or_none(connection, {"id": 1})
+            with pytest.raises(DBAPIError):
+                await connection.execute(text("SELECT missing FROM notes"))
+        found = points(reader)
+    url_of = database.settings.sqlalchemy_url
+    server = (
+        {}
+        if url_of.host is None
+        else {
+            "server.address": url_of.host,
+            **({} if url_of.port in (None, 5432, 3306) else {"server.port": url_of.port}),
+        }
+    )
+    fast = database.backend.name == "postgresql"
+    by_kind = {
+        (attributes["fastapi_asyncdb.statement.kind"], "error.type" in attributes): (
+            attributes,
+            point.count,
+        )
+        for attributes, point in found["db.client.operation.duration"]
+        if attributes["fastapi_asyncdb.role"] == "read"
+    }
+    common = {
+        POOL: "conventions",
+        "fastapi_asyncdb.role": "read",
+        "db.system.name": database.backend.name,
+        "db.namespace": url_of.database,
+        **server,
+    }
+    assert by_kind == {
+        ("read", False): ({**common, "fastapi_asyncdb.statement.kind": "read"}, 1 if fast else 3),
+        **(
+            {("fast_path", False): ({**common, "fastapi_asyncdb.statement.kind": "fast_path"}, 2)}
+            if fast
+            else {}
+        ),
+        ("read", True): (
+            {**common, "fastapi_asyncdb.statement.kind": "read", "error.type": "_OTHER"},
+            1,
+        ),
+    }

@@ -11,6 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 
 from fastapi_asyncdb import Database, DatabaseUnavailableError, ErrorKind, UnavailableCause
 from fastapi_asyncdb.prometheus import PREFIX, register
@@ -36,6 +38,7 @@ LABELS = {
     "connections_closed": ROLE,
     "pre_ping_failures": ROLE,
     "unit_duration_seconds": (*ROLE, "kind", "outcome"),
+    "statement_duration_seconds": (*ROLE, "kind", "outcome"),
     "commits": ("pool",),
     "rollbacks": ("pool",),
     "unavailable_responses": ("pool", "cause"),
@@ -187,3 +190,41 @@ async def test_a_pool_renamed_after_register_is_scraped_under_its_new_name_once(
     assert pools(found, "connections_max") == {"a", "renamed"}
     # Under "a", the database registered last: b, whose retry shows.
     assert pools(retried, "retries") == {"a"}
+
+
+async def test_statements_are_scraped_per_role_kind_and_outcome(url: str) -> None:
+    registry = CollectorRegistry()
+    database = Database(url=url, pool_name="scraped")
+    register(database, registry)
+    async with database:
+        for _ in range(3):
+            async with database.read_connection() as connection:
+                await connection.execute(select(1))
+        async with database.read_connection() as connection:
+            with pytest.raises(DBAPIError):
+                await connection.execute(text("SELECT missing FROM nowhere"))
+        found = scrape(registry)
+        counts = {
+            (sample.labels["role"], sample.labels["kind"], sample.labels["outcome"]): sample.value
+            for parsed in text_string_to_metric_families(generate_latest(registry).decode())
+            for sample in parsed.samples
+            if sample.name == f"{PREFIX}statement_duration_seconds_count"
+        }
+    assert (counts["read", "read", "ok"], counts["read", "read", "error"]) == (3, 1)
+    assert counts["read", "fast_path", "ok"] == 0
+    kinds = {
+        (labels["role"], labels["kind"], labels["outcome"])
+        for name, (sample_name, series) in found
+        if name == "statement_duration_seconds" and sample_name.endswith("_count")
+        for labels in [dict(series)]
+    }
+    assert (
+        set(counts)
+        == kinds
+        == {
+            (role, kind, outcome)
+            for role in ("read", "write")
+            for kind in (role, "fast_path")
+            for outcome in ("ok", "error")
+        }
+    )
