@@ -32,7 +32,7 @@ class Forwarder:
                 if self._passing.is_set():
                     writer.write(data)
                     await writer.drain()
-        writer.close()
+        await _closed(writer)
 
     @property
     def blackhole(self) -> bool:
@@ -57,9 +57,7 @@ class Forwarder:
                 self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
             )
         finally:
-            writer.close()
-            if upstream_writer is not None:
-                upstream_writer.close()
+            await _closed(writer, *([upstream_writer] if upstream_writer is not None else []))
 
     def _track(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.create_task(self._handle(reader, writer))
@@ -76,6 +74,16 @@ class Forwarder:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def _closed(*writers: asyncio.StreamWriter) -> None:
+    # A close only schedules the socket's release: waited for, so that a test's loop
+    # closing right after leaves no socket to the collector (a ResourceWarning later).
+    for writer in writers:
+        writer.close()
+    for writer in writers:
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
 
 
 def forwarder_for(database_url: str) -> tuple[Forwarder, str]:

@@ -120,6 +120,9 @@ class Forwarder:
         except OSError:
             writer.transport.abort()
             return
+        except BaseException:  # stopped while connecting: the client's socket goes too
+            await _closed(writer)
+            raise
         link = _Link(writer, upstream_writer, upstream_writer.get_extra_info("sockname")[1])
         self._links.add(link)
         try:
@@ -129,8 +132,7 @@ class Forwarder:
             )
         finally:
             self._links.discard(link)
-            writer.close()
-            upstream_writer.close()
+            await _closed(writer, upstream_writer)
 
     async def _pipe(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, delayed: bool
@@ -144,3 +146,14 @@ class Forwarder:
         # One side ended: end the other, so that neither waits for the other forever.
         with contextlib.suppress(OSError, RuntimeError):
             writer.write_eof()
+
+
+async def _closed(*writers: asyncio.StreamWriter) -> None:
+    """Close the sockets and wait until they are: a close only schedules the socket's
+    release, and a test's event loop closed before that leaves it to the collector, which
+    warns (ResourceWarning) in whatever test it happens to run."""
+    for writer in writers:
+        writer.close()
+    for writer in writers:
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
