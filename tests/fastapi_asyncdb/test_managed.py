@@ -62,6 +62,18 @@ def tls_server(request: pytest.FixtureRequest) -> TlsServer:
     return TlsServer.of(request, str(request.param))
 
 
+async def answering_again(database: Database) -> None:
+    """Wait (5 s at most) until a unit of work answers: the breaker's probe has seen a
+    connection made again."""
+    async with asyncio.timeout(5):
+        while True:
+            try:
+                assert await scalar(database, "SELECT 1") == 1
+                return
+            except DatabaseUnavailableError:
+                await asyncio.sleep(0.05)
+
+
 async def scalar(database: Database, sql: str, *, read: bool = False) -> Any:
     if read:
         async with database.read_connection() as connection:
@@ -366,13 +378,7 @@ async def test_open_connections_outlive_the_rotation_and_a_stale_token_fails_cle
         )
         # The next token works again, once the breaker's probe has seen it do so.
         tokens.stale = None
-        async with asyncio.timeout(5):
-            while True:
-                try:
-                    assert await scalar(database, "SELECT 1") == 1
-                    break
-                except DatabaseUnavailableError:
-                    await asyncio.sleep(0.05)
+        await answering_again(database)
     for text_shown in (message, repr(error.__cause__), caplog.text, repr(database.settings)):
         assert old not in text_shown
         assert tls_server.password not in text_shown
@@ -439,13 +445,7 @@ async def test_a_stuck_sync_provider_holds_one_thread_and_works_again_once_it_re
                 assert await asyncio.to_thread(lambda: "free") == "free"
             answering.set()
             recovered_at = time.monotonic()
-            async with asyncio.timeout(5):
-                while True:
-                    try:
-                        assert await scalar(database, "SELECT 1") == 1
-                        break
-                    except DatabaseUnavailableError:
-                        await asyncio.sleep(0.05)
+            await answering_again(database)
             assert time.monotonic() - recovered_at < 2
             # New connections ask the provider again, each its own call.
             asked = len(calls)
