@@ -320,6 +320,7 @@ class Database:
         if any(role.isolated for role in roles):
             raise RuntimeError("the database is already isolated")
         async with roles[0].engine.connect() as connection:
+            pool = roles[0].engine.sync_engine.pool
             transaction = await connection.begin()
             shared = SharedConnection(connection, timeout=self.settings.pool_timeout)
             sources = [role.connections for role in roles]
@@ -335,6 +336,11 @@ class Database:
                     role.connections, role.isolated = source, False
                 if transaction.is_active:
                     await transaction.rollback()
+                if roles[0].engine.sync_engine.pool is not pool:
+                    # The engine was disposed meanwhile (db_faults.unreachable() does):
+                    # returned to the pool it came from, which nothing uses any more,
+                    # the connection would stay open until the collector found it.
+                    await connection.invalidate()
 
     async def migrate(
         self,

@@ -262,3 +262,38 @@ async def test_isolated_work_waiting_for_the_shared_connection_in_another_task_f
         # The shared connection is free again: a later isolation works.
         async with database.isolated(), database.transaction() as session:
             assert (await session.execute(text("SELECT 3"))).scalar_one() == 3
+
+
+SESSION_ALIVE_SQL = {
+    "postgresql": "SELECT count(*) FROM pg_stat_activity WHERE pid = :id",
+    "mysql": "SELECT count(*) FROM information_schema.processlist WHERE id = :id",
+}
+
+
+@pytest.mark.backends("postgresql", "mysql")
+async def test_an_engine_disposed_while_isolated_leaves_the_isolations_connection_closed(
+    database_url: str,
+) -> None:
+    # db_faults.unreachable() disposes the engines inside a test's isolation; the
+    # isolation's connection, returned to the replaced pool, stayed open until the
+    # collector found it (asyncpg then warns: a ResourceWarning, an error under pytest).
+    database = Database(url=database_url)
+    name = database.backend.name
+    async with database:
+        async with database.isolated() as connection:
+            session_id = int((await connection.execute(text(SESSION_ID_SQL[name]))).scalar_one())
+            isolated_driver = await driver_connection(connection)
+            await database.engine.dispose()
+        async with database.engine.connect() as other:
+            for _ in range(100):
+                alive = (await other.execute(text(SESSION_ALIVE_SQL[name]), {"id": session_id}))
+                if alive.scalar_one() == 0:
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the isolation's connection is still open on the server")
+        # The same driver connection: closed, not waiting in a pool nothing uses.
+        if name == "postgresql":
+            assert isolated_driver.is_closed()
+        else:
+            assert not isolated_driver.connected
