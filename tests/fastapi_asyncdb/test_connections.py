@@ -286,7 +286,7 @@ async def test_an_engine_disposed_while_isolated_leaves_the_isolations_connectio
             await database.engine.dispose()
         async with database.engine.connect() as other:
             for _ in range(100):
-                alive = (await other.execute(text(SESSION_ALIVE_SQL[name]), {"id": session_id}))
+                alive = await other.execute(text(SESSION_ALIVE_SQL[name]), {"id": session_id})
                 if alive.scalar_one() == 0:
                     break
                 await asyncio.sleep(0.02)
