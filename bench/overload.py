@@ -3,8 +3,10 @@
 Pass (docs/benchmark.md): every answer is a 2xx or a 503 carrying Retry-After, none takes
 longer than the acquire timeout + 0.5 s (the query time and a grace), and PostgreSQL
 never sees more connections from the server than its pool allows. A contender that
-serves ``/metrics`` (the fast way) is scraped after the load: the 503s its metrics count,
-by cause, must be the 503s its clients got.
+serves ``/metrics`` (the fast way) is scraped before and after the load, and so is the
+OpenTelemetry in-memory reader it keeps beside (``BENCH_OTEL_METRICS``): in each, the 503s,
+gate timeouts, units admitted and ended, statements, connections in use and the pool's
+capacity must be what its clients' answers say (``FIGURES``).
 
 Run: .venv/bin/python -m bench.overload            (fastapi-asyncdb's fast way, judged)
      .venv/bin/python -m bench.overload --contender default   (its default way)
@@ -28,6 +30,7 @@ from typing import Any, Final
 import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.apps.otel import OTEL_METRICS_PATH
 from bench.config import BENCH_DB, COUNT_APP_CONNECTIONS_SQL
 from bench.contenders import ALL_CONTENDERS, LIBRARY_CONTENDERS, Contender, contender
 from bench.pg import DatabaseWatch, connect
@@ -75,6 +78,8 @@ class OverloadReport:
     server_cpu_s: float = 0.0
     # The server's own count, from a /metrics scrape after the load (None: no route).
     metrics_503s_by_cause: dict[str, float] | None = None
+    # Each exporter's figures over the load (levels: after it), beside the clients'.
+    exporter_figures: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -169,19 +174,121 @@ async def load(
     return answers, await sampler, await lag
 
 
-def scrape_503s(entrant: Contender) -> dict[str, float] | None:
-    """The 503s the server's metrics counted, by cause; None if it serves no /metrics."""
+def scrape_prometheus(entrant: Contender) -> list[tuple[str, dict[str, str], float]] | None:
+    """Every sample of the server's /metrics; None if it serves none."""
     try:
         with urllib.request.urlopen(f"{entrant.base_url}/metrics", timeout=5) as response:
             text = response.read().decode()
     except urllib.error.HTTPError:
         return None
-    return {
-        sample.labels["cause"]: sample.value
+    return [
+        (sample.name, dict(sample.labels), sample.value)
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name == "fastapi_asyncdb_unavailable_responses_total"
+    ]
+
+
+def read_otel(entrant: Contender) -> list[dict[str, Any]] | None:
+    """The points of the server's OpenTelemetry in-memory reader; None if it has none."""
+    try:
+        url = f"{entrant.base_url}{OTEL_METRICS_PATH}"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            points: list[dict[str, Any]] = json.loads(response.read())
+    except urllib.error.HTTPError:
+        return None
+    return points
+
+
+# Each figure the overload checks, in both exporters, for the read role: how to find it
+# in a Prometheus scrape (sample name, labels) and in OpenTelemetry's points (instrument
+# name, attributes, field). Every one has a value the clients' answers predict.
+_READ = {"role": "read"}
+_OTEL_READ = {"fastapi_asyncdb.role": "read"}
+FIGURES: Final[dict[str, tuple[str, dict[str, str], str, dict[str, str], str]]] = {
+    "503 answers": (
+        "fastapi_asyncdb_unavailable_responses_total", {},
+        "fastapi_asyncdb.unavailable_responses", {}, "value",
+    ),
+    "gate timeouts": (
+        "fastapi_asyncdb_gate_timeouts_total", _READ,
+        "db.client.connection.timeouts", _OTEL_READ, "value",
+    ),
+    "units admitted": (
+        "fastapi_asyncdb_gate_wait_seconds_count", _READ,
+        "db.client.connection.wait_time", _OTEL_READ, "count",
+    ),
+    "units ended": (
+        "fastapi_asyncdb_unit_duration_seconds_count", _READ,
+        "fastapi_asyncdb.unit.duration", _OTEL_READ, "count",
+    ),
+    "statements": (
+        "fastapi_asyncdb_statement_duration_seconds_count", _READ,
+        "db.client.operation.duration", _OTEL_READ, "count",
+    ),
+    "connections in use": (
+        "fastapi_asyncdb_connections_in_use", _READ,
+        "db.client.connection.count", {**_OTEL_READ, "db.client.connection.state": "used"},
+        "value",
+    ),
+    "connections max": (
+        "fastapi_asyncdb_connections_max", _READ,
+        "db.client.connection.max", _OTEL_READ, "value",
+    ),
+}  # fmt: skip
+# Figures read as they stand after the load; the others are counted over the load.
+LEVELS: Final = ("connections in use", "connections max")
+
+
+def prometheus_figures(samples: list[tuple[str, dict[str, str], float]]) -> dict[str, float]:
+    figures = {}
+    for figure, (name, labels, *_) in FIGURES.items():
+        figures[figure] = sum(
+            value
+            for sample, sample_labels, value in samples
+            if sample == name and labels.items() <= sample_labels.items()
+        )
+    return figures
+
+
+def otel_figures(points: list[dict[str, Any]]) -> dict[str, float]:
+    figures = {}
+    for figure, (*_, name, attributes, field_name) in FIGURES.items():
+        figures[figure] = sum(
+            point[field_name]
+            for point in points
+            if point["name"] == name and attributes.items() <= point["attributes"].items()
+        )
+    return figures
+
+
+def expected_figures(answers: list[Answer], capacity: int) -> dict[str, float]:
+    """What the clients saw says each figure: a 2xx was one unit of work with one
+    statement; a 503 was a unit that waited the whole acquire timeout."""
+    ok = sum(1 for answer in answers if 200 <= answer.status < 300)
+    unavailable = sum(1 for answer in answers if answer.status == 503)
+    return {
+        "503 answers": unavailable,
+        "gate timeouts": unavailable,
+        "units admitted": ok,
+        "units ended": ok,
+        "statements": ok,
+        "connections in use": 0,
+        "connections max": capacity,
     }
+
+
+def compare_exporters(
+    expected: dict[str, float],
+    exporters: dict[str, tuple[dict[str, float], dict[str, float]]],
+) -> list[str]:
+    """Each exporter's figures (before, after the load) against what clients saw."""
+    failures = []
+    for exporter, (before, after) in exporters.items():
+        for figure, wanted in expected.items():
+            got = after[figure] if figure in LEVELS else after[figure] - before[figure]
+            if got != wanted:
+                failures.append(f"{exporter} says {figure} = {got:g}, the clients' say {wanted:g}")
+    return failures
 
 
 def judge(
@@ -245,6 +352,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _read_exporters(entrant: Contender) -> dict[str, Any]:
+    """The server's figures in each exporter it serves, read now."""
+    read: dict[str, Any] = {}
+    samples = scrape_prometheus(entrant)
+    if samples is not None:
+        read["prometheus_samples"] = samples
+        read["prometheus"] = prometheus_figures(samples)
+    points = read_otel(entrant)
+    if points is not None:
+        read["opentelemetry"] = otel_figures(points)
+    return read
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     capacity = args.pool_size + args.max_overflow
@@ -253,7 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     entrant = contender(
         args.contender,
         args.pool_size,
-        _pool_env(args.contender, args.pool_size, args.max_overflow, args.pool_timeout),
+        {
+            **_pool_env(args.contender, args.pool_size, args.max_overflow, args.pool_timeout),
+            "BENCH_OTEL_METRICS": "1",
+        },
     )
     print(
         f"overload {entrant.name}: {concurrency} clients, "
@@ -265,24 +388,42 @@ def main(argv: list[str] | None = None) -> int:
     client_timeout = args.pool_timeout + args.seconds + 10.0
     try:
         with DatabaseWatch() as watch, Server(entrant) as server:
+            exporters_before = _read_exporters(entrant)
             cpu_before = cpu_seconds(server.pid)
             answers, highest, client_lag = asyncio.run(
                 load(entrant, concurrency, args.seconds, args.duration, client_timeout)
             )
             server_cpu = cpu_seconds(server.pid) - cpu_before
-            scraped = scrape_503s(entrant)
+            exporters_after = _read_exporters(entrant)
     except ServerFailedError as error:
         print(f"FAILED: {error}", flush=True)
         return 1
     report = judge(entrant.name, answers, highest, args)
     report.worst_client_lag_s = client_lag
     report.server_cpu_s = server_cpu
-    report.metrics_503s_by_cause = scraped
-    got_503 = report.statuses.get(503, 0)
-    if scraped is not None and sum(scraped.values()) != got_503:
-        report.failures.append(
-            f"the server's metrics count {sum(scraped.values()):g} 503s, its clients got {got_503}"
-        )
+    scraped = exporters_after.get("prometheus_samples")
+    if scraped is not None:
+        report.metrics_503s_by_cause = {
+            labels["cause"]: value
+            for name, labels, value in scraped
+            if name == "fastapi_asyncdb_unavailable_responses_total"
+        }
+    expected = expected_figures(answers, capacity)
+    compared: dict[str, tuple[dict[str, float], dict[str, float]]] = {
+        exporter: (exporters_before[exporter], exporters_after[exporter])
+        for exporter in ("prometheus", "opentelemetry")
+        if exporter in exporters_after
+    }
+    report.exporter_figures = {"clients": expected} | {
+        exporter: {
+            figure: after[figure] if figure in LEVELS else after[figure] - before[figure]
+            for figure in expected
+        }
+        for exporter, (before, after) in compared.items()
+    }
+    report.failures.extend(compare_exporters(expected, compared))
+    if entrant.name == "fast" and set(compared) != {"prometheus", "opentelemetry"}:
+        report.failures.append(f"the fast way must serve both exporters, it served {set(compared)}")
     if watch.disturbance is not None:
         # Someone else's fault test hit PostgreSQL: the numbers say nothing about overload.
         report.failures.append(f"{watch.disturbance} during the run: run it again")

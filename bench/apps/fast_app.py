@@ -27,12 +27,15 @@ from bench.apps.common import (
     random_number,
 )
 from bench.apps.models import Fortune, World
+from bench.apps.otel import serve_metrics_reader
 from fastapi_asyncdb import Database, Prepared, ReadConnectionDep, install
 
 db = Database()
 app = FastAPI(lifespan=db.lifespan, telemetry=FASTAPI_TELEMETRY)
-# /metrics: bench.overload checks the server's count of 503s against its clients'.
+# /metrics, and with BENCH_OTEL_METRICS=1 an OpenTelemetry in-memory reader's points:
+# bench.overload checks both against what its clients saw.
 install(app, db, metrics=True)
+serve_metrics_reader(app, db)
 
 
 class WorldOut(BaseModel):

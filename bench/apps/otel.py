@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
+from fastapi import FastAPI
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -26,7 +28,9 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-__all__ = ["configure_tracing"]
+from fastapi_asyncdb import Database
+
+__all__ = ["OTEL_METRICS_PATH", "configure_tracing", "serve_metrics_reader"]
 
 
 class DroppingExporter(SpanExporter):
@@ -48,3 +52,40 @@ def configure_tracing() -> TracerProvider | None:
     )
     trace.set_tracer_provider(provider)
     return provider
+
+
+# The path bench.overload reads the in-memory reader's points from.
+OTEL_METRICS_PATH = "/otel-metrics"
+
+
+def serve_metrics_reader(app: FastAPI, db: Database) -> None:
+    """With ``BENCH_OTEL_METRICS=1``, ``db``'s metrics also go to an OpenTelemetry SDK
+    meter provider with an in-memory reader, whose points ``OTEL_METRICS_PATH`` serves
+    as JSON: ``bench.overload`` checks them, beside the Prometheus scrape, against what
+    its clients saw. Off by default: recording into a second exporter costs the server."""
+    if os.environ.get("BENCH_OTEL_METRICS") != "1":
+        return
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+
+    from fastapi_asyncdb.otel import instrument
+
+    reader = InMemoryMetricReader()
+    instrument(db, MeterProvider(metric_readers=[reader]))
+
+    @app.get(OTEL_METRICS_PATH, include_in_schema=False)
+    def otel_metrics() -> list[dict[str, Any]]:
+        data = reader.get_metrics_data()
+        points: list[dict[str, Any]] = []
+        for resource in data.resource_metrics if data is not None else ():
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    for point in metric.data.data_points:
+                        figures = (
+                            {"count": point.count, "sum": point.sum}
+                            if isinstance(point, HistogramDataPoint)
+                            else {"value": getattr(point, "value", None)}
+                        )
+                        attributes = dict(point.attributes or {})
+                        points.append({"name": metric.name, "attributes": attributes, **figures})
+        return points
