@@ -126,9 +126,32 @@ def prepare_server(backend: str, database: str = "asyncdb_test") -> str:
     return url
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture
 def backend(request: pytest.FixtureRequest) -> str:
+    """The database backend of this test: parametrized by ``pytest_generate_tests``."""
     return str(request.param)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # A test marked for some backends is made for those only: nothing is collected
+    # to be removed again, so every collected test runs, under xdist too (whose
+    # summary has no count of what its workers deselect).
+    if "backend" in metafunc.fixturenames and not _parametrizes_backend(metafunc):
+        marker = metafunc.definition.get_closest_marker("backends")
+        names = BACKENDS if marker is None else tuple(n for n in BACKENDS if n in marker.args)
+        unknown = set(marker.args if marker is not None else ()) - set(BACKENDS)
+        if unknown:
+            raise pytest.UsageError(f"{metafunc.definition.nodeid}: unknown backends {unknown}")
+        metafunc.parametrize("backend", names, indirect=True)
+
+
+def _parametrizes_backend(metafunc: pytest.Metafunc) -> bool:
+    """Whether the test chooses its backends itself, with its own parametrize."""
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        if "backend" in (names.replace(" ", "").split(",") if isinstance(names, str) else names):
+            return True
+    return False
 
 
 @pytest.fixture
@@ -146,25 +169,24 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Tests marked for some backends only do not run on the others; reported as
-    # deselected, so the summary accounts for every test collected.
-    deselected = [item for item in items if not _runs_on_its_backend(item)]
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if _runs_on_its_backend(item)]
-
-
-def _runs_on_its_backend(item: pytest.Item) -> bool:
-    marker = item.get_closest_marker("backends")
-    callspec = getattr(item, "callspec", None)
-    chosen = callspec.params.get("backend") if callspec is not None else None
-    return marker is None or chosen is None or chosen in marker.args
-
-
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if _prepared:
         asyncio.run(_drop_databases(list(_prepared.values())))
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller writes the summary
+        workeroutput["databases_tested"] = sorted({key.split("/")[0] for key in _prepared})
+        workeroutput["databases_unreachable"] = dict(_unreachable)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """An xdist worker ended: what it tested goes into the controller's summary."""
+    output = getattr(node, "workeroutput", {})
+    _tested_by_workers.update(output.get("databases_tested", ()))
+    _unreachable.update(output.get("databases_unreachable", {}))
+
+
+_tested_by_workers: set[str] = set()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -173,5 +195,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             "databases skipped (unreachable): " + ", ".join(sorted(_unreachable)), yellow=True
         )
     else:
-        tested = ", ".join(["sqlite", *sorted({key.split("/")[0] for key in _prepared})])
+        servers = {key.split("/")[0] for key in _prepared} | _tested_by_workers
+        tested = ", ".join(["sqlite", *sorted(servers)])
         terminalreporter.write_line(f"databases tested: {tested}")
