@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -25,6 +26,12 @@ from sqlalchemy.pool import NullPool
 
 # Servers the tests start themselves: PgBouncer, PostgreSQL and MariaDB with TLS.
 pytest_plugins = ["tests.servers.plugin"]
+
+# The tests check behaviour, not speed: one example slower than Hypothesis' deadline
+# (200 ms), or slow data generation, on a machine busy with the other workers is no
+# failure. A test's own @settings still sets the rest.
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
 
 SERVER_URLS = {
     "postgresql": os.environ.get(

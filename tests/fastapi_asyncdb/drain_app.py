@@ -87,6 +87,9 @@ def create_app() -> FastAPI:
 
     @app.post("/writes/{key}", status_code=201)
     async def write(key: str, session: SessionDep, hold: float = 0) -> dict[str, object]:
+        # Which requests the server started: a client's send time does not say it (a
+        # request sent just before the signal may not have been read yet).
+        logger.info("request %s started", key)
         session.add(Write(key=key, pid=os.getpid()))
         await session.flush()
         await asyncio.sleep(hold)

@@ -148,10 +148,15 @@ async def test_sigterm_mid_load_lets_started_requests_finish_and_turns_the_rest_
 
     before = [o for o in outcomes if o.sent_at < signalled_at]
     after = [o for o in outcomes if o.sent_at >= signalled_at]
-    in_flight = [o for o in before if o.ended_at > signalled_at]
+    started = {line.split()[-2] for line in log.splitlines() if line.endswith(" started")}
+    in_flight = [o for o in before if o.ended_at > signalled_at and o.key in started]
     assert in_flight, "no request was in flight at the signal"
-    # Started before the signal: the normal answer, the in-flight ones included.
-    assert [o for o in before if o.status != 201] == []
+    # Every request the server started got the normal answer, those in flight at the
+    # signal included: none was cut.
+    assert [o for o in outcomes if o.key in started and o.status != 201] == []
+    # Sent before the signal: answered, or (on a busy machine, sent a moment before it
+    # and not yet read by the server) turned away unstarted.
+    assert [o for o in before if not (o.status == 201 or turned_away(o))] == []
     # After it: turned away, or served only until the server was seen to turn one away.
     assert [o for o in after if not (o.status == 201 or turned_away(o))] == []
     assert all(o.retry_after for o in after if o.status == 503)
