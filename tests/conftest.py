@@ -143,13 +143,25 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # A test marked for some backends is made for those only: nothing is collected
     # to be removed again, so every collected test runs, under xdist too (whose
     # summary has no count of what its workers deselect).
-    if "backend" in metafunc.fixturenames and not _parametrizes_backend(metafunc):
-        marker = metafunc.definition.get_closest_marker("backends")
-        names = BACKENDS if marker is None else tuple(n for n in BACKENDS if n in marker.args)
-        unknown = set(marker.args if marker is not None else ()) - set(BACKENDS)
-        if unknown:
-            raise pytest.UsageError(f"{metafunc.definition.nodeid}: unknown backends {unknown}")
-        metafunc.parametrize("backend", names, indirect=True)
+    if "backend" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("backends")
+    if _parametrizes_backend(metafunc):
+        if marker is not None:
+            raise pytest.UsageError(
+                f"{metafunc.definition.nodeid}: choose its backends with "
+                "@pytest.mark.backends or with its own parametrize of 'backend', not both"
+            )
+        return
+    names = BACKENDS if marker is None else tuple(n for n in BACKENDS if n in marker.args)
+    unknown = set(marker.args if marker is not None else ()) - set(BACKENDS)
+    if unknown or not names:
+        raise pytest.UsageError(
+            f"{metafunc.definition.nodeid}: @pytest.mark.backends names none of {BACKENDS}"
+            if not names
+            else f"{metafunc.definition.nodeid}: unknown backends {sorted(unknown)}"
+        )
+    metafunc.parametrize("backend", names, indirect=True)
 
 
 def _parametrizes_backend(metafunc: pytest.Metafunc) -> bool:

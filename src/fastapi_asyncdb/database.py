@@ -334,6 +334,10 @@ class Database:
             finally:
                 for role, source in zip(roles, sources, strict=True):
                     role.connections, role.isolated = source, False
+                    if role not in (self._primary, self._reader):
+                        # Stopped inside the block: stop() closed the shared connection
+                        # in the role's place, not the role's own warm connections.
+                        await source.close()
                 if transaction.is_active:
                     await transaction.rollback()
                 if roles[0].engine.sync_engine.pool is not pool:

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy import column, table, text, update
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from fastapi_asyncdb import Database, ReadOnlySessionError, SharedConnectionTimeoutError
 
@@ -297,3 +298,33 @@ async def test_an_engine_disposed_while_isolated_leaves_the_isolations_connectio
             assert isolated_driver.is_closed()
         else:
             assert not isolated_driver.connected
+
+
+async def session_gone(url: str, name: str, session_id: int) -> bool:
+    """Whether the server's session ``session_id`` has ended, waiting up to 2 s for it."""
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            for _ in range(100):
+                alive = await connection.execute(text(SESSION_ALIVE_SQL[name]), {"id": session_id})
+                if alive.scalar_one() == 0:
+                    return True
+                await asyncio.sleep(0.02)
+            return False
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.backends("postgresql", "mysql")
+async def test_a_database_stopped_while_isolated_closes_its_warm_read_connections(
+    database_url: str,
+) -> None:
+    # Inside the block the roles hold the isolation's shared connection in place of
+    # their own; stop() closed that one, and the warm read connection kept from a read
+    # before the block stayed open (no warning: SQLAlchemy still held it as lent).
+    database = Database(url=database_url)
+    await database.start()
+    warm_id = await read_session_id(database)
+    async with database.isolated():
+        await database.stop()
+    assert await session_gone(database_url, database.backend.name, warm_id)
