@@ -117,3 +117,26 @@ async def test_the_fast_path_is_reported_available_on_asyncpg(database_url: str)
     (fast_path,) = by_check(findings, "fast path")
     assert fast_path.level == "ok"
     assert "driver directly" in fast_path.message
+
+
+@pytest.mark.backends("mysql")
+async def test_a_mariadb_superuser_is_warned_and_a_user_with_one_schemas_grants_is_not(
+    database_url: str,
+) -> None:
+    # Users belong to the whole server: the name carries the run's process id.
+    user, schema = f"doctor_app_{os.getpid()}", make_url(database_url).database
+    as_root = by_check(await examine(Database(url=database_url), workers=1), "privileges")
+    assert [finding.level for finding in as_root] == ["warning"]
+    assert "superuser" in as_root[0].message
+    async with Database(url=database_url) as database, database.engine.begin() as connection:
+        await connection.execute(text(f"CREATE USER '{user}'@'%'"))
+        await connection.execute(
+            text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{schema}`.* TO '{user}'@'%'")
+        )
+    try:
+        app_url = make_url(database_url).set(username=user).render_as_string(False)
+        as_app = by_check(await examine(Database(url=app_url), workers=1), "privileges")
+        assert [finding.level for finding in as_app] == ["ok"]
+    finally:
+        async with Database(url=database_url) as database, database.engine.begin() as connection:
+            await connection.execute(text(f"DROP USER '{user}'@'%'"))

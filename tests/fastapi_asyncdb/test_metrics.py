@@ -146,6 +146,34 @@ async def test_gate_waits_timeouts_and_waiters_are_counted(url: str) -> None:
         assert sample(database, "gate_timeouts", role="read") == 0
 
 
+@pytest.mark.backends("postgresql", "mysql")  # SQLite admits one writer at a time
+async def test_connections_beyond_the_pool_size_are_counted_as_overflow(url: str) -> None:
+    async with Database(url=url, pool_size=1, max_overflow=2) as database:
+        gauges = ("connections_in_use", "connections_overflow", "connections_max")
+        release = asyncio.Event()
+
+        async def hold(entered: asyncio.Event) -> None:
+            # Each unit in a task of its own, as each request has it.
+            async with database.transaction() as session:
+                await session.execute(select(1))
+                entered.set()
+                await release.wait()
+
+        holders = []
+        for held in range(1, 4):
+            entered = asyncio.Event()
+            holders.append(asyncio.create_task(hold(entered)))
+            await asyncio.wait_for(entered.wait(), 5)
+            in_use, overflow, capacity = (sample(database, g, role="write") for g in gauges)
+            assert (in_use, overflow, capacity) == (held, max(0, held - 1), 3)
+        release.set()
+        await asyncio.gather(*holders)
+        # Back in the pool, the overflow ones closed: one idle, none beyond the size.
+        assert sample(database, "connections_in_use", role="write") == 0
+        assert sample(database, "connections_overflow", role="write") == 0
+        assert sample(database, "connections_idle", role="write") == 1
+
+
 async def test_a_closed_gate_refuses_with_the_draining_cause(url: str) -> None:
     async with Database(url=url) as database:
         database.read_engine  # noqa: B018 - started

@@ -13,13 +13,19 @@ from fastapi import FastAPI, Query
 from pydantic import BaseModel
 from sqlalchemy import Enum, literal_column, select, type_coerce
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from fastapi_asyncdb import (
     Database,
+    DatabaseDep,
     ErrorAnswer,
     ErrorKind,
+    ReadConnectionDep,
+    ReadSessionDep,
     SessionDep,
+    get_database,
+    get_read_connection,
+    get_read_session,
     get_session,
     install,
 )
@@ -163,6 +169,42 @@ async def test_get_session_can_be_overridden_like_any_dependency(database: Datab
     app.dependency_overrides[get_session] = own_session
     assert (await request(app, "POST", "/notes?body=overridden")).status_code == 201
     assert len(used) == 1
+
+
+async def test_every_dependency_function_can_be_overridden(database: Database) -> None:
+    # Each *Dep is Annotated[..., Depends(get_*)]: overriding the function replaces
+    # what every endpoint declaring the alias receives.
+    app = FastAPI()
+    install(app, database)
+
+    @app.get("/which")
+    async def which(
+        read_session: ReadSessionDep, read_connection: ReadConnectionDep, db: DatabaseDep
+    ) -> list[str]:
+        return [
+            str(read_session.info["which"]),
+            str(read_connection.info["which"]),
+            type(db).__name__,
+        ]
+
+    async def own_read_session() -> AsyncIterator[AsyncSession]:
+        async with database.read_session() as session:
+            session.info["which"] = "own read session"
+            yield session
+
+    async def own_read_connection() -> AsyncIterator[AsyncConnection]:
+        async with database.read_connection() as connection:
+            connection.info["which"] = "own read connection"
+            yield connection
+
+    class NamedDatabase:
+        """Stands in for the app's Database."""
+
+    app.dependency_overrides[get_read_session] = own_read_session
+    app.dependency_overrides[get_read_connection] = own_read_connection
+    app.dependency_overrides[get_database] = NamedDatabase
+    response = await request(app, "GET", "/which")
+    assert response.json() == ["own read session", "own read connection", "NamedDatabase"]
 
 
 async def test_problem_details_can_be_left_to_the_app(database: Database) -> None:
