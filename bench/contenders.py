@@ -82,7 +82,9 @@ def contender(name: str, pool: int, extra_env: dict[str, str] | None = None) -> 
 
 # Settings inherited from the caller's shell would silently change a contender's
 # configuration ("default settings" for fastapi-asyncdb): they are dropped.
-_SETTING_PREFIXES: Final = ("DB_", "DATABASE_URL", "POOL", "BENCH_APP_NAME", "BENCH_GC_THRESHOLD")
+_SETTING_PREFIXES: Final = (
+    "DB_", "DATABASE_URL", "POOL", "BENCH_APP_NAME", "BENCH_GC_THRESHOLD", "BENCH_GC_FREEZE",
+)  # fmt: skip
 
 
 def server_environment(extra: dict[str, str]) -> dict[str, str]:

@@ -74,6 +74,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="set the garbage collector's generation-0 threshold in every contender alike "
         "(Python's default is 700); for measuring how much of the CPU is collection",
     )
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() in every contender once it has started (bench/apps/frozen.py), as "
+        "services that freeze after startup run; for measuring what full collections cost",
+    )
     parser.add_argument("--output", default="latest", help="results file stem in bench/results")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -191,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     say("machine: " + ", ".join(f"{key} {value}" for key, value in info.items()))
     gc_env = {} if args.gc_threshold is None else {"BENCH_GC_THRESHOLD": str(args.gc_threshold)}
+    if args.gc_freeze:
+        gc_env["BENCH_GC_FREEZE"] = "1"
     entrants = [contender(name, args.pool, gc_env) for name in args.contenders]
     failures = verify_contenders(entrants)
     cells, broken = time_all([e for e in entrants if e.name not in failures], args)
@@ -203,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         "pool": args.pool,
         "smoke": args.smoke,
         "gc_threshold": args.gc_threshold,
+        "gc_freeze": args.gc_freeze,
         "elapsed_s": round(time.monotonic() - started, 1),
     }
     all_failures = {**failures, **broken}

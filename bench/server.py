@@ -70,8 +70,11 @@ class Server:
         return self.process.pid
 
     def command(self) -> list[str]:
+        # bench.run --gc-freeze: the app behind bench.apps.frozen, which names it.
+        frozen = self.contender.env.get("BENCH_GC_FREEZE") == "1"
+        app = "bench.apps.frozen:app" if frozen else self.contender.app
         return [
-            sys.executable, "-m", "uvicorn", self.contender.app,
+            sys.executable, "-m", "uvicorn", app,
             "--host", "127.0.0.1", "--port", str(self.contender.port),
             "--loop", "uvloop", "--http", "httptools",
             "--log-level", "warning", "--no-access-log",
@@ -90,7 +93,9 @@ class Server:
             self.process = subprocess.Popen(
                 self.command(),
                 cwd=REPO_ROOT,
-                env=server_environment(self.contender.env),
+                env=server_environment(
+                    {**self.contender.env, "BENCH_FROZEN_APP": self.contender.app}
+                ),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
