@@ -368,9 +368,9 @@ def _load(
 
 
 def _url_tls_keys(url: URL) -> list[str]:
-    backend = url.get_backend_name()
-    if backend not in _URL_FIELDS:
-        return []
+    # Every backend's: one whose URL's TLS names are not in _URL_FIELDS (SQLite, or a
+    # backend added without them) has its TLS parameters refused, never passed on
+    # unread to a driver that might fall back to plaintext.
     return [key for key in url.query if key.lower().startswith(("ssl", "tls"))]
 
 
@@ -379,7 +379,11 @@ def _request_from_url(url: URL) -> TlsRequest | None:
     if not keys:
         return None
     backend = url.get_backend_name()
-    fields = _URL_FIELDS[backend]
+    if backend == "sqlite":
+        raise ValueError(
+            f"DATABASE_URL (url): {keys[0]}: SQLite has no network connection to encrypt; remove it"
+        )
+    fields = _URL_FIELDS.get(backend, {})
     values: dict[str, str] = {}
     labels = dict(_SETTING_LABELS)
     for key in keys:

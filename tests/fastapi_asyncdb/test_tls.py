@@ -526,6 +526,19 @@ def test_tls_on_sqlite_is_refused() -> None:
         DatabaseSettings(url="sqlite+aiosqlite:///app.db", tls="verify-full")
 
 
+@pytest.mark.parametrize("key", ["sslmode", "ssl", "tls", "SSL_CA"])
+def test_tls_parameters_in_a_sqlite_url_are_refused(key: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"{key}: SQLite has no network connection"):
+        DatabaseSettings(url=f"sqlite+aiosqlite:///app.db?{key}=require")
+
+
+def test_tls_parameters_of_a_backend_the_library_has_no_names_for_are_refused() -> None:
+    # A backend added without its URL's TLS names: its parameters are refused, never
+    # handed unread to a driver that may fall back to plaintext.
+    with pytest.raises(ConfigurationError, match="TLS parameter sslmode is not supported"):
+        DatabaseSettings(url="cockroachdb+asyncpg://app@db.example/app?sslmode=verify-full")
+
+
 # -- the doctor -------------------------------------------------------------------------------
 
 
