@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from bench.config import SQLALCHEMY_URL
+from bench.contenders import server_environment
 from bench.schema import prepare
 
 WARMUP_REQUESTS = 500
@@ -98,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, freeze in CONFIGURATIONS:
         command = [sys.executable, "-m", "bench.trace_gc", "--one", name]
         command += ["--requests", str(args.requests)] + (["--freeze"] if freeze else [])
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        # The contenders' environment: settings inherited from the shell dropped.
+        environment = server_environment({})
+        output = subprocess.run(
+            command, check=True, capture_output=True, text=True, env=environment
+        ).stdout
         print(_row(name, freeze, json.loads(output.strip().splitlines()[-1])), flush=True)
     return 0
 

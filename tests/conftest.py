@@ -4,16 +4,19 @@ In CI (``CI`` set) an unreachable server fails the run; elsewhere its tests are
 skipped and the summary says which databases were left out.
 
 Each run (each xdist worker) creates its databases under names of its own, ending in
-its process id, and drops them at the end; so two runs against one server never drop
-each other's database. Databases left by a run that was killed are dropped by the
-next run once their process is gone.
+a tag of its machine and its process id, and drops them at the end; so two runs against
+one server never drop each other's database. Databases left by a run of this machine
+that was killed are dropped by its next run once their process is gone; no other
+database is touched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -39,9 +42,12 @@ SERVER_URLS = {
     ),
     "mysql": os.environ.get("TEST_MYSQL_URL", "mysql+asyncmy://root@127.0.0.1:3306/test"),
 }
-# Every database this run creates is named <base>_t<pid>.
-_RUN_SUFFIX = f"_t{os.getpid()}"
-_RUN_NAME = re.compile(r"^[a-z_]+_t(\d+)$")
+# Every database this run creates is named <base>_fadb<host>_<pid>: the host's tag keeps
+# the clean-up below (a process id is alive or not on this machine only) to databases
+# this machine's runs made, and the prefix to this suite's; no other database matches.
+_HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+_RUN_SUFFIX = f"_fadb{_HOST_TAG}_{os.getpid()}"
+_RUN_NAME = re.compile(rf"^[a-z_]+_fadb{_HOST_TAG}_(\d+)$")
 BACKENDS = ("sqlite", "postgresql", "mysql")
 # Where to connect to drop and create a test database (never the one dropped).
 ADMIN_DATABASE = "test"
@@ -153,6 +159,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 "@pytest.mark.backends or with its own parametrize of 'backend', not both"
             )
         return
+    if marker is not None and not all(isinstance(name, str) for name in marker.args):
+        raise pytest.UsageError(
+            f"{metafunc.definition.nodeid}: name backends one by one: "
+            "@pytest.mark.backends('postgresql', 'mysql')"
+        )
     names = BACKENDS if marker is None else tuple(n for n in BACKENDS if n in marker.args)
     unknown = set(marker.args if marker is not None else ()) - set(BACKENDS)
     if unknown or not names:

@@ -36,6 +36,7 @@ __all__ = [
     "check_tls",
     "connect_context",
     "context_mode",
+    "refuse_unread_url_tls",
     "tls_request",
     "url_without_tls",
 ]
@@ -368,17 +369,28 @@ def _load(
 
 
 def _url_tls_keys(url: URL) -> list[str]:
-    # Every backend's: one whose URL's TLS names are not in _URL_FIELDS (SQLite, or a
-    # backend added without them) has its TLS parameters refused, never passed on
-    # unread to a driver that might fall back to plaintext.
     return [key for key in url.query if key.lower().startswith(("ssl", "tls"))]
+
+
+def refuse_unread_url_tls(url: URL) -> None:
+    """Raise ``ValueError`` if ``url`` carries TLS parameters this module has no names
+    for: a backend added without them would hand them unread to a driver that may fall
+    back to plaintext. Called once the backend is chosen, so that a URL no backend
+    serves is refused for that first, with the spelling to use."""
+    keys = _url_tls_keys(url)
+    backend = url.get_backend_name()
+    if keys and backend not in _URL_FIELDS:
+        raise ValueError(
+            f"the TLS parameter {keys[0]} is not one fastapi-asyncdb reads in a {backend} "
+            "URL; use DB_TLS and DB_TLS_* (docs/tls.md), or build an ssl_context= in code"
+        )
 
 
 def _request_from_url(url: URL) -> TlsRequest | None:
     keys = _url_tls_keys(url)
-    if not keys:
-        return None
     backend = url.get_backend_name()
+    if not keys or (backend not in _URL_FIELDS and backend != "sqlite"):
+        return None  # a backend without names: refuse_unread_url_tls, once it is known
     if backend == "sqlite":
         raise ValueError(
             f"DATABASE_URL (url): {keys[0]}: SQLite has no network connection to encrypt; remove it"

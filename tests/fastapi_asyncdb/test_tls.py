@@ -532,11 +532,22 @@ def test_tls_parameters_in_a_sqlite_url_are_refused(key: str) -> None:
         DatabaseSettings(url=f"sqlite+aiosqlite:///app.db?{key}=require")
 
 
-def test_tls_parameters_of_a_backend_the_library_has_no_names_for_are_refused() -> None:
-    # A backend added without its URL's TLS names: its parameters are refused, never
-    # handed unread to a driver that may fall back to plaintext.
-    with pytest.raises(ConfigurationError, match="TLS parameter sslmode is not supported"):
-        DatabaseSettings(url="cockroachdb+asyncpg://app@db.example/app?sslmode=verify-full")
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgres://app:pw@db.example/app?sslmode=verify-full", "write postgresql+asyncpg://"),
+        ("PostgreSQL+asyncpg://app@db.example/app?sslmode=require", "write postgresql+asyncpg://"),
+        ("MYSQL+asyncmy://app@db.example/app?ssl_mode=REQUIRED", "write mysql+asyncmy://"),
+        ("cockroachdb+asyncpg://app@db.example/app?sslmode=verify-full", "is not supported"),
+    ],
+)
+def test_a_url_no_backend_serves_is_refused_for_that_first_whatever_its_tls(
+    url: str, says: str
+) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        Database(url=url)
+    assert says in str(refused.value)
+    assert "pw" not in str(refused.value)
 
 
 # -- the doctor -------------------------------------------------------------------------------

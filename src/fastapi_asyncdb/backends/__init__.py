@@ -18,6 +18,7 @@ from sqlalchemy.engine import Dialect
 
 from ..errors import ConfigurationError
 from ..managed import check_connect_options
+from ..tls import refuse_unread_url_tls
 from .base import Backend, ConnectionLimits, ServerFacts
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ def _resolve(settings: DatabaseSettings) -> Backend:
         )
     backend = cls(settings)
     backend.check_url(url)
+    refuse_unread_url_tls(url)
     return backend
 
 

@@ -11,7 +11,7 @@ import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from sqlalchemy.dialects.mysql.asyncmy import MySQLDialect_asyncmy
@@ -246,4 +246,23 @@ def test_a_subclass_that_declares_nothing_it_serves_is_not_a_backend() -> None:
         assert Tuned in PostgreSQL.__subclasses__()
         assert _backend_classes()[("postgresql", "asyncpg")] is PostgreSQL
     finally:
+        _backend_classes.cache_clear()
+
+
+def test_tls_parameters_of_a_backend_without_tls_names_are_refused_not_passed_on() -> None:
+    # A backend added as one module, its URL's TLS parameter names left out of tls.py:
+    # its URLs work, but a TLS parameter in one is refused, never handed unread to a
+    # driver that may fall back to plaintext.
+    class Cockroach(PostgreSQL):
+        dialects: ClassVar[tuple[str, ...]] = ("cockroachdb",)
+        driver = "asyncpg"
+
+    _backend_classes.cache_clear()
+    try:
+        assert type(Database(url="cockroachdb+asyncpg://app@db.example/app").backend) is Cockroach
+        with pytest.raises(ConfigurationError) as refused:
+            Database(url="cockroachdb+asyncpg://app@db.example/app?sslmode=verify-full")
+        assert "sslmode is not one fastapi-asyncdb reads in a cockroachdb URL" in str(refused.value)
+    finally:
+        Cockroach.dialects = ()
         _backend_classes.cache_clear()
