@@ -28,6 +28,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fastapi_asyncdb import Database
 from fastapi_asyncdb.errors import (
@@ -405,6 +406,42 @@ async def test_a_read_whose_connection_dies_before_its_end_keeps_its_answer(
             bouncer.start()
             # The dead connection is not handed out again.
             async with database.read_session() as session:
+                assert (await session.execute(text("SELECT 2"))).scalar() == 2
+
+
+@pytest.mark.parametrize("reader", ["session", "connection", "prepared"])
+async def test_a_read_whose_session_the_server_ends_before_its_end_keeps_its_answer(
+    start_pgbouncer: StartPgBouncer, pgbouncer_database: str, reader: str
+) -> None:
+    """The server ends the read's session after the answer (here its idle limit, the
+    loop blocked meanwhile): PgBouncer passes the FATAL on, then closes. Whether the
+    loop has read none of that, the FATAL alone (asyncpg then refuses the ROLLBACK in
+    words of its own), or the end too, when the read ends: the answer is kept."""
+    bouncer = start_pgbouncer(default_pool_size=2)
+    idle_limit = 0.05
+    database = _database(
+        bouncer,
+        pgbouncer_database,
+        "transaction",
+        pool_size=1,
+        idle_in_transaction_timeout=idle_limit,
+    )
+    one = Prepared(select(func.abs(bindparam("value", type_=Integer))))
+    async with database:
+        async with database.read_connection() as connection:
+            assert await one.scalar(connection, {"value": -1}) == 1  # learnt: the driver's next
+        for turns in range(5):  # loop iterations between the stall and the read's end
+            opened = database.read_session() if reader == "session" else database.read_connection()
+            async with opened as reading:
+                if reader == "prepared":
+                    assert isinstance(reading, AsyncConnection)
+                    assert await one.scalar(reading, {"value": -turns}) == turns
+                else:
+                    assert (await reading.execute(text(f"SELECT {turns}"))).scalar() == turns
+                time.sleep(idle_limit * 6)  # noqa: ASYNC251 - the loop reads nothing meanwhile
+                for _ in range(turns):
+                    await asyncio.sleep(0)
+            async with database.read_session() as session:  # the connection is replaced
                 assert (await session.execute(text("SELECT 2"))).scalar() == 2
 
 
