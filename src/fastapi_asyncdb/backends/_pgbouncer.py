@@ -96,6 +96,11 @@ def connection_class(after_begin: str, *, read_only: bool) -> type[Any]:
     On the read engine, a ``ROLLBACK`` that meets a closed connection succeeds: the
     read-only transaction ended with the connection, and the read's answer may already
     be on its way to the client; the pool then discards the connection at checkout.
+    So does one that meets a connection the server is ending: its FATAL (PgBouncer's
+    "server conn crashed?", idle_in_transaction_session_timeout) read before the
+    connection's end leaves asyncpg consuming an error no operation asked for, and it
+    refuses the ``ROLLBACK`` with an ``InternalClientError`` ("cannot switch to state
+    15; another operation (2) is in progress") and closes the connection.
     """
     import asyncpg  # the driver: imported when a PgBouncer engine is made
     from asyncpg.transaction import Transaction
@@ -107,7 +112,11 @@ def connection_class(after_begin: str, *, read_only: bool) -> type[Any]:
             try:
                 if not self._connection.is_closed():
                     await super().rollback()
-            except (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError):
+            except (
+                asyncpg.ConnectionDoesNotExistError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+            ):
                 if not self._connection.is_closed():
                     raise
 

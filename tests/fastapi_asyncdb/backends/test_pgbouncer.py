@@ -28,6 +28,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fastapi_asyncdb import Database
 from fastapi_asyncdb.errors import (
@@ -48,6 +49,7 @@ StartPgBouncer = Callable[..., PgBouncer]
 MODES = ["transaction", "session"]
 LIMIT = 0.5
 SLEEP = 5
+LOADED = 15.0  # limits for tests about something else: above any stall of a busy machine
 
 
 def _table() -> Table:
@@ -96,9 +98,24 @@ async def through(
 
 
 async def test_reads_writes_prepared_and_run_statement_stay_correct_under_concurrency(
-    through: tuple[Database, Table, PgBouncer],
+    through: tuple[Database, Table, PgBouncer], pgbouncer_database: str
 ) -> None:
-    database, table, _ = through
+    limited, table, bouncer = through
+    # Limits no stall of a loaded machine reaches: with the fixture's, a loop blocked
+    # for LIMIT * 2 after a BEGIN has the server end that transaction (see the stall
+    # test below), and this test is about concurrency, not limits.
+    database = _database(
+        bouncer,
+        pgbouncer_database,
+        limited.settings.pgbouncer,
+        statement_timeout=LOADED,
+        idle_in_transaction_timeout=LOADED * 2,
+    )
+    async with database:
+        await _run_concurrent_clients(database, table)
+
+
+async def _run_concurrent_clients(database: Database, table: Table) -> None:
     await database.run_statement(insert(table), [{"id": number, "value": 0} for number in range(8)])
     by_id = Prepared(select(table.c.value).where(table.c.id == bindparam("id")))
     bump = update(table).where(table.c.id == bindparam("key")).values(value=table.c.value + 1)
@@ -193,6 +210,43 @@ async def test_limits_are_those_of_the_settings_inside_each_transaction(
         read = (await session.execute(text(f"SELECT {names}"))).one()
     assert tuple(written) == (f"{int(LIMIT * 1000)}ms", "off")
     assert tuple(read) == (f"{int(LIMIT * 1000)}ms", "on")
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_transaction_the_server_ends_while_the_loop_stalls_is_an_unavailable_database(
+    start_pgbouncer: StartPgBouncer, pgbouncer_database: str, mode: str
+) -> None:
+    """The event loop blocked (a busy machine, a CPU-bound callback) right after a BEGIN
+    for longer than idle_in_transaction_timeout: the server ends the session, and its
+    FATAL arrives in the same read as BEGIN's ReadyForQuery. asyncpg, idle, cannot read
+    it; it refuses the next statement in its own words ("cannot switch to state 12;
+    another operation (2) is in progress") and drops the connection. Still the
+    unavailable database it is, and the connection is not handed out again."""
+    bouncer = start_pgbouncer(pool_mode=mode, default_pool_size=2)
+    idle_limit = 0.05
+    database = _database(bouncer, pgbouncer_database, mode, idle_in_transaction_timeout=idle_limit)
+    async with database:
+        for _ in range(2):  # the adapter's statement cache: the next run is a bind alone
+            async with database.transaction() as session:
+                await session.execute(text("SELECT 1"))
+        stalling = True
+
+        async def stall() -> None:
+            while stalling:
+                time.sleep(idle_limit * 6)  # noqa: ASYNC251 - the stall: the loop reads nothing
+                await asyncio.sleep(0)
+
+        staller = asyncio.ensure_future(stall())
+        try:
+            with pytest.raises(DBAPIError) as ended:
+                async with database.transaction() as session:
+                    await session.execute(text("SELECT 1"))
+        finally:
+            stalling = False
+            await staller
+        async with database.transaction() as session:
+            assert (await session.execute(text("SELECT 2"))).scalar() == 2
+    assert database.classify(ended.value) is ErrorKind.UNAVAILABLE
 
 
 @pytest.mark.parametrize("reset", ["RESET ALL", "DISCARD ALL", "SET statement_timeout = 0"])
@@ -352,6 +406,42 @@ async def test_a_read_whose_connection_dies_before_its_end_keeps_its_answer(
             bouncer.start()
             # The dead connection is not handed out again.
             async with database.read_session() as session:
+                assert (await session.execute(text("SELECT 2"))).scalar() == 2
+
+
+@pytest.mark.parametrize("reader", ["session", "connection", "prepared"])
+async def test_a_read_whose_session_the_server_ends_before_its_end_keeps_its_answer(
+    start_pgbouncer: StartPgBouncer, pgbouncer_database: str, reader: str
+) -> None:
+    """The server ends the read's session after the answer (here its idle limit, the
+    loop blocked meanwhile): PgBouncer passes the FATAL on, then closes. Whether the
+    loop has read none of that, the FATAL alone (asyncpg then refuses the ROLLBACK in
+    words of its own), or the end too, when the read ends: the answer is kept."""
+    bouncer = start_pgbouncer(default_pool_size=2)
+    idle_limit = 0.05
+    database = _database(
+        bouncer,
+        pgbouncer_database,
+        "transaction",
+        pool_size=1,
+        idle_in_transaction_timeout=idle_limit,
+    )
+    one = Prepared(select(func.abs(bindparam("value", type_=Integer))))
+    async with database:
+        async with database.read_connection() as connection:
+            assert await one.scalar(connection, {"value": -1}) == 1  # learnt: the driver's next
+        for turns in range(5):  # loop iterations between the stall and the read's end
+            opened = database.read_session() if reader == "session" else database.read_connection()
+            async with opened as reading:
+                if reader == "prepared":
+                    assert isinstance(reading, AsyncConnection)
+                    assert await one.scalar(reading, {"value": -turns}) == turns
+                else:
+                    assert (await reading.execute(text(f"SELECT {turns}"))).scalar() == turns
+                time.sleep(idle_limit * 6)  # noqa: ASYNC251 - the loop reads nothing meanwhile
+                for _ in range(turns):
+                    await asyncio.sleep(0)
+            async with database.read_session() as session:  # the connection is replaced
                 assert (await session.execute(text("SELECT 2"))).scalar() == 2
 
 
