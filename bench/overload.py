@@ -24,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
@@ -243,32 +244,39 @@ FIGURES: Final[dict[str, tuple[str, dict[str, str], str, dict[str, str], str]]] 
 LEVELS: Final = ("connections in use", "connections max")
 
 
+def _summed(
+    rows: Iterable[tuple[str, Mapping[str, Any], float]], name: str, wanted: Mapping[str, str]
+) -> float | None:
+    """The sum of the rows of ``name`` whose labels include ``wanted``; None if none."""
+    values = [
+        value for row, labels, value in rows if row == name and wanted.items() <= labels.items()
+    ]
+    return sum(values) if values else None
+
+
+def _present(figures: dict[str, float | None]) -> dict[str, float]:
+    return {figure: value for figure, value in figures.items() if value is not None}
+
+
 def prometheus_figures(samples: list[tuple[str, dict[str, str], float]]) -> dict[str, float]:
     """Each figure, summed over its matching samples; absent when none matches."""
-    figures = {}
-    for figure, (name, labels, *_) in FIGURES.items():
-        values = [
-            value
-            for sample, sample_labels, value in samples
-            if sample == name and labels.items() <= sample_labels.items()
-        ]
-        if values:
-            figures[figure] = sum(values)
-    return figures
+    return _present(
+        {figure: _summed(samples, name, labels) for figure, (name, labels, *_) in FIGURES.items()}
+    )
 
 
 def otel_figures(points: list[dict[str, Any]]) -> dict[str, float]:
     """Each figure, summed over its matching points; absent when none matches."""
-    figures = {}
-    for figure, (*_, name, attributes, field_name) in FIGURES.items():
-        values = [
-            point[field_name]
-            for point in points
-            if point["name"] == name and attributes.items() <= point["attributes"].items()
-        ]
-        if values:
-            figures[figure] = sum(values)
-    return figures
+    return _present(
+        {
+            figure: _summed(
+                ((p["name"], p["attributes"], p[field]) for p in points if field in p),
+                name,
+                attributes,
+            )
+            for figure, (*_, name, attributes, field) in FIGURES.items()
+        }
+    )
 
 
 def expected_figures(answers: list[Answer], capacity: int) -> dict[str, float]:
@@ -287,6 +295,11 @@ def expected_figures(answers: list[Answer], capacity: int) -> dict[str, float]:
     }
 
 
+def over_the_load(figure: str, before: dict[str, float], after: dict[str, float]) -> float:
+    """A level as it stands after the load; a count as it moved over it."""
+    return after[figure] if figure in LEVELS else after[figure] - before.get(figure, 0.0)
+
+
 def compare_exporters(
     expected: dict[str, float],
     exporters: dict[str, tuple[dict[str, float], dict[str, float]]],
@@ -302,7 +315,7 @@ def compare_exporters(
                     continue
                 failures.append(f"{exporter} has no {figure} at all")
                 continue
-            got = after[figure] - before.get(figure, 0.0) if figure not in LEVELS else after[figure]
+            got = over_the_load(figure, before, after)
             if got != wanted:
                 failures.append(f"{exporter} says {figure} = {got:g}, the clients' say {wanted:g}")
     return failures
@@ -434,9 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             compared[exporter] = (exporters_before[exporter], exporters_after[exporter])
     report.exporter_figures = {"clients": expected} | {
         exporter: {
-            figure: after[figure] if figure in LEVELS else after[figure] - before.get(figure, 0.0)
-            for figure in expected
-            if figure in after
+            figure: over_the_load(figure, before, after) for figure in expected if figure in after
         }
         for exporter, (before, after) in compared.items()
     }

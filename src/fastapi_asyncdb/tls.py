@@ -395,7 +395,7 @@ def _request_from_url(url: URL) -> TlsRequest | None:
         raise ValueError(
             f"DATABASE_URL (url): {keys[0]}: SQLite has no network connection to encrypt; remove it"
         )
-    fields = _URL_FIELDS.get(backend, {})
+    fields = _URL_FIELDS[backend]
     values: dict[str, str] = {}
     labels = dict(_SETTING_LABELS)
     for key in keys:
